@@ -1,0 +1,44 @@
+# lightning_fa — `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+export NO_ALBUMENTATIONS_UPDATE := 1
+export WANDB_MODE ?= offline
+
+BACKBONE ?= hrnet
+DATA     ?= synthetic
+CKPT     ?=
+RUN_DIR  ?= runs/finetune-$(BACKBONE)-$(DATA)
+BENCH_OUT ?= bench.json
+
+.PHONY: help install test test-fast lint format bench pretrain finetune evaluate report sweep sweep-local clean
+
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
+
+install: ## Create .venv and install the package with every extra (CPU torch from local disk)
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -e ".[dev,dlib,export]"
+
+test: ## Run the test suite
+	$(PY) -m pytest -q
+
+test-fast: ## Run the tests not marked slow
+	$(PY) -m pytest -q -m "not slow"
+
+lint: ## ruff format --check + ruff check
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+
+format: ## Apply ruff formatting and autofixes
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+bench: ## Speed/memory figures side by side, written to $(BENCH_OUT)
+	$(PY) -m lightning_fa bench --out $(BENCH_OUT)
+
+clean: ## Remove caches and run outputs (keeps .venv)
+	rm -rf .pytest_cache .ruff_cache lightning_logs

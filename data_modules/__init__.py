@@ -1,0 +1,1 @@
+"""Datasets and LightningDataModules for face-landmark images and videos."""

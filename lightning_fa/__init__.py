@@ -1,0 +1,1 @@
+"""lightning_fa: stable video face alignment."""
