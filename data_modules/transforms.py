@@ -1,0 +1,303 @@
+"""Face crops, sequence-consistent augmentation and per-frame degradations (numpy / OpenCV).
+
+Coordinates are (x, y), 0-based, pixel centres at integers. A crop is described by a (2, 3)
+matrix ``A`` mapping frame -> crop coordinates (``crop = A[:, :2] @ frame + A[:, 2]``). Images are
+warped with ``cv2.warpAffine`` using the same matrix, which follows the same pixel-centre
+convention, so points and pixels stay consistent to OpenCV's 1/32-pixel interpolation grid.
+
+Geometric augmentation (scale, rotation, translation, horizontal flip) is folded into that one
+matrix, so landmarks are transformed exactly; colour jitter is applied with the same parameters
+to every frame of a sequence; degradations (noise, blur, JPEG) are drawn per frame.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+
+DEFAULT_ENLARGE = 1.25  # HRNet convention: the crop side is 1.25 x the face box side
+
+
+def box_to_center_scale(box: Sequence[float] | np.ndarray) -> tuple[np.ndarray, float]:
+    """Centre (2,) and scale (box side in pixels, the larger of width and height) of a box.
+
+    ``box`` is (x1, y1, x2, y2) in frame pixels.
+    """
+    x1, y1, x2, y2 = (float(v) for v in box)
+    if x2 <= x1 or y2 <= y1:
+        raise ValueError(f"box must satisfy x1 < x2 and y1 < y2, got {tuple(box)}")
+    center = np.array([(x1 + x2) / 2.0, (y1 + y2) / 2.0], dtype=np.float64)
+    return center, max(x2 - x1, y2 - y1)
+
+
+def landmarks_box(landmarks: np.ndarray, visible: np.ndarray | None = None) -> np.ndarray:
+    """Tight (x1, y1, x2, y2) box of the (visible) landmarks (L, 2)."""
+    points = landmarks if visible is None or not visible.any() else landmarks[visible]
+    return np.concatenate([points.min(axis=0), points.max(axis=0)]).astype(np.float64)
+
+
+def crop_affine(
+    center: Sequence[float] | np.ndarray,
+    scale: float,
+    output_size: tuple[int, int],
+    rotation_deg: float = 0.0,
+    enlarge: float = DEFAULT_ENLARGE,
+    flip: bool = False,
+    shift: Sequence[float] | np.ndarray = (0.0, 0.0),
+) -> np.ndarray:
+    """Frame -> crop matrix (2, 3) of a square region of side ``scale * enlarge`` around ``center``.
+
+    The region's continuous extent [c - S/2, c + S/2] maps onto the output's [-0.5, W - 0.5]
+    (pixel edges), isotropically using the shorter output side. ``rotation_deg`` rotates the
+    content counter-clockwise as displayed (OpenCV's ``getRotationMatrix2D`` sense) about the
+    crop centre; ``flip`` mirrors the crop horizontally (x -> W - 1 - x); ``shift`` (dx, dy) then
+    translates the content by that many crop pixels.
+    """
+    if scale <= 0 or enlarge <= 0:
+        raise ValueError(
+            f"scale and enlarge must be positive, got scale={scale}, enlarge={enlarge}"
+        )
+    height, width = output_size
+    k = min(height, width) / (scale * enlarge)
+    theta = math.radians(rotation_deg)
+    a, b = k * math.cos(theta), k * math.sin(theta)
+    linear = np.array([[a, b], [-b, a]], dtype=np.float64)
+    out_center = np.array([width / 2.0 - 0.5, height / 2.0 - 0.5])
+    if flip:
+        linear[0] *= -1.0
+    translation = out_center - linear @ np.asarray(center, dtype=np.float64)
+    translation += np.asarray(shift, dtype=np.float64)
+    return np.concatenate([linear, translation[:, None]], axis=1)
+
+
+def transform_points(points: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """Apply a (2, 3) affine to points (..., 2); float64 arithmetic, input dtype kept."""
+    p = np.asarray(points, dtype=np.float64)
+    out = p @ affine[:, :2].T + affine[:, 2]
+    return out.astype(points.dtype if np.issubdtype(points.dtype, np.floating) else np.float64)
+
+
+def landmarks_to_crop(
+    landmarks: np.ndarray, affine: np.ndarray, flip: bool, permutation: Sequence[int]
+) -> np.ndarray:
+    """Landmarks (..., L, 2) in frame pixels -> crop pixels; left/right swapped when ``flip``.
+
+    ``flip`` must say whether ``affine`` mirrors (as built by ``crop_affine(flip=True)``).
+    """
+    crop = transform_points(landmarks, affine)
+    return crop[..., list(permutation), :] if flip else crop
+
+
+def invert_affine(affine: np.ndarray) -> np.ndarray:
+    """Inverse of a (2, 3) affine (crop -> frame for a frame -> crop matrix)."""
+    return cv2.invertAffineTransform(np.asarray(affine, dtype=np.float64))
+
+
+def warp_image(image: np.ndarray, affine: np.ndarray, output_size: tuple[int, int]) -> np.ndarray:
+    """Warp an (H, W[, C]) image with the frame -> crop ``affine`` into ``output_size`` (H, W).
+
+    Bilinear, constant-0 border, same pixel-centre convention as ``transform_points``.
+    """
+    height, width = output_size
+    return cv2.warpAffine(
+        image,
+        np.asarray(affine, dtype=np.float64),
+        (int(width), int(height)),
+        flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=0,
+    )
+
+
+def flip_landmarks(landmarks, width: int, permutation: Sequence[int]):
+    """Mirror (..., L, 2) landmarks in an image of ``width`` and swap left/right indices.
+
+    Works for numpy arrays and torch tensors. x -> width - 1 - x (0-based pixel centres); index
+    i of the result holds the mirrored point ``permutation[i]`` (from ``DatasetSpec``).
+    """
+    perm = list(permutation)
+    if len(perm) != landmarks.shape[-2]:
+        raise ValueError(
+            f"permutation has {len(perm)} entries but landmarks have {landmarks.shape[-2]} points"
+        )
+    mirrored = (
+        landmarks[..., perm, :].clone()
+        if torch.is_tensor(landmarks)
+        else landmarks[..., perm, :].copy()
+    )
+    mirrored[..., 0] = (width - 1) - mirrored[..., 0]
+    return mirrored
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Ranges of the sequence-level augmentation (one draw per sequence).
+
+    scale_jitter: the crop side is multiplied by a factor in [1 - s, 1 + s];
+    rotation_deg: uniform in [-r, r]; translate: centre offset up to this fraction of the box side;
+    flip_prob: probability of a horizontal mirror; brightness / contrast / saturation: factors
+    in [1 - v, 1 + v].
+    """
+
+    scale_jitter: float = 0.25
+    rotation_deg: float = 30.0
+    translate: float = 0.05
+    flip_prob: float = 0.5
+    brightness: float = 0.2
+    contrast: float = 0.2
+    saturation: float = 0.2
+
+
+@dataclass(frozen=True)
+class AugmentParams:
+    """One draw of the sequence-level augmentation, applied identically to every frame."""
+
+    scale_factor: float = 1.0
+    rotation_deg: float = 0.0
+    translate: tuple[float, float] = (0.0, 0.0)  # fraction of the box side
+    flip: bool = False
+    brightness: float = 1.0
+    contrast: float = 1.0
+    saturation: float = 1.0
+
+    @property
+    def is_identity(self) -> bool:
+        return self == AugmentParams()
+
+
+def sample_augmentation(rng: np.random.Generator, config: AugmentConfig) -> AugmentParams:
+    """Draw one set of augmentation parameters from ``config`` with ``rng``."""
+
+    def factor(v: float) -> float:
+        return float(rng.uniform(1.0 - v, 1.0 + v))
+
+    return AugmentParams(
+        scale_factor=factor(config.scale_jitter),
+        rotation_deg=float(rng.uniform(-config.rotation_deg, config.rotation_deg)),
+        translate=(
+            float(rng.uniform(-config.translate, config.translate)),
+            float(rng.uniform(-config.translate, config.translate)),
+        ),
+        flip=bool(rng.random() < config.flip_prob),
+        brightness=factor(config.brightness),
+        contrast=factor(config.contrast),
+        saturation=factor(config.saturation),
+    )
+
+
+def augmented_affine(
+    center: Sequence[float] | np.ndarray,
+    scale: float,
+    output_size: tuple[int, int],
+    params: AugmentParams,
+    enlarge: float = DEFAULT_ENLARGE,
+    shift: Sequence[float] | np.ndarray = (0.0, 0.0),
+) -> np.ndarray:
+    """``crop_affine`` with the geometric part of ``params`` folded in."""
+    offset = np.asarray(params.translate, dtype=np.float64) * scale
+    return crop_affine(
+        np.asarray(center, dtype=np.float64) + offset,
+        scale * params.scale_factor,
+        output_size,
+        rotation_deg=params.rotation_deg,
+        enlarge=enlarge,
+        flip=params.flip,
+        shift=shift,
+    )
+
+
+def apply_colour(image: np.ndarray, params: AugmentParams) -> np.ndarray:
+    """Brightness, contrast and saturation factors of ``params`` on an RGB uint8 image.
+
+    Deterministic given ``params`` (fixed order), so every frame of a sequence gets the same
+    colour change.
+    """
+    if params.brightness == params.contrast == params.saturation == 1.0:
+        return image
+    img = image.astype(np.float32) * params.brightness
+    gray = img @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    img = (img - gray.mean()) * params.contrast + gray.mean()
+    gray = img @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    img = gray[..., None] + (img - gray[..., None]) * params.saturation
+    return np.clip(np.rint(img), 0, 255).astype(np.uint8)
+
+
+@dataclass(frozen=True)
+class DegradationConfig:
+    """Per-frame degradation levels (all off by default, and off for evaluation).
+
+    noise_sigma: std of additive Gaussian noise in grey levels; blur_kernel: odd Gaussian
+    kernel size (0 = off); motion_blur_length: length in pixels of a linear motion-blur kernel
+    with a random direction (0 = off); jpeg_quality: re-encode at this quality (None = off).
+    """
+
+    noise_sigma: float = 0.0
+    blur_kernel: int = 0
+    motion_blur_length: int = 0
+    jpeg_quality: int | None = None
+
+    def apply(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return degrade(image, rng, **self.__dict__)
+
+
+def _motion_kernel(length: int, angle_rad: float) -> np.ndarray:
+    kernel = np.zeros((length, length), dtype=np.float32)
+    c = (length - 1) / 2.0
+    dx, dy = math.cos(angle_rad) * c, math.sin(angle_rad) * c
+    cv2.line(
+        kernel,
+        (round(c - dx), round(c - dy)),
+        (round(c + dx), round(c + dy)),
+        1.0,
+        thickness=1,
+    )
+    return kernel / kernel.sum()
+
+
+def degrade(
+    image: np.ndarray,
+    rng: np.random.Generator,
+    noise_sigma: float = 0.0,
+    blur_kernel: int = 0,
+    motion_blur_length: int = 0,
+    jpeg_quality: int | None = None,
+) -> np.ndarray:
+    """Degrade an RGB uint8 image: blur, motion blur, Gaussian noise, then JPEG (each optional).
+
+    Random draws (noise, motion direction) come from ``rng`` only, so results are reproducible.
+    """
+    if blur_kernel and blur_kernel % 2 == 0:
+        raise ValueError(f"blur_kernel must be odd (or 0 for off), got {blur_kernel}")
+    if jpeg_quality is not None and not 1 <= jpeg_quality <= 100:
+        raise ValueError(f"jpeg_quality must be in 1..100 (or None for off), got {jpeg_quality}")
+    out = image
+    if blur_kernel > 1:
+        out = cv2.GaussianBlur(out, (blur_kernel, blur_kernel), 0)
+    if motion_blur_length > 1:
+        kernel = _motion_kernel(motion_blur_length, float(rng.uniform(0.0, math.pi)))
+        out = cv2.filter2D(out, -1, kernel, borderType=cv2.BORDER_REFLECT)
+    if noise_sigma > 0:
+        noisy = out.astype(np.float32) + rng.normal(0.0, noise_sigma, out.shape).astype(np.float32)
+        out = np.clip(np.rint(noisy), 0, 255).astype(np.uint8)
+    if jpeg_quality is not None:
+        ok, buf = cv2.imencode(
+            ".jpg", out[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)]
+        )
+        if not ok:
+            raise ValueError("JPEG encoding failed")
+        out = np.ascontiguousarray(cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1])
+    return out
+
+
+def to_chw_tensor(image: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) RGB uint8 array -> (3, H, W) uint8 tensor (grey images are repeated to 3)."""
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=2)
+    if image.dtype != np.uint8 or image.shape[2] != 3:
+        raise ValueError(f"expected an (H, W, 3) uint8 image, got {image.shape} {image.dtype}")
+    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
