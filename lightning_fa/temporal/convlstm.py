@@ -1,0 +1,229 @@
+"""Temporal stage (SPEC 3): a ConvLSTM over the frozen backbone's heatmaps with explicit state.
+
+``s_t = o_t + proj(h_t)``: the 1x1 output projection starts at zero, so an untrained head returns
+the backbone's heatmaps exactly and fine-tuning starts from the backbone's quality. The state is
+passed in and returned (never stored on the module) so that truncated BPTT, streaming inference
+and export (jit.trace / torch.export / ONNX, state as plain tensors in and out) all work.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+LayerState = tuple[Tensor, Tensor]
+"""(h, c) of one layer, each (B, hidden, h, w)."""
+State = tuple[LayerState, ...]
+"""One (h, c) pair per layer, bottom layer first."""
+
+
+def detach_state(state: State | None) -> State | None:
+    """Cut the autograd graph behind ``state`` (truncated BPTT); ``None`` stays ``None``."""
+    if state is None:
+        return None
+    return tuple((h.detach(), c.detach()) for h, c in state)
+
+
+def _check_positive(**values: int) -> None:
+    for name, value in values.items():
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+class ConvLSTMCell(nn.Module):
+    """One ConvLSTM cell (Shi et al. 2015): the gates (i, f, g, o) come from a single fused
+    convolution over ``concat(x, h_prev)``; optional per-channel peepholes (i and f see c_{t-1},
+    o sees c_t)."""
+
+    def __init__(
+        self, in_channels: int, hidden_channels: int, kernel_size: int = 3, peephole: bool = False
+    ) -> None:
+        super().__init__()
+        _check_positive(
+            in_channels=in_channels, hidden_channels=hidden_channels, kernel_size=kernel_size
+        )
+        if kernel_size % 2 == 0:
+            raise ValueError(
+                f"kernel_size must be odd so that padding k//2 keeps the size, got {kernel_size}"
+            )
+        self.in_channels = in_channels
+        self.hidden_channels = hidden_channels
+        self.gates = nn.Conv2d(
+            in_channels + hidden_channels,
+            4 * hidden_channels,
+            kernel_size,
+            padding=kernel_size // 2,
+        )
+        with torch.no_grad():
+            # Gate order (i, f, g, o): a forget bias of 1 keeps the memory open at the start.
+            self.gates.bias[hidden_channels : 2 * hidden_channels].fill_(1.0)
+        self.peephole = peephole
+        if peephole:
+            shape = (1, hidden_channels, 1, 1)
+            self.peephole_i = nn.Parameter(torch.zeros(shape))
+            self.peephole_f = nn.Parameter(torch.zeros(shape))
+            self.peephole_o = nn.Parameter(torch.zeros(shape))
+
+    def init_state(
+        self,
+        batch: int,
+        height: int,
+        width: int,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> LayerState:
+        """Zero (h, c) for a new sequence."""
+        shape = (batch, self.hidden_channels, height, width)
+        return (
+            torch.zeros(shape, device=device, dtype=dtype),
+            torch.zeros(shape, device=device, dtype=dtype),
+        )
+
+    def forward(self, x: Tensor, state: LayerState | None = None) -> LayerState:
+        """x (B, in_channels, h, w), state (h, c) or ``None`` (zeros) -> new (h, c)."""
+        if state is None:
+            state = self.init_state(x.shape[0], x.shape[2], x.shape[3], x.device, x.dtype)
+        h_prev, c_prev = state
+        z = self.gates(torch.cat([x, h_prev], dim=1))
+        i, f, g, o = z.chunk(4, dim=1)
+        if self.peephole:
+            i = i + self.peephole_i * c_prev
+            f = f + self.peephole_f * c_prev
+        c = torch.sigmoid(f) * c_prev + torch.sigmoid(i) * torch.tanh(g)
+        if self.peephole:
+            o = o + self.peephole_o * c
+        h = torch.sigmoid(o) * torch.tanh(c)
+        return h, c
+
+
+class ConvLSTM(nn.Module):
+    """The temporal stage: stabilised heatmaps ``s_t = o_t + proj(h_top)``.
+
+    Args:
+        num_landmarks: L, channels of the backbone heatmaps o_t.
+        hidden_channels: channels of every layer's hidden and cell state.
+        num_layers: stacked cells; layer k > 0 takes layer k-1's h as input.
+        kernel_size: odd spatial kernel of the gate convolutions.
+        peephole: per-channel peephole connections.
+        input_proj: if set, a 1x1 conv first squeezes the L heatmap channels to this many, which
+            makes the gate convolution several times cheaper for 68/98 landmarks. The skip
+            connection still adds the raw o_t.
+    """
+
+    def __init__(
+        self,
+        num_landmarks: int,
+        hidden_channels: int = 16,
+        num_layers: int = 1,
+        kernel_size: int = 3,
+        peephole: bool = False,
+        input_proj: int | None = 16,
+    ) -> None:
+        super().__init__()
+        _check_positive(num_landmarks=num_landmarks, num_layers=num_layers)
+        if input_proj is not None:
+            _check_positive(input_proj=input_proj)
+        self.num_landmarks = num_landmarks
+        self.hidden_channels = hidden_channels
+        self.num_layers = num_layers
+        self.input_proj = (
+            nn.Conv2d(num_landmarks, input_proj, 1) if input_proj is not None else nn.Identity()
+        )
+        first_in = input_proj if input_proj is not None else num_landmarks
+        self.cells = nn.ModuleList(
+            ConvLSTMCell(
+                first_in if k == 0 else hidden_channels, hidden_channels, kernel_size, peephole
+            )
+            for k in range(num_layers)
+        )
+        self.proj = nn.Conv2d(hidden_channels, num_landmarks, 1)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    detach_state = staticmethod(detach_state)
+
+    def init_state(
+        self,
+        batch: int,
+        height: int,
+        width: int,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> State:
+        """Zero state for a new sequence (what ``state=None`` means), for exporters that need
+        the state as explicit tensors."""
+        return tuple(cell.init_state(batch, height, width, device, dtype) for cell in self.cells)
+
+    def _check_heatmaps(self, heatmaps: Tensor, ndim: int, layout: str) -> None:
+        # A trace fixes the shapes anyway; checking them there only emits TracerWarnings.
+        if torch.jit.is_tracing():
+            return
+        if heatmaps.ndim != ndim or heatmaps.shape[-3] != self.num_landmarks:
+            raise ValueError(
+                f"heatmaps must be {layout} with L={self.num_landmarks}, "
+                f"got shape {tuple(heatmaps.shape)}"
+            )
+
+    def _check_state(self, state: State, batch: int, height: int, width: int) -> None:
+        if torch.jit.is_tracing():
+            return
+        expected = (batch, self.hidden_channels, height, width)
+        if not isinstance(state, (tuple, list)) or len(state) != self.num_layers:
+            raise ValueError(
+                f"state must be a tuple of {self.num_layers} (h, c) pairs, got {type(state).__name__}"
+                f" of length {len(state) if isinstance(state, (tuple, list)) else 'n/a'}"
+            )
+        for k, layer in enumerate(state):
+            if len(layer) != 2:
+                raise ValueError(f"state[{k}] must be an (h, c) pair, got {len(layer)} tensors")
+            for name, tensor in zip(("h", "c"), layer):
+                if tuple(tensor.shape) != expected:
+                    raise ValueError(
+                        f"state[{k}] {name} must have shape {expected} (batch, hidden, h, w), "
+                        f"got {tuple(tensor.shape)}"
+                    )
+
+    def _start(self, heatmaps: Tensor, state: State | None) -> State:
+        """The given state after checking it, or zeros for a new sequence. Zeros take the dtype
+        of the heatmaps, not of the (possibly bf16 autocast) squeezed input, so that the cell
+        memory keeps full precision."""
+        batch, height, width = heatmaps.shape[0], heatmaps.shape[-2], heatmaps.shape[-1]
+        if state is None:
+            return self.init_state(batch, height, width, heatmaps.device, heatmaps.dtype)
+        self._check_state(state, batch, height, width)
+        return state
+
+    def _recur(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        """Run the cell stack on one (already squeezed) frame; returns the top h and new state."""
+        new_state = []
+        for cell, layer_state in zip(self.cells, state):
+            layer_state = cell(x, layer_state)
+            new_state.append(layer_state)
+            x = layer_state[0]
+        return x, tuple(new_state)
+
+    def forward(self, heatmaps: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+        """One step: heatmaps o_t (B, L, h, w), state or ``None`` (new sequence) ->
+        (stabilised s_t (B, L, h, w), new state)."""
+        self._check_heatmaps(heatmaps, 4, "(B, L, h, w)")
+        top, state = self._recur(self.input_proj(heatmaps), self._start(heatmaps, state))
+        return heatmaps + self.proj(top), state
+
+    def forward_sequence(
+        self, heatmaps: Tensor, state: State | None = None
+    ) -> tuple[Tensor, State]:
+        """A clip: heatmaps (B, T, L, h, w) -> (outputs (B, T, L, h, w), state after the last
+        frame). The 1x1 convolutions at both ends run once over all frames."""
+        self._check_heatmaps(heatmaps, 5, "(B, T, L, h, w)")
+        batch, steps = heatmaps.shape[:2]
+        if steps == 0:
+            raise ValueError("heatmaps must hold at least one frame (T >= 1), got T=0")
+        state = self._start(heatmaps, state)
+        frames = heatmaps.flatten(0, 1)
+        x = self.input_proj(frames).unflatten(0, (batch, steps))
+        tops = []
+        for t in range(steps):
+            top, state = self._recur(x[:, t], state)
+            tops.append(top)
+        out = frames + self.proj(torch.stack(tops, dim=1).flatten(0, 1))
+        return out.unflatten(0, (batch, steps)), state

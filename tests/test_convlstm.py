@@ -1,0 +1,231 @@
+"""ConvLSTM temporal stage: identity at init, explicit state, TBPTT detach, autocast, export."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lightning_fa.temporal import ConvLSTM, ConvLSTMCell, detach_state
+
+L, H, W = 5, 8, 8
+
+
+def _trained_like(model: ConvLSTM) -> ConvLSTM:
+    """Give the zero-initialised projection weights so the recurrence shows in the output."""
+    with torch.no_grad():
+        model.proj.weight.normal_(0.0, 0.5)
+        model.proj.bias.normal_(0.0, 0.1)
+    return model
+
+
+def _cell_step_literal(cell: ConvLSTMCell, x, h, c):
+    """Shi et al. 2015 equations written out gate by gate, with separate convolutions for the
+    input and hidden parts of the fused weight."""
+    n = cell.hidden_channels
+    w, b = cell.gates.weight, cell.gates.bias
+    pad = cell.gates.padding
+    wx, wh = w[:, : x.shape[1]], w[:, x.shape[1] :]
+    z = torch.nn.functional.conv2d(x, wx, b, padding=pad) + torch.nn.functional.conv2d(
+        h, wh, None, padding=pad
+    )
+    zi, zf, zg, zo = (z[:, k * n : (k + 1) * n] for k in range(4))
+    if cell.peephole:
+        zi = zi + cell.peephole_i * c
+        zf = zf + cell.peephole_f * c
+    c_new = torch.sigmoid(zf) * c + torch.sigmoid(zi) * torch.tanh(zg)
+    if cell.peephole:
+        zo = zo + cell.peephole_o * c_new
+    return torch.sigmoid(zo) * torch.tanh(c_new), c_new
+
+
+@pytest.mark.parametrize("input_proj", [None, 3])
+def test_untrained_head_returns_input_exactly(input_proj):
+    model = ConvLSTM(L, hidden_channels=4, num_layers=2, input_proj=input_proj)
+    seq = torch.randn(2, 3, L, H, W)
+    out, _ = model.forward_sequence(seq)
+    assert torch.equal(out, seq)
+    step, _ = model(seq[:, 0])
+    assert torch.equal(step, seq[:, 0])
+
+
+@pytest.mark.parametrize("peephole", [False, True])
+def test_cell_matches_literal_equations(peephole):
+    cell = ConvLSTMCell(3, 4, kernel_size=3, peephole=peephole)
+    if peephole:
+        with torch.no_grad():
+            for p in (cell.peephole_i, cell.peephole_f, cell.peephole_o):
+                p.normal_()
+    x, h, c = torch.randn(2, 3, H, W), torch.randn(2, 4, H, W), torch.randn(2, 4, H, W)
+    got_h, got_c = cell(x, (h, c))
+    want_h, want_c = _cell_step_literal(cell, x, h, c)
+    torch.testing.assert_close(got_h, want_h)
+    torch.testing.assert_close(got_c, want_c)
+
+
+def test_forget_bias_is_one_and_other_biases_are_not():
+    cell = ConvLSTMCell(3, 4)
+    bias = cell.gates.bias.detach()
+    assert torch.equal(bias[4:8], torch.ones(4))
+    assert not torch.equal(bias[:4], torch.ones(4))
+
+
+def test_peephole_parameters_only_when_enabled():
+    plain = {n for n, _ in ConvLSTMCell(3, 4).named_parameters()}
+    peep = dict(ConvLSTMCell(3, 4, peephole=True).named_parameters())
+    assert not any("peephole" in n for n in plain)
+    for name in ("peephole_i", "peephole_f", "peephole_o"):
+        assert peep[name].shape == (1, 4, 1, 1)
+
+
+@pytest.mark.parametrize("input_proj", [None, 3])
+def test_sequence_equals_stepping_with_state(input_proj):
+    model = _trained_like(ConvLSTM(L, 4, num_layers=2, peephole=True, input_proj=input_proj))
+    seq = torch.randn(2, 4, L, H, W)
+    out, final = model.forward_sequence(seq)
+    state = None
+    for t in range(seq.shape[1]):
+        step, state = model(seq[:, t], state)
+        torch.testing.assert_close(out[:, t], step)
+    for (h1, c1), (h2, c2) in zip(final, state):
+        torch.testing.assert_close(h1, h2)
+        torch.testing.assert_close(c1, c2)
+    # The recurrence matters: frame 2 alone differs from frame 2 after frame 1.
+    fresh, _ = model(seq[:, 1])
+    assert not torch.allclose(fresh, out[:, 1])
+
+
+def test_none_state_equals_zero_state_and_resets():
+    model = _trained_like(ConvLSTM(L, 4))
+    x = torch.randn(1, L, H, W)
+    first, state = model(x)
+    zeros, _ = model(x, model.init_state(1, H, W))
+    torch.testing.assert_close(first, zeros, rtol=0, atol=0)
+    _, state = model(torch.randn(1, L, H, W), state)
+    again, _ = model(x, None)
+    torch.testing.assert_close(again, first, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("detach", [False, True])
+def test_detach_state_cuts_the_graph(detach):
+    model = _trained_like(ConvLSTM(L, 4))
+    x1 = torch.randn(1, L, H, W, requires_grad=True)
+    x2 = torch.randn(1, L, H, W)
+    _, state = model(x1)
+    if detach:
+        state = model.detach_state(state)
+    out, _ = model(x2, state)
+    if detach:
+        assert not any(t.requires_grad for layer in state for t in layer)
+        with pytest.raises(RuntimeError):
+            torch.autograd.grad(out.sum(), x1)
+    else:
+        (grad,) = torch.autograd.grad(out.sum(), x1)
+        assert grad.abs().sum() > 0
+
+
+def test_detach_state_keeps_none():
+    assert detach_state(None) is None
+
+
+def test_bf16_autocast_on_cpu():
+    model = _trained_like(ConvLSTM(L, 4, peephole=True))
+    seq = torch.randn(1, 3, L, H, W)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, state = model.forward_sequence(seq)
+    assert out.shape == seq.shape and torch.isfinite(out).all()
+    ref, _ = model.forward_sequence(seq)
+    torch.testing.assert_close(out.float(), ref, atol=0.1, rtol=0.05)
+    # The memory keeps full precision under autocast.
+    assert state[0][1].dtype == torch.float32
+
+
+def test_channels_last_input_gives_same_output():
+    model = _trained_like(ConvLSTM(L, 4, kernel_size=5))
+    x = torch.randn(2, L, H, W)
+    ref, ref_state = model(x)
+    out, state = model(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(state[0][0], ref_state[0][0])
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace:DeprecationWarning")
+def test_jit_trace_with_explicit_state_matches_eager():
+    model = _trained_like(ConvLSTM(L, 4, num_layers=2, peephole=True)).eval()
+    x = torch.randn(1, L, H, W)
+    state = model.init_state(1, H, W)
+    traced = torch.jit.trace(model, (x, state))
+    x2 = torch.randn(1, L, H, W)
+    _, state2 = model(x, state)
+    eager, eager_state = model(x2, state2)
+    got, got_state = traced(x2, state2)
+    torch.testing.assert_close(got, eager)
+    torch.testing.assert_close(got_state[1][1], eager_state[1][1])
+
+
+def test_torch_export_with_explicit_state_matches_eager():
+    model = _trained_like(ConvLSTM(L, 4)).eval()
+    x = torch.randn(1, L, H, W)
+    state = model.init_state(1, H, W)
+    exported = torch.export.export(model, (x, state))
+    _, state = model(x, state)
+    torch.testing.assert_close(exported.module()(x, state)[0], model(x, state)[0])
+
+
+@pytest.mark.parametrize(
+    ("shape", "match"),
+    [
+        ((L, H, W), "B, L, h, w"),
+        ((1, L + 1, H, W), "L=5"),
+    ],
+)
+def test_bad_heatmaps_raise(shape, match):
+    with pytest.raises(ValueError, match=match):
+        ConvLSTM(L, 4)(torch.randn(shape))
+
+
+def test_bad_sequence_raises():
+    model = ConvLSTM(L, 4)
+    with pytest.raises(ValueError, match="B, T, L, h, w"):
+        model.forward_sequence(torch.randn(1, L, H, W))
+    with pytest.raises(ValueError, match="T >= 1"):
+        model.forward_sequence(torch.randn(1, 0, L, H, W))
+
+
+def test_bad_state_raises():
+    model = ConvLSTM(L, 4, num_layers=2)
+    x = torch.randn(2, L, H, W)
+    with pytest.raises(ValueError, match="2 \\(h, c\\) pairs"):
+        model(x, model.init_state(2, H, W)[:1])
+    with pytest.raises(ValueError, match="batch, hidden, h, w"):
+        model(x, model.init_state(1, H, W))
+    with pytest.raises(ValueError, match="batch, hidden, h, w"):
+        model(x, model.init_state(2, H, W + 1))
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"kernel_size": 4}, {"hidden_channels": 0}, {"num_layers": 0}, {"input_proj": 0}],
+)
+def test_bad_constructor_arguments_raise(kwargs):
+    with pytest.raises(ValueError):
+        ConvLSTM(L, **kwargs)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_onnx_export_with_explicit_state_matches_eager(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    model = _trained_like(ConvLSTM(L, 4, num_layers=2, peephole=True)).eval()
+    x = torch.randn(1, L, H, W)
+    state = model.init_state(1, H, W)
+    path = tmp_path / "convlstm.onnx"
+    # The legacy (TorchScript) exporter: the dynamo one needs onnxscript, not a dependency.
+    torch.onnx.export(model, (x, state), str(path), dynamo=False)
+    _, state = model(x, state)
+    session = ort.InferenceSession(str(path))
+    flat = [x.numpy()] + [t.detach().numpy() for layer in state for t in layer]
+    feeds = {i.name: a for i, a in zip(session.get_inputs(), flat)}
+    out, *new_state = session.run(None, feeds)
+    ref, ref_state = model(x, state)
+    torch.testing.assert_close(torch.from_numpy(out), ref.detach())
+    torch.testing.assert_close(torch.from_numpy(new_state[-1]), ref_state[-1][1].detach())
