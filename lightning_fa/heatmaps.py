@@ -1,0 +1,266 @@
+"""Heatmap codec: Gaussian targets, decoders (argmax, argmax_quarter, PDC), coordinate transforms.
+
+Conventions (SPEC 1): coordinates are (x, y), 0-based, pixel centres at integers, float, never
+truncated. Heatmaps are (..., L, H, W); every function here is a batched tensor op that runs on
+whatever device its inputs live on.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+DECODERS = ("pdc", "argmax", "argmax_quarter")
+
+
+def _coord_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Coordinates are float32 at least: half precision cannot hold centres of mass accurately."""
+    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
+
+
+def _skip_data_checks() -> bool:
+    """Value checks read tensor data (a host sync); tracers and compilers cannot follow them."""
+    return torch.jit.is_tracing() or torch.compiler.is_compiling()
+
+
+def _check_coords(coords: Tensor, name: str = "coords") -> None:
+    if coords.ndim < 2 or coords.shape[-1] != 2:
+        raise ValueError(
+            f"{name} must have shape (..., L, 2) with (x, y) last; got {tuple(coords.shape)}"
+        )
+
+
+def _check_heatmaps(heatmaps: Tensor) -> None:
+    """Shape and dtype of (..., L, H, W) heatmaps; raises ValueError."""
+    if not isinstance(heatmaps, Tensor):
+        raise ValueError(
+            f"heatmaps must be a torch.Tensor of shape (..., L, H, W); got {type(heatmaps)}"
+        )
+    if heatmaps.ndim < 3:
+        raise ValueError(
+            f"heatmaps must have shape (..., L, H, W) (at least 3 dims); got {tuple(heatmaps.shape)}"
+        )
+    if heatmaps.shape[-1] == 0 or heatmaps.shape[-2] == 0:
+        raise ValueError(
+            f"heatmaps must have non-empty spatial dims (H, W); got {tuple(heatmaps.shape)}"
+        )
+    if not heatmaps.is_floating_point():
+        raise ValueError(f"heatmaps must be floating point; got dtype {heatmaps.dtype}")
+
+
+def _check_finite(heatmaps: Tensor, per_map: Tensor) -> None:
+    """Raise if `per_map`, a reduction the decoder computed anyway, shows NaN / +inf input.
+
+    Every decoder reduces each map to a value that turns NaN or inf when a NaN or +inf enters
+    it (peak value, thresholded mass, per-map max); reusing it avoids a separate pass over the
+    heatmaps. An isolated -inf is below any peak or threshold and decodes like a very low value.
+    """
+    if _skip_data_checks() or torch.isfinite(per_map).all():
+        return
+    bad = int((~torch.isfinite(heatmaps)).sum())
+    raise ValueError(
+        f"heatmaps of shape {tuple(heatmaps.shape)} must be finite; found {bad} NaN/inf values"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Encoding
+# --------------------------------------------------------------------------------------------
+
+
+def render_gaussian(coords: Tensor, height: int, width: int, sigma: float) -> Tensor:
+    """Gaussian targets exp(-d^2 / (2 sigma^2)), peak 1 at the exact sub-pixel (x, y).
+
+    coords (..., L, 2) in heatmap pixels -> (..., L, height, width), on coords' device. Built as
+    the outer product of two 1-D Gaussians (the 2-D one is separable). A landmark with a
+    non-finite coordinate (missing / unlabelled) gets an all-zero map.
+    """
+    _check_coords(coords)
+    if height <= 0 or width <= 0:
+        raise ValueError(f"height and width must be positive; got height={height}, width={width}")
+    if not sigma > 0:
+        raise ValueError(f"sigma must be positive (heatmap pixels); got {sigma}")
+    dtype = _coord_dtype(coords.dtype) if coords.is_floating_point() else torch.float32
+    coords = coords.to(dtype)
+    finite = torch.isfinite(coords).all(-1, keepdim=True)  # (..., L, 1)
+    # Zero the coordinates before the exp so that NaNs never enter the graph.
+    coords = torch.where(finite, coords, 0.0)
+    xs = torch.arange(width, dtype=dtype, device=coords.device)
+    ys = torch.arange(height, dtype=dtype, device=coords.device)
+    scale = -0.5 / float(sigma) ** 2
+    gx = torch.exp(scale * (xs - coords[..., 0:1]) ** 2) * finite  # (..., L, W)
+    gy = torch.exp(scale * (ys - coords[..., 1:2]) ** 2)  # (..., L, H)
+    return gy.unsqueeze(-1) * gx.unsqueeze(-2)
+
+
+# --------------------------------------------------------------------------------------------
+# Decoding
+# --------------------------------------------------------------------------------------------
+
+
+def _argmax_xy(heatmaps: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Integer peak (x, y) as int64 tensors (..., L), plus the flat index into H * W."""
+    width = heatmaps.shape[-1]
+    flat = heatmaps.flatten(-2)
+    flat_index = flat.argmax(-1)
+    # argmax picks a NaN as the peak, so the peak values reveal NaN / +inf input.
+    _check_finite(heatmaps, flat.gather(-1, flat_index[..., None]))
+    return flat_index % width, flat_index // width, flat_index
+
+
+def argmax(heatmaps: Tensor) -> Tensor:
+    """Integer peak location of (..., L, H, W) heatmaps -> (..., L, 2) float (x, y)."""
+    _check_heatmaps(heatmaps)
+    x, y, _ = _argmax_xy(heatmaps)
+    return torch.stack((x, y), -1).to(_coord_dtype(heatmaps.dtype))
+
+
+def argmax_quarter(heatmaps: Tensor) -> Tensor:
+    """Integer peak moved 0.25 px toward the higher neighbour on each axis (HRNet / mmpose).
+
+    An axis is refined only where the peak has both neighbours on it (not on the border); equal
+    neighbours leave it in place. The result stays float (HRNet truncates; we do not).
+    """
+    _check_heatmaps(heatmaps)
+    height, width = heatmaps.shape[-2:]
+    x, y, flat_index = _argmax_xy(heatmaps)
+    flat = heatmaps.flatten(-2)
+
+    def step(index_step: int, position: Tensor, size: int) -> Tensor:
+        interior = (position > 0) & (position < size - 1)
+        # Clamp keeps border gathers in range; their result is masked out by `interior`.
+        after = flat.gather(-1, (flat_index + index_step).clamp(max=flat.shape[-1] - 1)[..., None])
+        before = flat.gather(-1, (flat_index - index_step).clamp(min=0)[..., None])
+        return torch.sign(after - before).squeeze(-1) * interior
+
+    dtype = _coord_dtype(heatmaps.dtype)
+    refined_x = x.to(dtype) + 0.25 * step(1, x, width).to(dtype)
+    refined_y = y.to(dtype) + 0.25 * step(width, y, height).to(dtype)
+    return torch.stack((refined_x, refined_y), -1)
+
+
+def _threshold_below(heatmaps: Tensor, threshold: float) -> Tensor:
+    """Copy of heatmaps with every value < threshold set to 0 (values == threshold survive)."""
+    # F.threshold keeps x > t in one allocation-light kernel; stepping t down by one ulp of the
+    # heatmaps' dtype turns its strict ">" into Algorithm 1's ">=".
+    t = torch.tensor(threshold, dtype=heatmaps.dtype)
+    just_below = torch.nextafter(t, torch.tensor(float("-inf"), dtype=heatmaps.dtype))
+    return F.threshold(heatmaps, just_below.item(), 0.0)
+
+
+def pdc(
+    heatmaps: Tensor,
+    threshold: float = 0.2,
+    relative: bool = False,
+    return_valid: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """Probability Density Centralization (paper Algorithm 1), 0-based: (..., L, H, W) -> (..., L, 2).
+
+    Values < threshold are zeroed (relative=True: threshold * per-map max), then the centre of
+    mass is taken through the row / column marginals. Where nothing positive survives the
+    threshold the landmark falls back to argmax; return_valid=True also returns the (..., L)
+    bool mask, True where PDC was used. Differentiable w.r.t. the heatmaps (the threshold mask
+    is a constant).
+    """
+    _check_heatmaps(heatmaps)
+    heatmaps = heatmaps.to(_coord_dtype(heatmaps.dtype))
+    height, width = heatmaps.shape[-2:]
+    if relative:
+        peak = heatmaps.detach().amax((-2, -1), keepdim=True)
+        _check_finite(heatmaps, peak)
+        kept = torch.where(heatmaps >= threshold * peak, heatmaps, 0.0)
+    else:
+        kept = _threshold_below(heatmaps, threshold)
+    column_mass = kept.sum(-2)  # (..., L, W)
+    row_mass = kept.sum(-1)  # (..., L, H)
+    mass = row_mass.sum(-1)
+    if not relative:
+        _check_finite(heatmaps, mass)  # the threshold keeps NaN and +inf, so they reach the mass
+    valid = mass > 0
+    xs = torch.arange(width, dtype=kept.dtype, device=kept.device)
+    ys = torch.arange(height, dtype=kept.dtype, device=kept.device)
+    # Dividing by 1 where invalid keeps inf/NaN out of the (discarded) branch and its gradient.
+    safe_mass = torch.where(valid, mass, 1.0)
+    centre = torch.stack((column_mass @ xs, row_mass @ ys), -1) / safe_mass[..., None]
+    # The argmax fallback costs a full pass; skip it when every landmark kept some mass.
+    if _skip_data_checks() or not valid.all():
+        x, y, _ = _argmax_xy(heatmaps)
+        fallback = torch.stack((x, y), -1).to(centre.dtype)
+        centre = torch.where(valid[..., None], centre, fallback)
+    return (centre, valid) if return_valid else centre
+
+
+def decode(
+    heatmaps: Tensor,
+    method: str = "pdc",
+    threshold: float = 0.2,
+    relative: bool = False,
+) -> Tensor:
+    """Heatmaps (..., L, H, W) -> (..., L, 2) heatmap-pixel (x, y) with the named decoder."""
+    if method == "pdc":
+        return pdc(heatmaps, threshold=threshold, relative=relative)
+    if method == "argmax":
+        return argmax(heatmaps)
+    if method == "argmax_quarter":
+        return argmax_quarter(heatmaps)
+    raise ValueError(f"decode method must be one of {DECODERS}; got {method!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# Coordinate transforms: heatmap <-> crop <-> frame
+# --------------------------------------------------------------------------------------------
+
+
+def _check_stride(stride: float) -> None:
+    if not stride > 0:
+        raise ValueError(f"stride must be positive; got {stride}")
+
+
+def heatmap_to_crop(coords: Tensor, stride: float) -> Tensor:
+    """Heatmap pixels -> crop pixels: x_crop = (x_hm + 0.5) * stride - 0.5 (pixel centres align)."""
+    _check_stride(stride)
+    return (coords + 0.5) * stride - 0.5
+
+
+def crop_to_heatmap(coords: Tensor, stride: float) -> Tensor:
+    """Crop pixels -> heatmap pixels, the inverse of heatmap_to_crop."""
+    _check_stride(stride)
+    return (coords + 0.5) / stride - 0.5
+
+
+def _check_affine(matrix: Tensor, name: str = "matrix") -> None:
+    if matrix.ndim < 2 or tuple(matrix.shape[-2:]) != (2, 3):
+        raise ValueError(f"{name} must have shape (..., 2, 3); got {tuple(matrix.shape)}")
+
+
+def apply_affine(coords: Tensor, matrix: Tensor) -> Tensor:
+    """Points (..., L, 2) mapped by (..., 2, 3) matrices: p' = M[:, :2] @ p + M[:, 2]."""
+    _check_coords(coords)
+    _check_affine(matrix)
+    linear = matrix[..., :2].transpose(-1, -2).to(coords.dtype)
+    return coords @ linear + matrix[..., 2].unsqueeze(-2).to(coords.dtype)
+
+
+def invert_affine(matrix: Tensor) -> Tensor:
+    """Inverse of (..., 2, 3) affine matrices (closed-form 2x2 inverse, batched, exportable)."""
+    _check_affine(matrix)
+    a, b, tx = matrix[..., 0, 0], matrix[..., 0, 1], matrix[..., 0, 2]
+    c, d, ty = matrix[..., 1, 0], matrix[..., 1, 1], matrix[..., 1, 2]
+    det = a * d - b * c
+    if not _skip_data_checks() and not (det != 0).all():
+        raise ValueError(f"affine matrices of shape {tuple(matrix.shape)} include a singular one")
+    ia, ib, ic, id_ = d / det, -b / det, -c / det, a / det
+    row0 = torch.stack((ia, ib, -(ia * tx + ib * ty)), -1)
+    row1 = torch.stack((ic, id_, -(ic * tx + id_ * ty)), -1)
+    return torch.stack((row0, row1), -2)
+
+
+def frame_to_crop(coords: Tensor, affine: Tensor) -> Tensor:
+    """Frame pixels -> crop pixels through a sample's `affine` (which maps frame -> crop)."""
+    return apply_affine(coords, affine)
+
+
+def crop_to_frame(coords: Tensor, affine: Tensor) -> Tensor:
+    """Crop pixels -> frame pixels: applies the inverse of the frame -> crop `affine`."""
+    return apply_affine(coords, invert_affine(affine))
