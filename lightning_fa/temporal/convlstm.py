@@ -105,9 +105,11 @@ class ConvLSTM(nn.Module):
         num_layers: stacked cells; layer k > 0 takes layer k-1's h as input.
         kernel_size: odd spatial kernel of the gate convolutions.
         peephole: per-channel peephole connections.
-        input_proj: if set, a 1x1 conv first squeezes the L heatmap channels to this many, which
-            makes the gate convolution several times cheaper for 68/98 landmarks. The skip
-            connection still adds the raw o_t.
+        input_proj: if set, a 1x1 conv first squeezes the L heatmap channels to this many
+            before the cells (the skip connection still adds the raw o_t). ``None`` feeds o_t
+            directly. The default 16 keeps the step cheap: at L=68, 64x64, batch 1 the default
+            step is about 84 MMAC (2 ms on one CPU thread) against 203 MMAC (8 ms) without it,
+            for a backbone of about 4.7 GMAC.
     """
 
     def __init__(
