@@ -1,0 +1,442 @@
+"""Still-image landmark datasets (300W, WFLW, COFW, AFLW) and their LightningDataModule.
+
+Two modes:
+- ``mode="image"``: one crop per sample (backbone training, image evaluation).
+- ``mode="sequence"``: pseudo-sequences (paper 4.2): ``seq_len`` copies of the crop, frame t
+  shifted by ``shift_t`` crop pixels (frame 0 unshifted), so its ground truth is exactly frame 0's
+  landmarks + ``shift_t``. One augmentation draw per sequence, per-frame degradations on top.
+
+Randomness comes only from ``np.random.default_rng((seed, epoch, index))``: a sample is the same
+whatever the number of DataLoader workers. The training sampler (``EpochSampler``) hands the
+epoch to the workers by yielding ``(epoch, index)`` pairs.
+
+Batches use the default collate, so every sequence in a batch has the same length: ``seq_len``
+is fixed per data module (the paper's 5-8 frames: pick one, default 6).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Literal
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from data_modules.formats import (
+    WFLW_ATTRIBUTES,
+    LandmarkRecord,
+    OnError,
+    filter_by_attribute,
+    log_skipped,
+    read_cofw_mat,
+    read_hrnet_csv,
+    read_pts_folder,
+    read_wflw_list,
+    record_image_rgb,
+)
+from data_modules.landmarks import DatasetSpec, get_spec
+from data_modules.transforms import (
+    DEFAULT_ENLARGE,
+    AugmentConfig,
+    AugmentParams,
+    DegradationConfig,
+    apply_colour,
+    augmented_affine,
+    box_to_center_scale,
+    landmarks_box,
+    landmarks_to_crop,
+    sample_augmentation,
+    to_chw_tensor,
+    warp_image,
+)
+
+log = logging.getLogger(__name__)
+
+Mode = Literal["image", "sequence"]
+DEFAULT_AUGMENT = AugmentConfig()
+Layout = Literal["auto", "official", "csv"]
+
+# 300W official layout: which folders make up each subset.
+SUBSETS_300W_FOLDERS: dict[str, tuple[str, ...]] = {
+    "train": ("lfpw/trainset", "helen/trainset", "afw"),
+    "common": ("lfpw/testset", "helen/testset"),
+    "challenge": ("ibug",),
+    "full": ("lfpw/testset", "helen/testset", "ibug"),
+    "private": ("300W/01_Indoor", "300W/02_Outdoor"),
+}
+# HRNet CSV names (under root; images under root/images).
+SUBSETS_300W_CSV = {
+    "train": "face_landmarks_300w_train.csv",
+    "common": "face_landmarks_300w_valid_common.csv",
+    "challenge": "face_landmarks_300w_valid_challenge.csv",
+    "full": "face_landmarks_300w_valid.csv",
+    "private": "face_landmarks_300w_test.csv",
+}
+WFLW_LIST_DIR = Path("WFLW_annotations/list_98pt_rect_attr_train_test")
+WFLW_IMAGE_DIR = "WFLW_images"
+SUBSETS_WFLW = ("train", "test", *WFLW_ATTRIBUTES)
+SUBSETS_AFLW_CSV = {
+    "train": "face_landmarks_aflw_train.csv",
+    "full": "face_landmarks_aflw_test.csv",
+    "frontal": "face_landmarks_aflw_test_frontal.csv",
+}
+COFW_FILES = {
+    "train": ("COFW_train_color.mat", "COFW_train.mat", "cofw_train.mat"),
+    "test": ("COFW_test_color.mat", "COFW_test.mat", "cofw_test.mat"),
+}
+SUBSETS: dict[str, tuple[str, ...]] = {
+    "300w": tuple(SUBSETS_300W_FOLDERS),
+    "wflw": SUBSETS_WFLW,
+    "cofw": tuple(COFW_FILES),
+    "aflw": tuple(SUBSETS_AFLW_CSV),
+}
+
+
+def _check_subset(dataset: str, subset: str) -> None:
+    if subset not in SUBSETS[dataset]:
+        raise ValueError(f"unknown {dataset} subset {subset!r}; expected one of {SUBSETS[dataset]}")
+
+
+def _resolve_layout(root: Path, layout: Layout, official_marker: str) -> Literal["official", "csv"]:
+    if layout != "auto":
+        return layout
+    return "official" if (root / official_marker).exists() else "csv"
+
+
+def _check_images(
+    records: list[LandmarkRecord], problems: list[str], on_error: OnError
+) -> list[LandmarkRecord]:
+    """Drop (or raise for) records whose image file does not exist."""
+    kept = []
+    for record in records:
+        if record.image is None and not record.image_path.is_file():
+            message = f"image not found: {record.image_path}"
+            if on_error == "raise":
+                raise FileNotFoundError(message)
+            problems.append(message)
+        else:
+            kept.append(record)
+    return kept
+
+
+def load_records(
+    dataset: str,
+    root: str | Path,
+    subset: str,
+    layout: Layout = "auto",
+    on_error: OnError = "raise",
+) -> tuple[list[LandmarkRecord], list[str]]:
+    """Records of one subset of a still-image dataset, and the problems skipped (``on_error``).
+
+    Layouts: 300W official folders (lfpw/helen/afw/ibug/300W with images + .pts) or HRNet CSVs;
+    WFLW official lists (``WFLW_annotations``, ``WFLW_images``) or HRNet CSVs; COFW ``.mat``;
+    AFLW HRNet CSVs. HRNet CSV images live under ``root/images``.
+    """
+    dataset = get_spec(dataset).name
+    root = Path(root)
+    if dataset not in SUBSETS:
+        raise ValueError(
+            f"{dataset!r} is not a still-image dataset; expected one of {sorted(SUBSETS)}"
+        )
+    _check_subset(dataset, subset)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{dataset} root folder not found: {root}")
+    spec = get_spec(dataset)
+    problems: list[str] = []
+    records: list[LandmarkRecord] = []
+    if dataset == "300w" and _resolve_layout(root, layout, "ibug") == "official":
+        for folder in SUBSETS_300W_FOLDERS[subset]:
+            found, bad = read_pts_folder(root / folder, spec.num_landmarks, on_error)
+            records += found
+            problems += bad
+    elif dataset == "wflw" and _resolve_layout(root, layout, str(WFLW_LIST_DIR)) == "official":
+        split = "train" if subset == "train" else "test"
+        records, problems = read_wflw_list(
+            root / WFLW_LIST_DIR / f"list_98pt_rect_attr_{split}.txt",
+            root / WFLW_IMAGE_DIR,
+            on_error,
+        )
+        if subset in WFLW_ATTRIBUTES:
+            records = filter_by_attribute(records, subset)
+    elif dataset == "cofw":
+        candidates = [root / name for name in COFW_FILES[subset]]
+        path = next((p for p in candidates if p.is_file()), None)
+        if path is None:
+            raise FileNotFoundError(f"COFW {subset} file not found; looked for {candidates}")
+        records = read_cofw_mat(path, subset)  # type: ignore[arg-type]
+    else:
+        if dataset == "300w":
+            name = SUBSETS_300W_CSV[subset]
+        elif dataset == "wflw":
+            suffix = {"train": "train", "test": "test", "pose": "test_largepose"}.get(
+                subset, f"test_{subset}"
+            )
+            name = f"face_landmarks_wflw_{suffix}.csv"
+        else:
+            name = SUBSETS_AFLW_CSV[subset]
+        records, problems = read_hrnet_csv(
+            root / name, root / "images", spec.num_landmarks, spec.norm == "box", on_error
+        )
+    records = _check_images(records, problems, on_error)
+    if not records:
+        raise ValueError(f"no {dataset} {subset} samples found under {root} (layout {layout!r})")
+    log_skipped(f"{dataset} {subset} under {root}", problems)
+    return records, problems
+
+
+def crop_norm_size(
+    crop_landmarks: np.ndarray, affine: np.ndarray, spec: DatasetSpec, box_size: float
+) -> float:
+    """The error normaliser in crop pixels: eye-corner distance, or ``box_size`` (frame pixels)
+    scaled into the crop for box-normalised datasets."""
+    if spec.norm_indices is not None:
+        a, b = spec.norm_indices
+        return float(np.linalg.norm(crop_landmarks[a] - crop_landmarks[b]))
+    return float(box_size * np.sqrt(abs(np.linalg.det(affine[:, :2]))))
+
+
+def _record_box_size(record: LandmarkRecord, box: Sequence[float]) -> float:
+    if "box_size" in record.attributes:
+        return float(record.attributes["box_size"])
+    x1, y1, x2, y2 = box
+    return float(np.sqrt((x2 - x1) * (y2 - y1)))
+
+
+class EpochSampler(Sampler[tuple[int, int]]):
+    """Yields ``(epoch, index)`` so workers can seed each sample from (seed, epoch, index).
+
+    The order is shuffled from (seed, epoch) when ``shuffle``. The epoch advances by one each
+    time the sampler is iterated; Lightning's ``set_epoch`` (also used on resume) sets it.
+    """
+
+    def __init__(self, num_samples: int, shuffle: bool = True, seed: int = 0) -> None:
+        self.num_samples = num_samples
+        self.shuffle = shuffle
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch = self.epoch
+        self.epoch += 1
+        order = (
+            np.random.default_rng((self.seed, epoch)).permutation(self.num_samples)
+            if self.shuffle
+            else np.arange(self.num_samples)
+        )
+        return iter([(epoch, int(i)) for i in order])
+
+
+class LandmarkImageDataset(Dataset):
+    """Crops (image mode) or shifted pseudo-sequences (sequence mode) of annotated still images.
+
+    ``augment=None`` and ``degradation=None`` give the plain evaluation crop. In sequence mode the
+    shifts are uniform in [-max_shift, max_shift] crop pixels (rounded when ``integer_shifts``).
+    """
+
+    def __init__(
+        self,
+        records: Sequence[LandmarkRecord],
+        spec: DatasetSpec,
+        mode: Mode = "image",
+        image_size: int = 256,
+        seq_len: int = 6,
+        max_shift: float = 4.0,
+        integer_shifts: bool = False,
+        augment: AugmentConfig | None = None,
+        degradation: DegradationConfig | None = None,
+        seed: int = 0,
+        enlarge: float = DEFAULT_ENLARGE,
+    ) -> None:
+        if mode not in ("image", "sequence"):
+            raise ValueError(f"mode must be 'image' or 'sequence', got {mode!r}")
+        if seq_len < 1:
+            raise ValueError(f"seq_len must be >= 1, got {seq_len}")
+        for record in records:
+            if record.num_landmarks != spec.num_landmarks:
+                raise ValueError(
+                    f"{record.image_path}: {record.num_landmarks} landmarks, "
+                    f"dataset {spec.name!r} expects {spec.num_landmarks}"
+                )
+        self.records = list(records)
+        self.spec = spec
+        self.mode = mode
+        self.output_size = (image_size, image_size)
+        self.seq_len = seq_len
+        self.max_shift = max_shift
+        self.integer_shifts = integer_shifts
+        self.augment = augment
+        self.degradation = degradation
+        self.seed = seed
+        self.enlarge = enlarge
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, item: int | tuple[int, int]) -> dict[str, torch.Tensor]:
+        epoch, index = item if isinstance(item, tuple) else (0, int(item))
+        rng = np.random.default_rng((self.seed, epoch, index))
+        record = self.records[index]
+        box = (
+            record.box
+            if record.box is not None
+            else landmarks_box(record.landmarks, record.visible)
+        )
+        center, scale = box_to_center_scale(box)
+        params = AugmentParams() if self.augment is None else sample_augmentation(rng, self.augment)
+        image = record_image_rgb(record)
+        perm = self.spec.flip_permutation
+        affine = augmented_affine(center, scale, self.output_size, params, self.enlarge)
+        landmarks = landmarks_to_crop(
+            record.landmarks.astype(np.float64), affine, params.flip, perm
+        )
+        visible = record.visible[list(perm)] if params.flip else record.visible
+        norm_size = crop_norm_size(landmarks, affine, self.spec, _record_box_size(record, box))
+
+        def frame(shift: np.ndarray) -> torch.Tensor:
+            shifted = affine.copy()
+            shifted[:, 2] += shift
+            crop = apply_colour(warp_image(image, shifted, self.output_size), params)
+            if self.degradation is not None:
+                crop = self.degradation.apply(crop, rng)
+            return to_chw_tensor(crop)
+
+        if self.mode == "image":
+            return {
+                "image": frame(np.zeros(2)),
+                "landmarks": torch.from_numpy(landmarks.astype(np.float32)),
+                "affine": torch.from_numpy(affine.astype(np.float32)),
+                "visible": torch.from_numpy(visible.copy()),
+                "norm_size": torch.tensor(norm_size, dtype=torch.float32),
+                "index": torch.tensor(index, dtype=torch.int64),
+            }
+        shifts = self.sample_shifts(rng)
+        affines = np.repeat(affine[None], self.seq_len, axis=0)
+        affines[:, :, 2] += shifts
+        return {
+            "frames": torch.stack([frame(s) for s in shifts]),
+            "landmarks": torch.from_numpy((landmarks[None] + shifts[:, None]).astype(np.float32)),
+            "affine": torch.from_numpy(affines.astype(np.float32)),
+            "valid": torch.ones(self.seq_len, dtype=torch.bool),
+            "norm_size": torch.full((self.seq_len,), norm_size, dtype=torch.float32),
+            "video_id": torch.tensor(index, dtype=torch.int64),
+            "frame_index": torch.arange(self.seq_len, dtype=torch.int64),
+        }
+
+    def sample_shifts(self, rng: np.random.Generator) -> np.ndarray:
+        """(seq_len, 2) per-frame crop shifts; frame 0 is unshifted."""
+        shifts = rng.uniform(-self.max_shift, self.max_shift, size=(self.seq_len, 2))
+        if self.integer_shifts:
+            shifts = np.rint(shifts)
+        shifts[0] = 0.0
+        return shifts
+
+
+class LandmarkDataModule(L.LightningDataModule):
+    """Train split + one evaluation subset of a still-image landmark dataset.
+
+    ``subset`` is the evaluation subset (used for validation and test), e.g. 300W ``full`` /
+    ``common`` / ``challenge`` / ``private``, WFLW ``test`` or an attribute, COFW ``test``, AFLW
+    ``full`` / ``frontal``. Training always uses the ``train`` split with ``augment`` and
+    ``degradation``; evaluation uses no augmentation and ``eval_degradation`` (off by default;
+    the robustness experiment turns it on); ``augment=None`` turns training augmentation off.
+    ``on_error="skip"`` leaves out bad samples and
+    counts them in ``skipped`` (also logged).
+    """
+
+    def __init__(
+        self,
+        root: str,
+        dataset: str = "300w",
+        subset: str = "full",
+        mode: Mode = "image",
+        layout: Layout = "auto",
+        image_size: int = 256,
+        seq_len: int = 6,
+        max_shift: float = 4.0,
+        integer_shifts: bool = False,
+        augment: AugmentConfig | None = DEFAULT_AUGMENT,
+        degradation: DegradationConfig | None = None,
+        eval_degradation: DegradationConfig | None = None,
+        batch_size: int = 16,
+        eval_batch_size: int | None = None,
+        num_workers: int = 4,
+        pin_memory: bool = True,
+        seed: int = 0,
+        on_error: OnError = "raise",
+    ) -> None:
+        super().__init__()
+        self.spec = get_spec(dataset)
+        if self.spec.name not in SUBSETS:
+            raise ValueError(
+                f"dataset must be one of {sorted(SUBSETS)} (300VW lives in video.py), got {dataset!r}"
+            )
+        _check_subset(self.spec.name, subset)
+        self.save_hyperparameters()
+        self.root = Path(root)
+        self.subset = subset
+        self.skipped: dict[str, list[str]] = {}
+        self.train_set: LandmarkImageDataset | None = None
+        self.eval_set: LandmarkImageDataset | None = None
+
+    @property
+    def num_landmarks(self) -> int:
+        return self.spec.num_landmarks
+
+    def _dataset(self, split: str, train: bool) -> LandmarkImageDataset:
+        hp = self.hparams
+        records, problems = load_records(self.spec.name, self.root, split, hp.layout, hp.on_error)
+        self.skipped[split] = problems
+        return LandmarkImageDataset(
+            records,
+            self.spec,
+            mode=hp.mode,
+            image_size=hp.image_size,
+            seq_len=hp.seq_len,
+            max_shift=hp.max_shift,
+            integer_shifts=hp.integer_shifts,
+            augment=hp.augment if train else None,
+            degradation=hp.degradation if train else hp.eval_degradation,
+            seed=hp.seed,
+        )
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "fit") and self.train_set is None:
+            self.train_set = self._dataset("train", train=True)
+        if self.eval_set is None:
+            self.eval_set = self._dataset(self.subset, train=False)
+
+    def _loader(self, dataset: Dataset, batch_size: int, sampler: Sampler | None) -> DataLoader:
+        hp = self.hparams
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=sampler,
+            shuffle=False,
+            num_workers=hp.num_workers,
+            pin_memory=hp.pin_memory and torch.cuda.is_available(),
+            persistent_workers=hp.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        assert self.train_set is not None, "call setup('fit') first"
+        sampler = EpochSampler(len(self.train_set), shuffle=True, seed=self.hparams.seed)
+        return self._loader(self.train_set, self.hparams.batch_size, sampler)
+
+    def val_dataloader(self) -> DataLoader:
+        assert self.eval_set is not None, "call setup() first"
+        return self._loader(
+            self.eval_set, self.hparams.eval_batch_size or self.hparams.batch_size, None
+        )
+
+    def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader()
