@@ -268,9 +268,8 @@ def error_jitter(
             mask = _check_mask(f"valid[{i}]", valid[i], (pred.shape[0],))
         _check_finite(f"target_videos[{i}] (valid frames)", target[mask])
         scale = 1.0 if scales is None else float(scales[i])
-        # Invalid frames' targets may be NaN: zero them, their pairs are masked out anyway.
-        target = torch.where(mask[:, None, None], target, pred) / scale
-        errors.append(preds[i] - target)
+        # NaN errors of invalid frames are harmless: _allan selects (never multiplies) by mask.
+        errors.append(preds[i] - target / scale)
         masks.append(mask)
     return _allan(errors, masks)
 
