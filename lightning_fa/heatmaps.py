@@ -126,17 +126,19 @@ def argmax_quarter(heatmaps: Tensor) -> Tensor:
     height, width = heatmaps.shape[-2:]
     x, y, flat_index = _argmax_xy(heatmaps)
     flat = heatmaps.flatten(-2)
+    dtype = _coord_dtype(heatmaps.dtype)
 
     def step(index_step: int, position: Tensor, size: int) -> Tensor:
         interior = (position > 0) & (position < size - 1)
         # Clamp keeps border gathers in range; their result is masked out by `interior`.
         after = flat.gather(-1, (flat_index + index_step).clamp(max=flat.shape[-1] - 1)[..., None])
         before = flat.gather(-1, (flat_index - index_step).clamp(min=0)[..., None])
-        return torch.sign(after - before).squeeze(-1) * interior
+        # Comparisons rather than sign(after - before): -inf minus -inf would be NaN.
+        direction = (after > before).to(dtype) - (after < before).to(dtype)
+        return direction.squeeze(-1) * interior
 
-    dtype = _coord_dtype(heatmaps.dtype)
-    refined_x = x.to(dtype) + 0.25 * step(1, x, width).to(dtype)
-    refined_y = y.to(dtype) + 0.25 * step(width, y, height).to(dtype)
+    refined_x = x.to(dtype) + 0.25 * step(1, x, width)
+    refined_y = y.to(dtype) + 0.25 * step(width, y, height)
     return torch.stack((refined_x, refined_y), -1)
 
 

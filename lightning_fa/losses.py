@@ -17,14 +17,15 @@ from lightning_fa.heatmaps import pdc
 
 
 def _check_pair(
-    pred: Tensor, target: Tensor, min_ndim: int = 2, layout: str = "(..., H, W)"
+    pred: Tensor, target: Tensor, layout: str = "(..., H, W)", ndim: int | None = None
 ) -> None:
+    """Same shape, at least 2 dims (H, W), exactly `ndim` when given; `layout` names it in errors."""
     if pred.shape != target.shape:
         raise ValueError(
             f"pred and target must have the same shape {layout}; "
             f"got pred {tuple(pred.shape)} and target {tuple(target.shape)}"
         )
-    if pred.ndim < min_ndim:
+    if pred.ndim < 2 or (ndim is not None and pred.ndim != ndim):
         raise ValueError(f"pred and target must have shape {layout}; got {tuple(pred.shape)}")
 
 
@@ -232,11 +233,7 @@ class JitterLoss(nn.Module):
         neither). return_last_coords=True also returns the last frame's decoded coordinates
         (B, L, 2), detached, to pass as prev_pred_coords for the next chunk.
         """
-        _check_pair(pred, target, min_ndim=5, layout="(B, T, L, H, W)")
-        if pred.ndim != 5:
-            raise ValueError(
-                f"pred and target must have shape (B, T, L, H, W); got {tuple(pred.shape)}"
-            )
+        _check_pair(pred, target, "(B, T, L, H, W)", ndim=5)
         if tuple(target_coords.shape) != (*pred.shape[:3], 2):
             raise ValueError(
                 f"target_coords must have shape (B, T, L, 2) = {(*pred.shape[:3], 2)} to match "

@@ -288,3 +288,15 @@ def test_bad_transform_inputs_raise() -> None:
         heatmap_to_crop(torch.zeros(1, 2), 0)
     with pytest.raises(ValueError, match="sigma"):
         render_gaussian(torch.zeros(1, 2), 4, 4, 0.0)
+
+
+def test_isolated_negative_infinity_decodes_like_a_low_value() -> None:
+    heatmaps = torch.rand(1, 2, 6, 6)
+    floored = heatmaps.clone()
+    heatmaps[0, 1, 2, 2] = float("-inf")
+    floored[0, 1, 2, 2] = -1.0
+    for maps in (heatmaps, floored):  # a peak with two -inf (-1) neighbours on the x axis
+        maps[0, 0, 3, 3] = 2.0
+        maps[0, 0, 3, 2] = maps[0, 0, 3, 4] = maps[0, 1, 2, 2]
+    for method in ("pdc", "argmax", "argmax_quarter"):
+        torch.testing.assert_close(decode(heatmaps, method=method), decode(floored, method=method))
