@@ -133,7 +133,8 @@ def argmax_quarter(heatmaps: Tensor) -> Tensor:
         # Clamp keeps border gathers in range; their result is masked out by `interior`.
         after = flat.gather(-1, (flat_index + index_step).clamp(max=flat.shape[-1] - 1)[..., None])
         before = flat.gather(-1, (flat_index - index_step).clamp(min=0)[..., None])
-        # Comparisons rather than sign(after - before): -inf minus -inf would be NaN.
+        # Compare instead of sign(after - before): two -inf neighbours must mean "no step", not
+        # a NaN difference whose sign is left to the backend.
         direction = (after > before).to(dtype) - (after < before).to(dtype)
         return direction.squeeze(-1) * interior
 
