@@ -1,15 +1,72 @@
-"""Command-line entry point. Sub-commands are registered here as the features land."""
+"""`lightning-fa`: LightningCLI for fit / validate / test / predict, plus the project's tools.
+
+    lightning-fa fit --config experiments/base.yaml --config experiments/backbone/hrnet.yaml ...
+    lightning-fa predict CKPT --video-root DIR      (no training config: rebuilt from the checkpoint)
+    lightning-fa <tool> --help                      (report, track, evaluate-video, bench, ...)
+
+Configs are parsed with OmegaConf, so experiment YAMLs can interpolate (`${...}`).
+"""
 
 from __future__ import annotations
 
-import argparse
+import importlib
+import sys
 
-COMMANDS: dict[str, str] = {}
+from lightning.pytorch.cli import LightningCLI
+
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+
+# name -> "module:function(argv) -> int"; imported only when called, so `--help` stays fast.
+TOOLS: dict[str, str] = {
+    "predict-ckpt": "lightning_fa.predict:main",
+}
+
+
+class FaceAlignmentCLI(LightningCLI):
+    """Links the data's landmark count into the backbone, so configs cannot disagree."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.link_arguments(
+            "data.num_landmarks",
+            "model.init_args.backbone.init_args.num_landmarks",
+            apply_on="instantiate",
+        )
+
+
+def run_lightning_cli(argv: list[str]) -> None:
+    FaceAlignmentCLI(
+        args=argv,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        parser_kwargs={"parser_mode": "omegaconf"},
+        # A rerun into the same directory must not crash on the config saved by the first run.
+        save_config_kwargs={"overwrite": True},
+        auto_configure_optimizers=False,
+    )
+
+
+def _is_checkpoint_predict(argv: list[str]) -> bool:
+    """`predict CKPT ...` without a model config is the checkpoint-only route."""
+    return (
+        len(argv) >= 2
+        and argv[0] == "predict"
+        and not argv[1].startswith("-")
+        and not any(a.startswith(("--config", "--model")) for a in argv)
+    )
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="lightning-fa", description=__doc__)
-    parser.add_argument("command", choices=sorted(COMMANDS) or ["help"])
-    args, _ = parser.parse_known_args(argv)
-    parser.print_help()
-    return 0 if args.command == "help" else 2
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__)
+        print("commands:", ", ".join([*LIGHTNING_COMMANDS, *sorted(TOOLS)]))
+        return 0
+    if _is_checkpoint_predict(argv):
+        argv = ["predict-ckpt", *argv[1:]]
+    if argv[0] in TOOLS:
+        module_name, function_name = TOOLS[argv[0]].split(":")
+        return int(getattr(importlib.import_module(module_name), function_name)(argv[1:]) or 0)
+    if argv[0] in LIGHTNING_COMMANDS:
+        run_lightning_cli(argv)
+        return 0
+    print(f"lightning-fa: unknown command {argv[0]!r}; try --help", file=sys.stderr)
+    return 2

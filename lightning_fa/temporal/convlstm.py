@@ -128,6 +128,15 @@ class ConvLSTM(nn.Module):
         self.num_landmarks = num_landmarks
         self.hidden_channels = hidden_channels
         self.num_layers = num_layers
+        # Constructor arguments, saved with fine-tuned checkpoints to rebuild the stage.
+        self.config = {
+            "num_landmarks": num_landmarks,
+            "hidden_channels": hidden_channels,
+            "num_layers": num_layers,
+            "kernel_size": kernel_size,
+            "peephole": peephole,
+            "input_proj": input_proj,
+        }
         self.input_proj = (
             nn.Conv2d(num_landmarks, input_proj, 1) if input_proj is not None else nn.Identity()
         )

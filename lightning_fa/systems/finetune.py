@@ -1,0 +1,402 @@
+"""`StableAlignmentModule`: a frozen heatmap backbone + a trainable ConvLSTM, fine-tuned with TBPTT.
+
+Training splits every sequence of T frames into chunks of k frames; each chunk gets its own loss,
+backward and optimizer step, and the recurrent state is detached between chunks (truncated BPTT;
+Lightning 2.x removed the automatic version, so this runs under manual optimization).
+
+Evaluation reports the raw backbone and the fine-tuned output side by side, decoded the same way,
+so every log shows the improvement (or the lack of it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+
+from lightning_fa.backbones import create_backbone, load_checkpoint
+from lightning_fa.heatmaps import (
+    crop_to_frame,
+    crop_to_heatmap,
+    decode,
+    heatmap_to_crop,
+    render_gaussian,
+)
+from lightning_fa.losses import JitterLoss
+from lightning_fa.metrics import LandmarkAccuracy, VideoStability
+from lightning_fa.temporal.convlstm import ConvLSTM, State, detach_state
+
+VARIANTS = ("backbone", "finetuned")
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class StableAlignmentModule(pl.LightningModule):
+    """Fine-tunes only the temporal stage on top of a frozen backbone (paper Fig. 2).
+
+    Args:
+        backbone: a heatmap backbone (protocol of `lightning_fa.backbones.Backbone`); frozen here.
+        temporal: the trainable stage; default `ConvLSTM(backbone.num_landmarks)`.
+        loss: `JitterLoss` (default) or a pixel loss `(pred, target) -> scalar` for ablations.
+        backbone_checkpoint: weights loaded into the backbone; its path and SHA-256 go into every
+            checkpoint of this module, so a run names exactly which detector it stabilised.
+        store_backbone_weights: also keep the backbone weights in this module's checkpoints.
+        decoder / pdc_threshold / relative_threshold: how heatmaps become coordinates (SPEC 2).
+        sigma: Gaussian target width in heatmap pixels (the dataset's; 300W 1.0, others 1.5).
+        tbptt_chunk: k, frames per truncated-BPTT chunk.
+        norm_indices: eye-corner indices for NME; None with `norm_size` from the batch (box size).
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        temporal: nn.Module | None = None,
+        loss: nn.Module | None = None,
+        backbone_checkpoint: str | None = None,
+        store_backbone_weights: bool = False,
+        decoder: str = "pdc",
+        pdc_threshold: float = 0.2,
+        relative_threshold: bool = False,
+        sigma: float = 1.0,
+        tbptt_chunk: int = 4,
+        lr: float = 1e-4,
+        weight_decay: float = 0.0,
+        lr_scheduler: str = "none",
+        gradient_clip_val: float | None = 1.0,
+        fr_thresholds: tuple[float, ...] = (0.08, 0.10),
+    ) -> None:
+        super().__init__()
+        if tbptt_chunk < 1:
+            raise ValueError(f"tbptt_chunk must be >= 1, got {tbptt_chunk}")
+        if lr_scheduler not in ("none", "cosine"):
+            raise ValueError(f"lr_scheduler must be 'none' or 'cosine', got {lr_scheduler!r}")
+        self.save_hyperparameters(ignore=["backbone", "temporal", "loss"])
+        self.automatic_optimization = False
+
+        self.backbone = backbone
+        self.backbone_reference = self._describe_backbone(backbone, backbone_checkpoint)
+        if backbone_checkpoint is not None:
+            load_checkpoint(self.backbone, backbone_checkpoint)
+        self.backbone.requires_grad_(False)
+        self.backbone.eval()
+
+        self.temporal = temporal if temporal is not None else ConvLSTM(backbone.num_landmarks)
+        self.loss = loss if loss is not None else JitterLoss(threshold=pdc_threshold)
+        self.stride = float(backbone.stride)
+
+        self.metrics = nn.ModuleDict()
+        self._streams: dict[int, tuple[int, State]] = {}
+
+    # ----------------------------------------------------------------- model
+    @staticmethod
+    def _describe_backbone(backbone: nn.Module, checkpoint: str | None) -> dict[str, Any]:
+        spec = dict(getattr(backbone, "spec", None) or {})
+        spec.setdefault("class_path", f"{type(backbone).__module__}.{type(backbone).__qualname__}")
+        spec["checkpoint"] = str(checkpoint) if checkpoint else None
+        spec["sha256"] = file_sha256(checkpoint) if checkpoint else None
+        return spec
+
+    def train(self, mode: bool = True) -> StableAlignmentModule:
+        # The backbone stays in eval mode: its BatchNorm statistics must never change.
+        super().train(mode)
+        self.backbone.eval()
+        return self
+
+    def backbone_heatmaps(self, images: torch.Tensor) -> torch.Tensor:
+        """Frozen backbone on (..., 3, H, W) uint8 RGB -> (..., L, h, w); never builds a graph."""
+        lead = images.shape[:-3]
+        with torch.no_grad():
+            heatmaps = self.backbone(self.backbone.preprocess(images.flatten(0, len(lead) - 1)))
+        return heatmaps.float().unflatten(0, lead)
+
+    def decode(self, heatmaps: torch.Tensor) -> torch.Tensor:
+        """Heatmaps (..., L, h, w) -> crop-pixel coordinates (..., L, 2)."""
+        coords = decode(
+            heatmaps.float(),
+            method=self.hparams.decoder,
+            threshold=self.hparams.pdc_threshold,
+            relative=self.hparams.relative_threshold,
+        )
+        return heatmap_to_crop(coords, self.stride)
+
+    def forward(
+        self, images: torch.Tensor, state: State | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, State]:
+        """One streaming step: images (B, 3, H, W) -> (coords (B, L, 2) crop px, raw coords, state)."""
+        raw = self.backbone_heatmaps(images)
+        stabilised, state = self.temporal(raw, state)
+        return self.decode(stabilised), self.decode(raw), state
+
+    # -------------------------------------------------------------- training
+    def _targets(
+        self, landmarks: torch.Tensor, height: int, width: int
+    ) -> tuple[torch.Tensor, ...]:
+        coords = crop_to_heatmap(landmarks, self.stride)
+        return render_gaussian(coords, height, width, self.hparams.sigma), coords
+
+    def _chunk_loss(
+        self,
+        pred: torch.Tensor,
+        target: torch.Tensor,
+        target_coords: torch.Tensor,
+        prev: tuple[torch.Tensor, torch.Tensor] | None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if isinstance(self.loss, JitterLoss):
+            prev_pred, prev_target = prev if prev is not None else (None, None)
+            return self.loss(
+                pred,
+                target,
+                target_coords,
+                prev_pred_coords=prev_pred,
+                prev_target_coords=prev_target,
+                return_last_coords=True,
+            )
+        return self.loss(pred.flatten(0, 1), target.flatten(0, 1)), None
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        optimizer = self.optimizers()
+        frames, landmarks = batch["frames"], batch["landmarks"]
+        state: State | None = None
+        prev: tuple[torch.Tensor, torch.Tensor] | None = None
+        losses = []
+        # torch.split gives ceil(T / k) chunks of k frames (the last one shorter).
+        for frame_chunk, landmark_chunk in zip(
+            torch.split(frames, self.hparams.tbptt_chunk, dim=1),
+            torch.split(landmarks, self.hparams.tbptt_chunk, dim=1),
+        ):
+            raw = self.backbone_heatmaps(frame_chunk)
+            target, target_coords = self._targets(landmark_chunk, *raw.shape[-2:])
+            stabilised, state = self.temporal.forward_sequence(raw, state)
+            loss, last_coords = self._chunk_loss(stabilised, target, target_coords, prev)
+            optimizer.zero_grad(set_to_none=True)
+            self.manual_backward(loss)
+            optimizer.step()
+            state = detach_state(state)
+            if last_coords is not None:
+                prev = (last_coords.detach(), target_coords[:, -1])
+            losses.append(loss.detach())
+        mean_loss = torch.stack(losses).mean()
+        self.log("train/loss", mean_loss, prog_bar=True, batch_size=frames.shape[0])
+        return mean_loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # Called after the AMP scaler has unscaled the gradients, so the clip threshold is real.
+        if self.hparams.gradient_clip_val:
+            self.clip_gradients(
+                optimizer,
+                gradient_clip_val=self.hparams.gradient_clip_val,
+                gradient_clip_algorithm="norm",
+            )
+
+    def on_train_epoch_end(self) -> None:
+        scheduler = self.lr_schedulers()
+        if scheduler is not None:
+            scheduler.step()
+
+    def configure_optimizers(self) -> Any:
+        optimizer = torch.optim.Adam(
+            self.temporal.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
+        )
+        if self.hparams.lr_scheduler == "none":
+            return optimizer
+        epochs = max(1, self.trainer.max_epochs or 1) if self._trainer is not None else 1
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+    # ------------------------------------------------------------ evaluation
+    def _metric(self, stage: str, loader: str, kind: str, variant: str) -> nn.Module:
+        key = f"{stage}__{loader}__{kind}__{variant}"
+        if key not in self.metrics:
+            norm_indices = getattr(self._datamodule_spec(), "norm_indices", (36, 45))
+            if kind == "image":
+                metric = LandmarkAccuracy(
+                    norm_indices=norm_indices, thresholds=self.hparams.fr_thresholds
+                )
+            else:
+                metric = VideoStability(norm_indices=norm_indices)
+            self.metrics[key] = metric.to(self.device)
+        return self.metrics[key]
+
+    def _datamodule_spec(self) -> Any:
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer else None
+        return getattr(datamodule, "spec", None)
+
+    def _loader_name(self, stage: str, dataloader_idx: int) -> str:
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer else None
+        names = getattr(datamodule, f"{stage}_loader_names", None)
+        return names[dataloader_idx] if names else f"set{dataloader_idx}"
+
+    def _stream(
+        self, frames: torch.Tensor, video_id: int, first_frame: int
+    ) -> tuple[torch.Tensor, ...]:
+        """Run one video window, continuing the state of the same video's previous window."""
+        last_frame, state = self._streams.get(video_id, (None, None))
+        if last_frame is None or first_frame != last_frame + 1:
+            state = None
+        raw = self.backbone_heatmaps(frames)
+        stabilised, state = self.temporal.forward_sequence(raw, state)
+        return raw, stabilised, state
+
+    def _evaluate(self, batch: dict[str, torch.Tensor], stage: str, dataloader_idx: int) -> None:
+        loader = self._loader_name(stage, dataloader_idx)
+        if "image" in batch:  # the paper's image protocol: every image from the initial state
+            raw = self.backbone_heatmaps(batch["image"])
+            stabilised, _ = self.temporal(raw, None)
+            for variant, heatmaps in zip(VARIANTS, (raw, stabilised)):
+                self._metric(stage, loader, "image", variant).update(
+                    self.decode(heatmaps),
+                    batch["landmarks"],
+                    box_size=batch["norm_size"],
+                    visible=batch.get("visible"),
+                    index=batch.get("index"),
+                )
+            return
+        for i in range(batch["frames"].shape[0]):
+            video_id = int(batch["video_id"][i])
+            frame_index = batch["frame_index"][i]
+            raw, stabilised, state = self._stream(
+                batch["frames"][i : i + 1], video_id, int(frame_index[0])
+            )
+            self._streams[video_id] = (int(frame_index[-1]), state)
+            affine = batch["affine"][i]
+            target = crop_to_frame(batch["landmarks"][i], affine)
+            for variant, heatmaps in zip(VARIANTS, (raw[0], stabilised[0])):
+                self._metric(stage, loader, "video", variant).update(
+                    crop_to_frame(self.decode(heatmaps), affine),
+                    target,
+                    video_id=batch["video_id"][i].expand(len(frame_index)),
+                    frame_index=frame_index,
+                    valid=batch["valid"][i],
+                    norm_size=batch["norm_size"][i] * self._crop_to_frame_scale(affine),
+                )
+
+    @staticmethod
+    def _crop_to_frame_scale(affine: torch.Tensor) -> torch.Tensor:
+        """Frame pixels per crop pixel, per frame (the affine is a similarity: det = scale^2)."""
+        return torch.linalg.det(affine[..., :2]).abs().rsqrt()
+
+    def _log_metrics(self, stage: str) -> None:
+        for key, metric in self.metrics.items():
+            if not key.startswith(f"{stage}__") or not metric.update_called:
+                continue
+            _, loader, _, variant = key.split("__")
+            for name, value in metric.compute().items():
+                self.log(f"{stage}/{loader}/{variant}/{name}", value, sync_dist=False)
+            metric.reset()
+
+    def on_validation_epoch_start(self) -> None:
+        self._streams.clear()
+
+    def on_test_epoch_start(self) -> None:
+        self._streams.clear()
+
+    def on_predict_epoch_start(self) -> None:
+        self._streams.clear()
+
+    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._evaluate(batch, "val", dataloader_idx)
+
+    def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._evaluate(batch, "test", dataloader_idx)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics("test")
+
+    def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
+        """Frame-coordinate predictions (raw backbone and fine-tuned) for every frame of the batch."""
+        outputs = []
+        frames = batch["frames"] if "frames" in batch else batch["image"][:, None]
+        affine = batch["affine"] if "frames" in batch else batch["affine"][:, None]
+        for i in range(frames.shape[0]):
+            video_id = int(batch["video_id"][i]) if "video_id" in batch else -1
+            frame_index = (
+                batch["frame_index"][i]
+                if "frame_index" in batch
+                else torch.zeros(1, dtype=torch.long, device=frames.device)
+            )
+            raw, stabilised, state = self._stream(frames[i : i + 1], video_id, int(frame_index[0]))
+            if video_id >= 0:
+                self._streams[video_id] = (int(frame_index[-1]), state)
+            outputs.append(
+                {
+                    "video_id": video_id,
+                    "frame_index": frame_index.cpu(),
+                    "backbone": crop_to_frame(self.decode(raw[0]), affine[i]).cpu(),
+                    "finetuned": crop_to_frame(self.decode(stabilised[0]), affine[i]).cpu(),
+                }
+            )
+        return {"predictions": outputs}
+
+    # ----------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["backbone_reference"] = self.backbone_reference
+        checkpoint["temporal_config"] = getattr(self.temporal, "config", None)
+        if not self.hparams.store_backbone_weights:
+            state = checkpoint["state_dict"]
+            for key in [k for k in state if k.startswith("backbone.")]:
+                del state[key]
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Checkpoints without backbone weights take them from the live (referenced) backbone, so
+        # loading stays strict for everything this module trained.
+        state = checkpoint["state_dict"]
+        if not any(k.startswith("backbone.") for k in state):
+            state.update({f"backbone.{k}": v for k, v in self.backbone.state_dict().items()})
+        saved = checkpoint.get("backbone_reference", {}).get("sha256")
+        if saved and self.backbone_reference.get("sha256") not in (None, saved):
+            raise ValueError(
+                "checkpoint was fine-tuned on a backbone with SHA-256 "
+                f"{saved}, but the backbone loaded now has {self.backbone_reference['sha256']} "
+                f"({self.backbone_reference.get('checkpoint')})"
+            )
+
+    @classmethod
+    def from_checkpoint(
+        cls, path: str | Path, map_location: str | torch.device = "cpu"
+    ) -> StableAlignmentModule:
+        """Rebuild a fine-tuned module from its checkpoint alone (no training config needed)."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint not found: {path}")
+        try:
+            checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        except Exception as error:  # corrupt file, or a pickle that would run code
+            raise ValueError(f"cannot read checkpoint {path}: {error}") from error
+        reference = checkpoint.get("backbone_reference")
+        if not reference or "name" not in reference:
+            raise ValueError(
+                f"{path} holds no backbone reference made by create_backbone(); rebuild the module "
+                "with its training config instead (lightning-fa predict --config ...)"
+            )
+        backbone = create_backbone(
+            reference["name"], reference["num_landmarks"], **reference.get("kwargs", {})
+        )
+        hparams = dict(checkpoint.get("hyper_parameters", {}))
+        stored_weights = any(k.startswith("backbone.") for k in checkpoint["state_dict"])
+        if not stored_weights:
+            if not reference.get("checkpoint"):
+                raise ValueError(f"{path} stores no backbone weights and references no file")
+            hparams["backbone_checkpoint"] = reference["checkpoint"]
+        else:
+            hparams["backbone_checkpoint"] = None
+        temporal_config = checkpoint.get("temporal_config")
+        temporal = ConvLSTM(**temporal_config) if temporal_config else None
+        module = cls(backbone=backbone, temporal=temporal, **hparams)
+        module.on_load_checkpoint(checkpoint)
+        module.load_state_dict(checkpoint["state_dict"], strict=True)
+        if stored_weights:
+            module.backbone_reference = reference
+        return module.eval()
