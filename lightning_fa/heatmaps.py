@@ -19,8 +19,9 @@ def _coord_dtype(dtype: torch.dtype) -> torch.dtype:
     return dtype if dtype in (torch.float32, torch.float64) else torch.float32
 
 
-def _skip_data_checks() -> bool:
-    """Value checks read tensor data (a host sync); tracers and compilers cannot follow them."""
+def _tracing() -> bool:
+    """True under jit.trace / ONNX export / torch.compile, which cannot follow data-dependent
+    Python branches (value checks, the skipped argmax fallback) nor export every op."""
     return torch.jit.is_tracing() or torch.compiler.is_compiling()
 
 
@@ -56,7 +57,7 @@ def _check_finite(heatmaps: Tensor, per_map: Tensor) -> None:
     it (peak value, thresholded mass, per-map max); reusing it avoids a separate pass over the
     heatmaps. An isolated -inf is below any peak or threshold and decodes like a very low value.
     """
-    if _skip_data_checks() or torch.isfinite(per_map).all():
+    if _tracing() or torch.isfinite(per_map).all():
         return
     bad = int((~torch.isfinite(heatmaps)).sum())
     raise ValueError(
@@ -145,8 +146,11 @@ def argmax_quarter(heatmaps: Tensor) -> Tensor:
 
 def _threshold_below(heatmaps: Tensor, threshold: float) -> Tensor:
     """Copy of heatmaps with every value < threshold set to 0 (values == threshold survive)."""
-    # F.threshold keeps x > t in one allocation-light kernel; stepping t down by one ulp of the
-    # heatmaps' dtype turns its strict ">" into Algorithm 1's ">=".
+    if _tracing():  # ONNX has no non-zero threshold op; where() exports everywhere
+        return torch.where(heatmaps >= threshold, heatmaps, 0.0)
+    # F.threshold keeps x > t in one kernel and one output (where() also allocates a mask: ~2x
+    # slower on CPU); stepping t down by one ulp of the heatmaps' dtype turns its strict ">"
+    # into Algorithm 1's ">=".
     t = torch.tensor(threshold, dtype=heatmaps.dtype)
     just_below = torch.nextafter(t, torch.tensor(float("-inf"), dtype=heatmaps.dtype))
     return F.threshold(heatmaps, just_below.item(), 0.0)
@@ -187,7 +191,7 @@ def pdc(
     safe_mass = torch.where(valid, mass, 1.0)
     centre = torch.stack((column_mass @ xs, row_mass @ ys), -1) / safe_mass[..., None]
     # The argmax fallback costs a full pass; skip it when every landmark kept some mass.
-    if _skip_data_checks() or not valid.all():
+    if _tracing() or not valid.all():
         x, y, _ = _argmax_xy(heatmaps)
         fallback = torch.stack((x, y), -1).to(centre.dtype)
         centre = torch.where(valid[..., None], centre, fallback)
@@ -251,7 +255,7 @@ def invert_affine(matrix: Tensor) -> Tensor:
     a, b, tx = matrix[..., 0, 0], matrix[..., 0, 1], matrix[..., 0, 2]
     c, d, ty = matrix[..., 1, 0], matrix[..., 1, 1], matrix[..., 1, 2]
     det = a * d - b * c
-    if not _skip_data_checks() and not (det != 0).all():
+    if not _tracing() and not (det != 0).all():
         raise ValueError(f"affine matrices of shape {tuple(matrix.shape)} include a singular one")
     ia, ib, ic, id_ = d / det, -b / det, -c / det, a / det
     row0 = torch.stack((ia, ib, -(ia * tx + ib * ty)), -1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -300,3 +301,41 @@ def test_isolated_negative_infinity_decodes_like_a_low_value() -> None:
         maps[0, 0, 3, 2] = maps[0, 0, 3, 4] = maps[0, 1, 2, 2]
     for method in ("pdc", "argmax", "argmax_quarter"):
         torch.testing.assert_close(decode(heatmaps, method=method), decode(floored, method=method))
+
+
+class _Decoder(torch.nn.Module):
+    def __init__(self, method: str, relative: bool) -> None:
+        super().__init__()
+        self.method = method
+        self.relative = relative
+
+    def forward(self, heatmaps: torch.Tensor) -> torch.Tensor:
+        return decode(heatmaps, method=self.method, relative=self.relative)
+
+
+@pytest.mark.parametrize(
+    ("method", "relative"),
+    [("pdc", False), ("pdc", True), ("argmax", False), ("argmax_quarter", False)],
+)
+def test_decoders_export_to_onnx(method: str, relative: bool, tmp_path) -> None:
+    onnxruntime = pytest.importorskip("onnxruntime")
+    example = torch.rand(1, 3, 8, 8)
+    path = tmp_path / "decoder.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer / legacy-exporter chatter
+        torch.onnx.export(
+            _Decoder(method, relative),
+            (example,),
+            str(path),
+            input_names=["heatmaps"],
+            dynamic_axes={"heatmaps": {0: "batch"}},
+            dynamo=False,
+        )
+    heatmaps = torch.rand(2, 3, 8, 8)
+    heatmaps[0, 1, 2, 5] = 0.2  # exactly at the threshold: kept by the exported graph too
+    heatmaps[1, 2] *= 0.1  # nothing survives: argmax fallback inside the exported graph
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (exported,) = session.run(None, {"heatmaps": heatmaps.numpy()})
+    torch.testing.assert_close(
+        torch.from_numpy(exported), decode(heatmaps, method=method, relative=relative)
+    )
