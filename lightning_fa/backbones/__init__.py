@@ -1,0 +1,41 @@
+"""Replaceable heatmap backbones: protocol, registry, safe checkpoints, built-in models.
+
+Importing this package registers the built-in names (hrnet_w18, hrnet_lite, hourglass, cpm, dlib).
+"""
+
+from .adapters import (
+    CoordinateDetectorBackbone,
+    DlibBackbone,
+    ModuleBackbone,
+    TorchScriptBackbone,
+    dlib_face_detector,
+)
+from .base import (
+    Backbone,
+    create_backbone,
+    list_backbones,
+    load_checkpoint,
+    read_checkpoint,
+    register_backbone,
+)
+from .cpm import CPM
+from .hourglass import StackedHourglass
+from .hrnet import HRNet, HRNetConfig
+
+__all__ = [
+    "CPM",
+    "Backbone",
+    "CoordinateDetectorBackbone",
+    "DlibBackbone",
+    "HRNet",
+    "HRNetConfig",
+    "ModuleBackbone",
+    "StackedHourglass",
+    "TorchScriptBackbone",
+    "create_backbone",
+    "dlib_face_detector",
+    "list_backbones",
+    "load_checkpoint",
+    "read_checkpoint",
+    "register_backbone",
+]

@@ -1,0 +1,273 @@
+"""The backbone protocol, the name registry and safe checkpoint loading.
+
+A backbone maps images (B, 3, H, W) to heatmaps (B, L, H / stride, W / stride). It owns its input
+normalisation (`preprocess`), so datasets can deliver uint8 RGB and stay model-agnostic.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pickle
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+_MAX_LISTED_KEYS = 10
+
+
+class Backbone(nn.Module):
+    """Base class of heatmap backbones.
+
+    Attributes:
+        num_landmarks: heatmap channels L.
+        stride: input pixels per heatmap pixel.
+        input_size: the (H, W) the model was designed / trained for.
+        input_mean, input_std: per channel, in [0, 1] units, in `channel_order`.
+        channel_order: "RGB" or "BGR", what `forward` expects.
+    """
+
+    def __init__(
+        self,
+        num_landmarks: int,
+        stride: int,
+        input_size: tuple[int, int] = (256, 256),
+        input_mean: tuple[float, float, float] = IMAGENET_MEAN,
+        input_std: tuple[float, float, float] = IMAGENET_STD,
+        channel_order: str = "RGB",
+    ) -> None:
+        super().__init__()
+        if int(num_landmarks) < 1:
+            raise ValueError(f"num_landmarks must be >= 1, got {num_landmarks}")
+        if int(stride) < 1:
+            raise ValueError(f"stride must be >= 1, got {stride}")
+        if channel_order not in ("RGB", "BGR"):
+            raise ValueError(f"channel_order must be 'RGB' or 'BGR', got {channel_order!r}")
+        if len(input_mean) != 3 or len(input_std) != 3:
+            raise ValueError(
+                f"input_mean and input_std need 3 values, got {input_mean!r} and {input_std!r}"
+            )
+        if any(s <= 0 for s in input_std):
+            raise ValueError(f"input_std must be positive, got {input_std!r}")
+        self.num_landmarks = int(num_landmarks)
+        self.stride = int(stride)
+        self.input_size = (int(input_size[0]), int(input_size[1]))
+        self.input_mean = tuple(float(m) for m in input_mean)
+        self.input_std = tuple(float(s) for s in input_std)
+        self.channel_order = channel_order
+        # Not persistent: official checkpoints carry no normalisation entries.
+        self.register_buffer(
+            "pixel_mean", torch.tensor(self.input_mean).view(1, 3, 1, 1), persistent=False
+        )
+        self.register_buffer(
+            "pixel_std", torch.tensor(self.input_std).view(1, 3, 1, 1), persistent=False
+        )
+
+    @property
+    def heatmap_size(self) -> tuple[int, int]:
+        """(h, w) of the heatmaps for an input of `input_size`."""
+        return self.input_size[0] // self.stride, self.input_size[1] // self.stride
+
+    def preprocess(self, images: Tensor) -> Tensor:
+        """uint8 or float-in-[0, 1] RGB (B, 3, H, W) -> normalised input, on the images' device."""
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must be (B, 3, H, W) RGB, got shape {tuple(images.shape)}")
+        if images.dtype == torch.uint8:
+            x = images.float() / 255.0
+        elif images.is_floating_point():
+            x = images
+        else:
+            raise ValueError(f"images must be uint8 or float in [0, 1], got dtype {images.dtype}")
+        if self.channel_order == "BGR":
+            x = x.flip(1)
+        mean = self.pixel_mean.to(device=x.device, dtype=x.dtype)
+        std = self.pixel_std.to(device=x.device, dtype=x.dtype)
+        return (x - mean) / std
+
+    def forward_all(self, x: Tensor) -> list[Tensor]:
+        """Heatmaps of every stack / stage, last one final (for intermediate supervision)."""
+        return [self(x)]
+
+
+def init_heatmap_head(conv: nn.Conv2d) -> None:
+    """Start a heatmap-predicting conv near zero: the first loss is then that of the targets
+    alone instead of being dominated by large random maps."""
+    nn.init.normal_(conv.weight, std=1e-3)
+    if conv.bias is not None:
+        nn.init.zeros_(conv.bias)
+
+
+# --------------------------------------------------------------------------- registry
+
+BackboneFactory = Callable[..., Backbone]
+_REGISTRY: dict[str, BackboneFactory] = {}
+
+
+def register_backbone(name: str) -> Callable[[BackboneFactory], BackboneFactory]:
+    """Decorator: make a Backbone class (or factory `f(num_landmarks, **kw)`) creatable by name."""
+
+    def decorate(factory: BackboneFactory) -> BackboneFactory:
+        if name in _REGISTRY and _REGISTRY[name] is not factory:
+            raise ValueError(f"backbone name {name!r} is already registered")
+        _REGISTRY[name] = factory
+        return factory
+
+    return decorate
+
+
+def _load_builtin_backbones() -> None:
+    # The package __init__ imports every built-in module, which registers its names.
+    importlib.import_module("lightning_fa.backbones")
+
+
+def list_backbones() -> list[str]:
+    """Names accepted by `create_backbone`."""
+    _load_builtin_backbones()
+    return sorted(_REGISTRY)
+
+
+def _resolve_factory(name: str) -> BackboneFactory:
+    _load_builtin_backbones()
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    if "." in name:  # a class path such as "my_pkg.models.MyNet"
+        module_name, _, attr = name.rpartition(".")
+        try:
+            return getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as err:
+            raise ValueError(f"cannot import backbone class path {name!r}: {err}") from err
+    raise ValueError(
+        f"unknown backbone {name!r}; known names: {', '.join(sorted(_REGISTRY))} "
+        "(or give a class path such as 'package.module.Class')"
+    )
+
+
+def create_backbone(
+    name: str, num_landmarks: int, checkpoint: str | Path | None = None, **kwargs: Any
+) -> Backbone:
+    """Build a backbone by registered name (or class path); load `checkpoint` strictly if given."""
+    model = _resolve_factory(name)(num_landmarks=num_landmarks, **kwargs)
+    if checkpoint is not None:
+        load_checkpoint(model, checkpoint)
+    return model
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def _unpickling_reason(err: Exception) -> str:
+    """The informative line of torch's long weights_only error (e.g. the blocked GLOBAL)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    for line in lines:
+        if "GLOBAL" in line or "Unsupported" in line or "invalid load key" in line:
+            return line
+    return lines[-1] if lines else type(err).__name__
+
+
+def read_checkpoint(path: str | Path) -> Any:
+    """`torch.load(path, map_location="cpu", weights_only=True)` with errors that name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint file not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ValueError(
+            f"{path} is not a plain tensor checkpoint (or it is corrupt): torch.load(weights_only="
+            f"True) refused it: {_unpickling_reason(err)}. weights_only matters because a full "
+            "unpickle can run arbitrary code stored in the file; re-save the weights in a trusted "
+            "environment with torch.save(model.state_dict(), path)."
+        ) from err
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        raise ValueError(
+            f"cannot read checkpoint {path}: corrupt or not a torch file ({err})"
+        ) from err
+
+
+def _extract_state_dict(obj: Any, path: Path) -> dict[str, Tensor]:
+    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
+        obj = obj["state_dict"]  # {"state_dict": ...} wrapping, Lightning checkpoints
+    if not isinstance(obj, Mapping) or not obj:
+        raise ValueError(
+            f"checkpoint {path} holds {type(obj).__name__}, expected a non-empty state_dict "
+            "(a mapping of parameter names to tensors) or {'state_dict': ...}"
+        )
+    not_tensors = [k for k, v in obj.items() if not isinstance(v, Tensor)]
+    if not_tensors:
+        raise ValueError(
+            f"checkpoint {path}: entries that are not tensors: {_truncate(map(str, not_tensors))}"
+        )
+    return dict(obj)
+
+
+def _strip(state: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    return {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+
+
+def _match_prefixes(state: dict[str, Tensor], model_keys: set[str]) -> dict[str, Tensor]:
+    """Pick the reading of the keys that matches the model best: as is, without DataParallel's
+    `module.`, or the `backbone.` part of a Lightning system of this project."""
+    unwrapped = {k.removeprefix("module."): v for k, v in state.items()}
+    candidates = [state, unwrapped]
+    if any(k.startswith("backbone.") for k in unwrapped):
+        backbone_part = _strip(unwrapped, "backbone.")
+        candidates.append({k.removeprefix("module."): v for k, v in backbone_part.items()})
+    return max(candidates, key=lambda c: len(model_keys & c.keys()))
+
+
+def _truncate(items: Any) -> str:
+    items = list(items)
+    shown = ", ".join(items[:_MAX_LISTED_KEYS])
+    more = len(items) - _MAX_LISTED_KEYS
+    return f"{shown}, ... and {more} more" if more > 0 else shown
+
+
+def load_checkpoint(
+    module: nn.Module, path: str | Path, strict: bool = True, prefix: str | None = None
+) -> tuple[list[str], list[str]]:
+    """Load a plain-tensor checkpoint into `module`; returns (missing, unexpected) keys.
+
+    Accepts a state_dict, `{"state_dict": ...}` (also this project's Lightning checkpoints: the
+    `backbone.` entries are taken) and `module.` prefixes. `prefix` selects and strips an explicit
+    prefix instead. Wrong shapes always raise; missing / unexpected keys raise when `strict`.
+    """
+    path = Path(path)
+    state = _extract_state_dict(read_checkpoint(path), path)
+    target = module.state_dict()
+    model_keys = set(target)
+    if prefix is not None:
+        selected = _strip(state, prefix)
+        if not selected:
+            raise ValueError(
+                f"checkpoint {path} has no keys starting with prefix {prefix!r}; "
+                f"its keys start with: {_truncate(sorted(state))}"
+            )
+        state = selected
+    else:
+        state = _match_prefixes(state, model_keys)
+
+    missing = sorted(model_keys - state.keys())
+    unexpected = sorted(state.keys() - model_keys)
+    wrong_shape = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(target[k].shape)}"
+        for k in sorted(model_keys & state.keys())
+        if state[k].shape != target[k].shape
+    ]
+    if wrong_shape or (strict and (missing or unexpected)):
+        problems = []
+        if wrong_shape:
+            problems.append(f"wrong shapes ({len(wrong_shape)}): {_truncate(wrong_shape)}")
+        if strict and missing:
+            problems.append(f"missing ({len(missing)}): {_truncate(missing)}")
+        if strict and unexpected:
+            problems.append(f"unexpected ({len(unexpected)}): {_truncate(unexpected)}")
+        raise ValueError(
+            f"checkpoint {path} does not fit {type(module).__name__}: " + "; ".join(problems)
+        )
+    module.load_state_dict(state, strict=False)
+    return missing, unexpected
