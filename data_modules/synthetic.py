@@ -324,7 +324,7 @@ _MOUTH = MotionStyle((0.3, 0.2, 0.5), (5, 30), (10, 30), (3, 8), (0.3, 0.8))
 _FACE = MotionStyle((0.5, 0.3, 0.2), (10, 60), (15, 40), (5, 12), (0.3, 0.8))
 
 
-def _keyframe_track(
+def keyframe_track(
     rng: np.random.Generator,
     num_frames: int,
     sample_target,
@@ -428,17 +428,17 @@ def sample_trajectory(
     angles = np.array([ranges.roll, ranges.yaw, ranges.pitch])
     rot_accel = accel_px / (s_max * radius)
     params = np.zeros((num_frames, len(CHANNELS)))
-    params[:, 0:3] = _keyframe_track(
+    params[:, 0:3] = keyframe_track(
         rng, num_frames, rigid, np.array([accel_px / radius, accel_px, accel_px]), _HEAD
     )
-    params[:, 3:6] = _keyframe_track(rng, num_frames, box(-angles, angles), rot_accel, _HEAD)
+    params[:, 3:6] = keyframe_track(rng, num_frames, box(-angles, angles), rot_accel, _HEAD)
     for name, style, accel in (
         ("mouth_open", _MOUTH, 2.0 * accel_px),
         ("smile", _FACE, accel_px),
         ("brow_raise", _FACE, accel_px),
     ):
         lo, hi = getattr(ranges, name)
-        params[:, _C[name]] = _keyframe_track(
+        params[:, _C[name]] = keyframe_track(
             rng, num_frames, box(np.array([lo]), np.array([hi])), accel / s_max, style
         )[:, 0]
     params[:, _C["blink_left"] :] = _blink_track(rng, num_frames, ranges.blink)
@@ -551,8 +551,8 @@ def render_face(
     skin_layer[y0:y1, x0:x1] = np.clip(shade[..., None] * np.float32(a.skin), 0, 255)
     _blend_masked(img, skin_layer, face_mask, box)
 
-    if a.hair is not None:  # fringe between the top of the face outline and the hairline
-        fill(np.concatenate([fx[[16]], fx[_FOREHEAD], fx[[0]], fx[_HAIRLINE][::-1]]), a.hair)
+    if a.hair is not None:  # fringe: the hair outline down to the hairline, over the forehead
+        fill(np.concatenate([fx[_HAIR_OUTER], fx[_HAIRLINE][::-1]]), a.hair)
 
     for brow in (_BROW_L, _BROW_R):
         inner_last = brow[0] == 17  # left brow runs outer -> inner, right brow inner -> outer

@@ -21,8 +21,8 @@ from data_modules.synthetic import (
     SyntheticDataModule,
     SyntheticFaceImages,
     SyntheticFaceVideos,
-    _keyframe_track,
     apply_degradation,
+    keyframe_track,
     project,
     render_face,
     sample_identity,
@@ -111,10 +111,10 @@ def test_trajectories_are_smooth_and_stay_inside_the_frame():
 
 @settings(max_examples=30, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1), frames=st.integers(1, 300))
-def test_keyframe_track_obeys_bounds_and_acceleration_limit(seed, frames):
+def testkeyframe_track_obeys_bounds_and_acceleration_limit(seed, frames):
     lo, hi = np.array([-1.0, 10.0]), np.array([2.0, 30.0])
     limit = np.array([0.01, 0.2])
-    track = _keyframe_track(
+    track = keyframe_track(
         np.random.default_rng(seed), frames, lambda r: r.uniform(lo, hi), limit, MotionStyle()
     )
     assert track.shape == (frames, 2)
