@@ -79,8 +79,6 @@ CHANNELS = (
 _C = {name: i for i, name in enumerate(CHANNELS)}
 _EXPRESSIONS = ("mouth_open", "smile", "brow_raise", "blink_left", "blink_right")
 
-_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
-
 
 # --------------------------------------------------------------------------- template
 
