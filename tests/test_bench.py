@@ -1,0 +1,148 @@
+"""The benchmark harness runs, writes the JSON it promises and reports missing parts honestly.
+
+No timing assertions here: speed is what the harness reports, not what the tests check.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lightning_fa import bench
+from lightning_fa.heatmaps import pdc
+
+MACHINE_KEYS = {"date", "cpu_model", "torch_threads", "torch", "lightning", "python"}
+TIMING_KEYS = {"median_ms", "q1_ms", "q3_ms", "min_ms", "max_ms", "repeats"}
+
+
+def literal_pdc(heatmap: np.ndarray, threshold: float) -> tuple[float, float]:
+    """SPEC 2 read literally, one pixel at a time: zero values < threshold, centre of mass."""
+    height, width = heatmap.shape
+    mass = sx = sy = 0.0
+    for y in range(height):
+        for x in range(width):
+            value = float(heatmap[y, x])
+            if value >= threshold:
+                mass += value
+                sx += x * value
+                sy += y * value
+    if mass == 0:  # nothing survives: argmax (first maximum in row-major order)
+        y, x = np.unravel_index(int(np.argmax(heatmap)), heatmap.shape)
+        return float(x), float(y)
+    return sx / mass, sy / mass
+
+
+def test_smoke_decode_writes_json_with_machine_info(tmp_path):
+    out = tmp_path / "sub" / "bench.json"
+    assert bench.main(["--smoke", "--only", "decode", "--out", str(out), "--threads", "1"]) == 0
+    report = json.loads(out.read_text())
+    assert MACHINE_KEYS <= set(report["machine"])
+    assert report["machine"]["torch_threads"] == 1
+    assert report["settings"] == {
+        "device": "cpu",
+        "tier": "smoke",
+        "threads": 1,
+        "only": ["decode"],
+    }
+    assert list(report["benchmarks"]) == ["decode"]
+    decode = report["benchmarks"]["decode"]
+    assert set(decode["timings"]) == {"pdc", "argmax", "argmax_quarter", "naive_pdc"}
+    for timing in decode["timings"].values():
+        assert TIMING_KEYS <= set(timing)
+        assert timing["min_ms"] <= timing["median_ms"] <= timing["max_ms"]
+    for key in ("ratio_pdc_vs_argmax", "ratio_argmax_quarter_vs_argmax", "ratio_naive_pdc_vs_pdc"):
+        assert decode[key] > 0
+    assert decode["pdc_matches_reference"] is True
+    assert decode["pdc_max_abs_error_px"] <= 1e-5
+
+
+def test_missing_component_is_skipped_not_a_crash(tmp_path, monkeypatch):
+    # A None entry in sys.modules makes the import raise ImportError, as if the file were absent.
+    monkeypatch.setitem(sys.modules, "lightning_fa.tracking", None)
+
+    def needs_missing_part(ctx):
+        import lightning_fa.no_such_component  # noqa: F401
+
+    monkeypatch.setitem(bench.BENCHMARKS, "needs_missing_part", needs_missing_part)
+    out = tmp_path / "bench.json"
+    argv = ["--smoke", "--only", "tracker", "needs_missing_part", "gpu_path", "--out", str(out)]
+    assert bench.main(argv) == 0
+    results = json.loads(out.read_text())["benchmarks"]
+    assert results["tracker"]["skipped"].startswith("tracker not available")
+    assert "no_such_component" in results["needs_missing_part"]["skipped"]
+    assert "cuda" in results["gpu_path"]["skipped"]
+
+
+def test_failing_benchmark_is_recorded_and_sets_exit_code(tmp_path, monkeypatch):
+    def broken(ctx):
+        raise RuntimeError("boom")
+
+    monkeypatch.setitem(bench.BENCHMARKS, "broken", broken)
+    out = tmp_path / "bench.json"
+    assert bench.main(["--smoke", "--only", "broken", "--out", str(out)]) == 1
+    assert "RuntimeError: boom" in json.loads(out.read_text())["benchmarks"]["broken"]["error"]
+
+
+def test_bad_arguments_are_refused():
+    with pytest.raises(SystemExit):
+        bench.main(["--only", "no_such_benchmark"])
+    with pytest.raises(SystemExit):
+        bench.main(["--threads", "0"])
+
+
+def test_naive_pdc_matches_a_literal_loop():
+    heatmaps = bench.synthetic_heatmaps((2, 3, 7, 9), seed=3).double()
+    heatmaps[1, 2] = 0.1  # nothing reaches the threshold: argmax fallback
+    expected = [[literal_pdc(heatmaps[b, k].numpy(), 0.2) for k in range(3)] for b in range(2)]
+    torch.testing.assert_close(
+        bench.naive_pdc(heatmaps), torch.tensor(expected, dtype=torch.float64), atol=1e-12, rtol=0
+    )
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    seed=st.integers(0, 2**16),
+    height=st.integers(4, 24),
+    width=st.integers(4, 24),
+    threshold=st.floats(0.05, 0.9),
+)
+def test_fast_pdc_agrees_with_naive_reference(seed, height, width, threshold):
+    heatmaps = bench.synthetic_heatmaps((2, 5, height, width), sigma=1.2, seed=seed)
+    fast = pdc(heatmaps, threshold=threshold).double()
+    reference = bench.naive_pdc(heatmaps.double(), threshold=threshold)
+    assert float((fast - reference).abs().max()) <= 1e-5
+
+
+def test_summarize_and_ratio_match_numpy():
+    seconds = [0.004, 0.001, 0.003, 0.002, 0.010]
+    figures = bench.summarize(seconds)
+    assert figures["median_ms"] == pytest.approx(3.0)
+    assert figures["q1_ms"] == pytest.approx(np.percentile([4, 1, 3, 2, 10], 25))
+    assert (figures["min_ms"], figures["max_ms"], figures["repeats"]) == (1.0, 10.0, 5)
+    assert bench.ratio({"median_ms": 6.0}, figures) == pytest.approx(2.0)
+
+
+def test_time_interleaved_runs_each_workload_in_rounds():
+    calls: list[str] = []
+    ctx = bench.BenchContext(torch.device("cpu"), "smoke")
+    timings = bench.time_interleaved(
+        ctx, {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3, warmup=1
+    )
+    assert calls == ["a", "b"] * 4
+    assert timings["a"]["repeats"] == timings["b"]["repeats"] == 3
+
+
+@pytest.mark.slow
+def test_peak_memory_helper_reports_positive_growth():
+    kwargs = {"steps": 4, "chunk": 2, "size": 64, "batch": 1, "use_module": False}
+    figures = bench.measure_peak_memory("lightning_fa.bench:tbptt_memory_workload", kwargs)
+    assert figures["baseline_mib"] > 0
+    assert figures["peak_mib"] >= figures["baseline_mib"]
+    assert figures["growth_mib"] > 0
+    assert figures["growth_mib"] == pytest.approx(figures["peak_mib"] - figures["baseline_mib"])
