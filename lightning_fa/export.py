@@ -1,0 +1,179 @@
+"""The per-frame streaming step (backbone + ConvLSTM with explicit state + PDC decode) as one
+module, its ONNX export and an onnxruntime runner with the same interface.
+
+    lightning-fa export CKPT --out model.onnx [--opset 17]
+
+The exported graph takes `images` uint8 (B, 3, H, W) RGB crops and the ConvLSTM state as plain
+tensors `h0, c0, h1, c1, ...` (B, hidden, h, w) and returns `coords`, `raw_coords` (B, L, 2) crop
+pixels, `confidence` (B,) and the new state `h0_out, c0_out, ...`. A new track feeds zeros
+(`init_state`), which is what `state=None` means in PyTorch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from lightning_fa.temporal.convlstm import State
+
+DEFAULT_OPSET = 17
+
+
+def heatmap_confidence(heatmaps: Tensor) -> Tensor:
+    """Per-face confidence (B,) from heatmaps (B, L, h, w): the mean over landmarks of each map's
+    peak, clipped to [0, 1] (a Gaussian target peaks at 1, an empty map at 0)."""
+    return heatmaps.amax(dim=(-2, -1)).mean(dim=-1).clamp(0.0, 1.0)
+
+
+def flatten_state(state: State) -> list[Tensor]:
+    return [tensor for layer in state for tensor in layer]
+
+
+def unflatten_state(flat: list[Tensor] | tuple[Tensor, ...]) -> State:
+    return tuple((flat[k], flat[k + 1]) for k in range(0, len(flat), 2))
+
+
+class StreamingStep(nn.Module):
+    """One frame of a `StableAlignmentModule` with the state as explicit flat tensors.
+
+    `forward(images, *state) -> (coords, raw_coords, confidence, *new_state)`; the confidence is
+    that of the raw backbone heatmaps (`heatmap_confidence`).
+    """
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+        backbone = module.backbone
+        self.input_size = tuple(backbone.input_size)
+        self.num_landmarks = int(backbone.num_landmarks)
+        self.heatmap_size = (
+            self.input_size[0] // backbone.stride,
+            self.input_size[1] // backbone.stride,
+        )
+        self.num_layers = len(module.temporal.init_state(1, 1, 1))
+
+    def init_state(self, batch: int, device: torch.device | str | None = None) -> list[Tensor]:
+        """Zero state (flat) for `batch` new tracks."""
+        return flatten_state(self.module.temporal.init_state(batch, *self.heatmap_size, device))
+
+    @torch.no_grad()
+    def forward(self, images: Tensor, *state: Tensor) -> tuple[Tensor, ...]:
+        raw = self.module.backbone(self.module.backbone.preprocess(images)).float()
+        stabilised, new_state = self.module.temporal(raw, unflatten_state(state))
+        return (
+            self.module.decode(stabilised),
+            self.module.decode(raw),
+            heatmap_confidence(raw),
+            *flatten_state(new_state),
+        )
+
+
+def _threshold_symbolic(g: Any, x: Any, threshold: Any, value: Any) -> Any:
+    """ONNX for `F.threshold` (x > t ? x : value), which PDC uses and the TorchScript exporter
+    only knows for t = 0: Where(Greater(x, t), x, value)."""
+    t = g.op("CastLike", threshold, x)
+    return g.op("Where", g.op("Greater", x, t), x, g.op("CastLike", value, x))
+
+
+def state_names(num_layers: int, suffix: str = "") -> list[str]:
+    return [f"{kind}{k}{suffix}" for k in range(num_layers) for kind in ("h", "c")]
+
+
+def export_onnx(module: nn.Module, path: str | Path, opset: int = DEFAULT_OPSET) -> Path:
+    """Export the streaming step of `module` (a StableAlignmentModule) to ONNX at `path`.
+
+    The batch dimension (number of faces) is dynamic; the crop size is the backbone's input_size.
+    """
+    path = Path(path)
+    if opset < 15:
+        raise ValueError(f"opset must be >= 15 (CastLike), got {opset}")
+    torch.onnx.register_custom_op_symbolic("aten::threshold", _threshold_symbolic, opset)
+    step = StreamingStep(module).eval()
+    height, width = step.input_size
+    images = torch.zeros(1, 3, height, width, dtype=torch.uint8)
+    state = step.init_state(1)
+    inputs = ["images", *state_names(step.num_layers)]
+    outputs = ["coords", "raw_coords", "confidence", *state_names(step.num_layers, "_out")]
+    with warnings.catch_warnings():
+        # The trace fixes shapes and the PDC threshold constant; that is what we export.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        torch.onnx.export(
+            step,
+            (images, *state),
+            str(path),
+            input_names=inputs,
+            output_names=outputs,
+            dynamic_axes={name: {0: "batch"} for name in inputs + outputs},
+            opset_version=opset,
+            dynamo=False,
+        )
+    return path
+
+
+class OnnxStep:
+    """Runs an exported step with onnxruntime; same call and `init_state` as `StreamingStep`
+    (numpy in and out)."""
+
+    def __init__(self, path: str | Path, providers: list[str] | None = None) -> None:
+        import onnxruntime
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"ONNX model not found: {path}")
+        try:
+            self.session = onnxruntime.InferenceSession(
+                str(path), providers=providers or ["CPUExecutionProvider"]
+            )
+        except Exception as error:  # onnxruntime raises its own exception types
+            raise ValueError(f"cannot load ONNX model {path}: {error}") from error
+        inputs = self.session.get_inputs()
+        if not inputs or inputs[0].name != "images":
+            raise ValueError(f"{path} is not a lightning-fa streaming step (no 'images' input)")
+        self.input_names = [i.name for i in inputs]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.input_size = tuple(int(v) for v in inputs[0].shape[2:])
+        self.state_shapes = [tuple(int(v) for v in i.shape[1:]) for i in inputs[1:]]
+        self.num_landmarks = int(self.session.get_outputs()[0].shape[1])
+
+    def init_state(self, batch: int, device: Any = None) -> list[np.ndarray]:
+        return [np.zeros((batch, *shape), dtype=np.float32) for shape in self.state_shapes]
+
+    def __call__(self, images: np.ndarray | Tensor, *state: np.ndarray) -> tuple[np.ndarray, ...]:
+        if isinstance(images, Tensor):
+            images = images.cpu().numpy()
+        feed = {"images": np.ascontiguousarray(images, dtype=np.uint8)}
+        for name, value in zip(self.input_names[1:], state):
+            feed[name] = np.ascontiguousarray(
+                value.cpu().numpy() if isinstance(value, Tensor) else value, dtype=np.float32
+            )
+        return tuple(self.session.run(self.output_names, feed))
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="lightning-fa export",
+        description="Export a fine-tuned checkpoint's streaming step to ONNX.",
+    )
+    parser.add_argument("checkpoint", type=Path, help="a StableAlignmentModule checkpoint")
+    parser.add_argument("--out", type=Path, default=Path("model.onnx"))
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET)
+    args = parser.parse_args(argv)
+    from lightning_fa.systems.finetune import StableAlignmentModule
+
+    try:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.touch()
+    except OSError as error:
+        print(f"lightning-fa export: cannot write --out {args.out}: {error}", file=sys.stderr)
+        return 2
+    module = StableAlignmentModule.from_checkpoint(args.checkpoint)
+    export_onnx(module, args.out, args.opset)
+    print(f"wrote {args.out}")
+    return 0

@@ -1,0 +1,675 @@
+"""Streaming face-landmark tracking on video files and cameras: `lightning-fa track INPUT`.
+
+    lightning-fa track clip.mp4 --backbone dlib --out-csv lm.csv --out-json lm.json \
+        --out-video overlay.mp4 --filter one-euro
+    lightning-fa track 0 --checkpoint finetuned.ckpt          (camera 0)
+    lightning-fa track clip.mp4 --checkpoint model.onnx --engine onnx
+
+Per frame: a face detector (OpenCV's Haar cascade or dlib's HOG detector) finds new faces and
+checks the tracked ones every `--redetect-every` frames; between checks each face is cropped
+around its previous landmarks (box of the landmarks, enlarged, the crop itself smoothed so that
+crop jitter does not become landmark jitter). Every track carries its own ConvLSTM state, reset
+when a track starts; an optional classical filter runs on top. The core is `StreamingTracker`
+(`step(frame) -> list[TrackResult]`), usable from Python.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from data_modules.transforms import (
+    DEFAULT_ENLARGE,
+    crop_affine,
+    invert_affine,
+    landmarks_box,
+    warp_image,
+)
+from lightning_fa.temporal.filters import FILTER_NAMES, LandmarkFilter, make_filter
+
+DETECTORS = ("haar", "dlib")
+ENGINES = ("torch", "onnx")
+EYE_CORNERS_68 = (36, 45)
+
+
+# --------------------------------------------------------------------------- face detectors
+
+
+@dataclass(frozen=True)
+class BoxCalibration:
+    """How a detector's box relates to the landmarks' box: the landmark box centre lies
+    `dy * side` below the detector box centre and its side is `scale * side`. Measured on the
+    real clips in ../shared/data/videos (dlib 68-point landmarks); a new track is refined by one
+    extra pass anyway, so these only need to be roughly right."""
+
+    dy: float
+    scale: float
+
+
+class HaarDetector:
+    """OpenCV's frontal-face Haar cascade (ships with opencv-python). Returns boxes (N, 5):
+    x1, y1, x2, y2, score (the cascade's level weight)."""
+
+    calibration = BoxCalibration(dy=0.15, scale=0.82)
+
+    def __init__(self, min_size: int = 40) -> None:
+        path = Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml"
+        self._cascade = cv2.CascadeClassifier(str(path))
+        if self._cascade.empty():
+            raise FileNotFoundError(f"OpenCV Haar cascade not found or unreadable: {path}")
+        self.min_size = min_size
+
+    def __call__(self, rgb: np.ndarray) -> np.ndarray:
+        gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+        boxes, _, weights = self._cascade.detectMultiScale3(
+            gray, 1.1, 5, minSize=(self.min_size, self.min_size), outputRejectLevels=True
+        )
+        if len(boxes) == 0:
+            return np.zeros((0, 5))
+        boxes = np.asarray(boxes, dtype=np.float64)
+        boxes[:, 2:] += boxes[:, :2]
+        return np.concatenate([boxes, np.asarray(weights, dtype=np.float64).reshape(-1, 1)], 1)
+
+
+class DlibDetector:
+    """dlib's HOG frontal face detector (the dlib backbone's own). `upsample` 0 finds faces
+    from about 80 px; 1 from about 40 px at four times the cost."""
+
+    calibration = BoxCalibration(dy=0.10, scale=0.93)
+
+    def __init__(self, upsample: int = 0) -> None:
+        from lightning_fa.backbones import dlib_face_detector
+
+        self._detector = dlib_face_detector()
+        self.upsample = upsample
+
+    def __call__(self, rgb: np.ndarray) -> np.ndarray:
+        rects, scores, _ = self._detector.run(np.ascontiguousarray(rgb), self.upsample, 0.0)
+        return np.array(
+            [[r.left(), r.top(), r.right() + 1, r.bottom() + 1, s] for r, s in zip(rects, scores)],
+            dtype=np.float64,
+        ).reshape(-1, 5)
+
+
+def make_detector(name: str) -> HaarDetector | DlibDetector:
+    if name == "haar":
+        return HaarDetector()
+    if name == "dlib":
+        return DlibDetector()
+    raise ValueError(f"unknown detector {name!r}; expected one of {DETECTORS}")
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU matrix (N, M) of boxes (N, 4) and (M, 4), x1 y1 x2 y2."""
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:4], b[None, :, 2:4])
+    inter = np.clip(rb - lt, 0, None).prod(-1)
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    return inter / np.maximum(area_a[:, None] + area_b[None] - inter, 1e-9)
+
+
+# --------------------------------------------------------------------------- model engines
+
+
+def _cat(parts: list[Any]) -> Any:
+    return torch.cat(parts) if isinstance(parts[0], torch.Tensor) else np.concatenate(parts)
+
+
+def _numpy(value: Any) -> np.ndarray:
+    return value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+
+
+def load_step(
+    checkpoint: str | Path | None = None,
+    backbone: str = "dlib",
+    engine: str = "torch",
+    num_landmarks: int = 68,
+    device: str = "cpu",
+) -> Any:
+    """The per-frame step: `StreamingStep` (PyTorch) or `OnnxStep` (onnxruntime).
+
+    `checkpoint`: a fine-tuned StableAlignmentModule (.ckpt) or, with engine "onnx", an exported
+    .onnx file (a .ckpt is exported to a temporary file first). Without a checkpoint the named
+    backbone runs under an untrained (zero-initialised, hence identity) ConvLSTM.
+    """
+    from lightning_fa.export import OnnxStep, StreamingStep, export_onnx
+
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    if checkpoint is not None and not Path(checkpoint).is_file():
+        raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
+    if engine == "onnx" and checkpoint is not None and Path(checkpoint).suffix == ".onnx":
+        return OnnxStep(checkpoint)
+    module = _load_module(checkpoint, backbone, num_landmarks)
+    if engine == "onnx":
+        if type(module.backbone).__name__ == "DlibBackbone":
+            raise ValueError("--engine onnx needs a PyTorch backbone; dlib cannot be exported")
+        path = Path(tempfile.mkdtemp(prefix="lightning_fa_")) / "step.onnx"
+        return OnnxStep(export_onnx(module, path))
+    return StreamingStep(module).eval().to(device)
+
+
+def _load_module(checkpoint: str | Path | None, backbone: str, num_landmarks: int) -> Any:
+    from lightning_fa.backbones import create_backbone
+    from lightning_fa.systems.finetune import StableAlignmentModule
+
+    if checkpoint is not None:
+        return StableAlignmentModule.from_checkpoint(checkpoint)
+    return StableAlignmentModule(backbone=create_backbone(backbone, num_landmarks)).eval()
+
+
+# --------------------------------------------------------------------------- the tracker
+
+
+@dataclass
+class TrackResult:
+    """One face in one frame; coordinates in original frame pixels, (L, 2)."""
+
+    track_id: int
+    confidence: float
+    landmarks: np.ndarray  # final: stabilised, then the optional filter
+    stabilised: np.ndarray  # the model's output (ConvLSTM), before the filter
+    raw: np.ndarray  # the backbone alone
+    box: np.ndarray  # crop box (x1, y1, x2, y2) the model saw, before enlargement
+
+
+@dataclass
+class _Track:
+    track_id: int
+    center: np.ndarray
+    side: float
+    state: list[Any]
+    landmark_filter: LandmarkFilter
+    crop_filter: LandmarkFilter
+    age: int = 0
+    last: np.ndarray | None = field(default=None, repr=False)
+
+    def box(self) -> np.ndarray:
+        half = self.side / 2
+        return np.concatenate([self.center - half, self.center + half])
+
+
+def face_scale(landmarks: np.ndarray) -> float:
+    """Inter-ocular distance for 68 points, else the side of the landmarks' box."""
+    if landmarks.shape[0] == 68:
+        return float(np.linalg.norm(landmarks[EYE_CORNERS_68[0]] - landmarks[EYE_CORNERS_68[1]]))
+    x1, y1, x2, y2 = landmarks_box(landmarks)
+    return float(max(x2 - x1, y2 - y1))
+
+
+class StreamingTracker:
+    """Multi-face landmark tracker over a stream of RGB uint8 frames (H, W, 3).
+
+    Args:
+        step: `StreamingStep` / `OnnxStep` (or anything with `init_state(batch)`, `input_size`
+            and `step(images uint8 (B, 3, H, W), *state) -> (coords, raw, confidence, *state)`).
+        detector: callable RGB frame -> boxes (N, 5) with a `calibration` attribute.
+        max_faces: most faces tracked at once (the largest detections win).
+        filter: classical filter per track on top of the model (`FILTER_NAMES`).
+        fps: frame rate, for the filters' time base when no timestamps are given.
+        redetect_every: run the detector every this many frames to find new faces and drop
+            tracks it no longer confirms (every frame while no face is tracked).
+        min_confidence: a track whose heatmap confidence falls below this ends.
+        enlarge: crop side / landmark-box side.
+        device: where the step's inputs go (PyTorch engine).
+    """
+
+    def __init__(
+        self,
+        step: Any,
+        detector: Callable[[np.ndarray], np.ndarray],
+        max_faces: int = 1,
+        filter: str = "none",
+        fps: float = 25.0,
+        redetect_every: int = 5,
+        min_confidence: float = 0.3,
+        enlarge: float = DEFAULT_ENLARGE,
+        min_iou: float = 0.3,
+        device: str = "cpu",
+    ) -> None:
+        if max_faces < 1:
+            raise ValueError(f"max_faces must be >= 1, got {max_faces}")
+        if redetect_every < 1:
+            raise ValueError(f"redetect_every must be >= 1, got {redetect_every}")
+        if filter not in FILTER_NAMES:
+            raise ValueError(f"filter must be one of {FILTER_NAMES}, got {filter!r}")
+        if not fps > 0:
+            raise ValueError(f"fps must be positive, got {fps}")
+        self.step_fn = step
+        self.detector = detector
+        self.calibration = getattr(detector, "calibration", BoxCalibration(0.0, 1.0))
+        self.max_faces = max_faces
+        self.filter_name = filter
+        self.fps = float(fps)
+        self.redetect_every = redetect_every
+        self.min_confidence = min_confidence
+        self.enlarge = enlarge
+        self.min_iou = min_iou
+        self.device = device
+        self.input_size = tuple(step.input_size)
+        self.reset()
+
+    def reset(self) -> None:
+        self.tracks: list[_Track] = []
+        self.frame_index = -1
+        self._next_id = 0
+
+    # ------------------------------------------------------------------ model calls
+    def _crop(self, frame: np.ndarray, center: np.ndarray, side: float) -> tuple[Any, np.ndarray]:
+        affine = crop_affine(center, side, self.input_size, enlarge=self.enlarge)
+        return warp_image(frame, affine, self.input_size).transpose(2, 0, 1), affine
+
+    def _run(
+        self, frame: np.ndarray, boxes: list[tuple[np.ndarray, float]], states: list[list[Any]]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[list[Any]]]:
+        """The step on the crops of `boxes` with per-face `states` (batched) -> frame-pixel
+        coords (B, L, 2), raw coords, confidence (B,), new per-face states."""
+        crops, affines = zip(*(self._crop(frame, c, s) for c, s in boxes))
+        images = torch.from_numpy(np.stack(crops)).to(self.device)
+        flat = [_cat([state[k] for state in states]) for k in range(len(states[0]))]
+        coords, raw, confidence, *new_flat = self.step_fn(images, *flat)
+        inverse = np.stack([invert_affine(a) for a in affines])  # crop -> frame, (B, 2, 3)
+
+        def to_frame(points: Any) -> np.ndarray:
+            points = _numpy(points).astype(np.float64)
+            return np.einsum("blj,bij->bli", points, inverse[:, :, :2]) + inverse[:, None, :, 2]
+
+        new_states = [[tensor[i : i + 1] for tensor in new_flat] for i in range(len(boxes))]
+        return to_frame(coords), to_frame(raw), _numpy(confidence).astype(np.float64), new_states
+
+    def _zero_state(self) -> list[Any]:
+        return list(self.step_fn.init_state(1, self.device))
+
+    # ------------------------------------------------------------------ track management
+    def _new_filter(self, name: str) -> LandmarkFilter:
+        landmark_filter = make_filter(name)
+        landmark_filter.freq = self.fps  # the time base when frames come without timestamps
+        return landmark_filter
+
+    def _detector_crops(self, detections: np.ndarray) -> list[tuple[np.ndarray, float]]:
+        """Detector boxes (N, 5) -> (centre, side) of the expected landmark boxes."""
+        crops = []
+        for x1, y1, x2, y2, _ in detections:
+            side = max(x2 - x1, y2 - y1)
+            centre = np.array([(x1 + x2) / 2, (y1 + y2) / 2 + self.calibration.dy * side])
+            crops.append((centre, side * self.calibration.scale))
+        return crops
+
+    def _start_tracks(self, frame: np.ndarray, detections: np.ndarray) -> None:
+        """New tracks from detector boxes: one state-free pass on the calibrated detector box
+        gives landmarks; the track's crop is then built from those, like every later crop."""
+        free = self.max_faces - len(self.tracks)
+        if free <= 0 or len(detections) == 0:
+            return
+        areas = (detections[:, 2] - detections[:, 0]) * (detections[:, 3] - detections[:, 1])
+        boxes = self._detector_crops(detections[np.argsort(-areas)[:free]])
+        _, raw, _, _ = self._run(frame, boxes, [self._zero_state() for _ in boxes])
+        for points in raw:
+            centre, side = self._landmark_crop(points)
+            crop_filter = self._new_filter("one-euro")
+            crop_filter.step(np.array([centre, [side, side]]), scale=side)
+            self.tracks.append(
+                _Track(
+                    track_id=self._next_id,
+                    center=centre,
+                    side=side,
+                    state=self._zero_state(),
+                    landmark_filter=self._new_filter(self.filter_name),
+                    crop_filter=crop_filter,
+                )
+            )
+            self._next_id += 1
+
+    @staticmethod
+    def _landmark_crop(points: np.ndarray) -> tuple[np.ndarray, float]:
+        x1, y1, x2, y2 = landmarks_box(points)
+        return np.array([(x1 + x2) / 2, (y1 + y2) / 2]), float(max(x2 - x1, y2 - y1, 1.0))
+
+    def _confirm_tracks(self, detections: np.ndarray) -> np.ndarray:
+        """Keep the tracks that a detection overlaps (greedy, highest IoU first) and drop the
+        rest (face lost); returns the detections no track claimed."""
+        if not self.tracks or len(detections) == 0:
+            self.tracks = []
+            return detections
+        expected = np.stack(
+            [np.concatenate([c - s / 2, c + s / 2]) for c, s in self._detector_crops(detections)]
+        )
+        iou = box_iou(np.stack([t.box() for t in self.tracks]), expected)
+        kept: set[int] = set()
+        claimed: set[int] = set()
+        for i, j in zip(*np.unravel_index(np.argsort(-iou, axis=None), iou.shape)):
+            if iou[i, j] < self.min_iou:
+                break
+            if i not in kept and j not in claimed:
+                kept.add(int(i))
+                claimed.add(int(j))
+        self.tracks = [t for i, t in enumerate(self.tracks) if i in kept]
+        return detections[[j for j in range(len(detections)) if j not in claimed]]
+
+    def _inside_fraction(self, box: np.ndarray, frame_shape: tuple[int, ...]) -> float:
+        height, width = frame_shape[:2]
+        inside = np.clip(box, [0, 0, 0, 0], [width, height, width, height])
+        area = max((box[2] - box[0]) * (box[3] - box[1]), 1e-9)
+        return float(max(inside[2] - inside[0], 0) * max(inside[3] - inside[1], 0) / area)
+
+    # ------------------------------------------------------------------ the step
+    def step(self, frame: np.ndarray, timestamp: float | None = None) -> list[TrackResult]:
+        """Process one RGB uint8 frame (H, W, 3); returns one result per tracked face."""
+        if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
+            raise ValueError(f"frame must be RGB uint8 (H, W, 3), got {frame.shape} {frame.dtype}")
+        self.frame_index += 1
+        detect = not self.tracks or self.frame_index % self.redetect_every == 0
+        if detect:
+            unmatched = self._confirm_tracks(self.detector(frame))
+            self._start_tracks(frame, unmatched)
+        if not self.tracks:
+            return []
+        boxes = [(t.center, t.side) for t in self.tracks]
+        coords, raw, confidence, states = self._run(frame, boxes, [t.state for t in self.tracks])
+        results, survivors = [], []
+        for track, stabilised, raw_points, conf, state in zip(
+            self.tracks, coords, raw, confidence, states
+        ):
+            scale = max(face_scale(stabilised), 1e-3)
+            final = track.landmark_filter.step(stabilised, t=timestamp, scale=scale)
+            results.append(
+                TrackResult(track.track_id, float(conf), final, stabilised, raw_points, track.box())
+            )
+            track.state, track.age, track.last = state, track.age + 1, final
+            centre, side = self._landmark_crop(final)
+            smooth = track.crop_filter.step(
+                np.array([centre, [side, side]]), t=timestamp, scale=side
+            )
+            track.center, track.side = smooth[0], float(smooth[1].mean())
+            # A face that fades (low confidence) or leaves the frame ends its track.
+            if (
+                conf >= self.min_confidence
+                and self._inside_fraction(landmarks_box(final), frame.shape) >= 0.5
+            ):
+                survivors.append(track)
+        self.tracks = survivors
+        return results
+
+
+# --------------------------------------------------------------------------- video input
+
+
+def open_capture(source: str) -> tuple[cv2.VideoCapture, bool]:
+    """Open a video file or a camera index ("0", "1", ...); returns (capture, is_camera)."""
+    if source.isdigit():
+        capture = cv2.VideoCapture(int(source))
+        if not capture.isOpened():
+            raise ValueError(f"cannot open camera {source}: no such device or it is busy")
+        return capture, True
+    path = Path(source)
+    if not path.is_file():
+        raise FileNotFoundError(f"input video not found: {path}")
+    capture = cv2.VideoCapture(str(path))
+    if not capture.isOpened():
+        raise ValueError(f"{path} is not a video OpenCV can decode (expected e.g. .mp4, .avi)")
+    return capture, False
+
+
+class FrameReader:
+    """Sequential RGB frames from a capture. A frame that fails to decode before the file's
+    end is skipped and counted (`skipped`); `max_failures` failures in a row end the stream."""
+
+    def __init__(self, capture: Any, max_frames: int | None = None, max_failures: int = 25) -> None:
+        self.capture = capture
+        self.max_frames = max_frames
+        self.max_failures = max_failures
+        self.skipped = 0
+        count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        self.frame_count = count if count > 0 else None
+
+    def __iter__(self) -> Iterator[tuple[int, np.ndarray]]:
+        """Yields (frame number in the file, RGB frame)."""
+        position, failures, delivered = 0, 0, 0
+        while self.max_frames is None or delivered < self.max_frames:
+            ok, frame = self.capture.read()
+            if ok and frame is not None and frame.ndim == 3:
+                failures = 0
+                delivered += 1
+                yield position, np.ascontiguousarray(frame[..., ::-1])
+            else:
+                before_end = self.frame_count is not None and position < self.frame_count
+                failures += 1
+                if not before_end or failures >= self.max_failures:
+                    return
+                self.skipped += 1
+            position += 1
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def check_writable(path: Path | None, what: str) -> None:
+    """Fail before any work when `path` cannot be written (creates its folder and the file)."""
+    if path is None:
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a"):
+            pass
+    except OSError as error:
+        raise ValueError(f"cannot write {what} {path}: {error.strerror or error}") from error
+
+
+def csv_header(num_landmarks: int) -> list[str]:
+    coords = [f"{axis}{k}" for k in range(num_landmarks) for axis in ("x", "y")]
+    return ["frame", "time", "track_id", "confidence", *coords]
+
+
+def _json_points(points: np.ndarray) -> list[list[float | None]]:
+    return [[None if not math.isfinite(v) else round(float(v), 3) for v in p] for p in points]
+
+
+def draw_points(image: np.ndarray, points: np.ndarray, colour: tuple[int, int, int]) -> None:
+    for x, y in points:
+        if math.isfinite(x) and math.isfinite(y):
+            cv2.circle(image, (round(x), round(y)), 2, colour, -1, cv2.LINE_AA)
+
+
+class TrackOutputs:
+    """CSV rows, the JSON document and the raw | stabilised overlay video of one run."""
+
+    def __init__(
+        self,
+        num_landmarks: int,
+        csv_path: Path | None,
+        json_path: Path | None,
+        video_path: Path | None,
+        fps: float,
+        frame_size: tuple[int, int],
+    ) -> None:
+        self.num_landmarks = num_landmarks
+        self.json_path = json_path
+        self.frames: list[dict[str, Any]] = []
+        self._csv_file = open(csv_path, "w", newline="") if csv_path else None
+        self._csv = csv.writer(self._csv_file) if self._csv_file else None
+        if self._csv:
+            self._csv.writerow(csv_header(num_landmarks))
+        self._video = None
+        if video_path is not None:
+            width, height = frame_size
+            fourcc = cv2.VideoWriter_fourcc(*("MJPG" if video_path.suffix == ".avi" else "mp4v"))
+            self._video = cv2.VideoWriter(str(video_path), fourcc, fps, (2 * width, height))
+            if not self._video.isOpened():
+                raise ValueError(f"cannot open overlay video for writing: {video_path}")
+
+    def add(self, index: int, t: float, frame: np.ndarray, results: list[TrackResult]) -> None:
+        nan_row = [math.nan] * (2 * self.num_landmarks)
+        if self._csv:
+            for r in results:
+                self._csv.writerow(
+                    [
+                        index,
+                        f"{t:.4f}",
+                        r.track_id,
+                        f"{r.confidence:.4f}",
+                        *(f"{v:.3f}" for v in r.landmarks.reshape(-1)),
+                    ]
+                )
+            if not results:
+                self._csv.writerow([index, f"{t:.4f}", -1, "0.0000", *nan_row])
+        self.frames.append(
+            {
+                "frame": index,
+                "time": round(t, 4),
+                "faces": [
+                    {
+                        "track_id": r.track_id,
+                        "confidence": round(r.confidence, 4),
+                        "landmarks": _json_points(r.landmarks),
+                        "raw": _json_points(r.raw),
+                    }
+                    for r in results
+                ],
+            }
+        )
+        if self._video is not None:
+            left = np.ascontiguousarray(frame[..., ::-1])
+            right = left.copy()
+            for r in results:
+                draw_points(left, r.raw, (0, 0, 255))
+                draw_points(right, r.landmarks, (0, 255, 0))
+            self._video.write(np.concatenate([left, right], axis=1))
+
+    def close(self, summary: dict[str, Any]) -> None:
+        if self._csv_file:
+            self._csv_file.close()
+        if self._video is not None:
+            self._video.release()
+        if self.json_path is not None:
+            document = {**summary, "num_landmarks": self.num_landmarks, "frames": self.frames}
+            self.json_path.write_text(json.dumps(document))
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def track_video(
+    tracker: StreamingTracker,
+    reader: FrameReader,
+    outputs: TrackOutputs | None = None,
+    fps: float = 25.0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run the tracker over every frame of `reader`; returns a summary (frames, faces, skipped)."""
+    from tqdm import tqdm
+
+    total = reader.frame_count if reader.max_frames is None else reader.max_frames
+    if reader.frame_count is not None and reader.max_frames is not None:
+        total = min(reader.frame_count, reader.max_frames)
+    frames = faces = 0
+    start = time.perf_counter()
+    for index, frame in tqdm(reader, total=total, unit="frame", disable=not progress):
+        t = index / fps
+        results = tracker.step(frame, t)
+        if outputs is not None:
+            outputs.add(index, t, frame, results)
+        frames += 1
+        faces += bool(results)
+    elapsed = time.perf_counter() - start
+    return {
+        "frames": frames,
+        "frames_with_face": faces,
+        "skipped_frames": reader.skipped,
+        "seconds": round(elapsed, 3),
+        "fps_processed": round(frames / elapsed, 2) if elapsed > 0 else None,
+    }
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lightning-fa track",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("input", help="video file or camera index (0, 1, ...)")
+    parser.add_argument(
+        "--checkpoint", type=Path, help="fine-tuned .ckpt (or .onnx with --engine onnx)"
+    )
+    parser.add_argument("--backbone", default="dlib", help="backbone name when no checkpoint")
+    parser.add_argument("--num-landmarks", type=int, default=68)
+    parser.add_argument("--engine", choices=ENGINES, default="torch")
+    parser.add_argument("--detector", choices=DETECTORS, default="dlib")
+    parser.add_argument("--filter", choices=FILTER_NAMES, default="none")
+    parser.add_argument("--max-faces", type=int, default=1)
+    parser.add_argument("--max-frames", type=int, default=None)
+    parser.add_argument("--redetect-every", type=int, default=5)
+    parser.add_argument("--min-confidence", type=float, default=0.3)
+    parser.add_argument("--out-csv", type=Path, default=None)
+    parser.add_argument("--out-json", type=Path, default=None)
+    parser.add_argument("--out-video", type=Path, default=None)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--no-progress", action="store_true")
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        for path, what in (
+            (args.out_csv, "--out-csv"),
+            (args.out_json, "--out-json"),
+            (args.out_video, "--out-video"),
+        ):
+            check_writable(path, what)
+        if args.out_csv is None and args.out_json is None and args.out_video is None:
+            args.out_csv = Path("landmarks.csv")
+            check_writable(args.out_csv, "--out-csv")
+        capture, is_camera = open_capture(args.input)
+        if not is_camera:  # decode one frame, then reopen: seeking is not exact for every codec
+            if not capture.read()[0]:
+                raise ValueError(f"{args.input} holds no decodable frame (not a video?)")
+            capture.release()
+            capture, _ = open_capture(args.input)
+        fps = capture.get(cv2.CAP_PROP_FPS) or 0.0
+        fps = fps if fps > 0 else 25.0
+        step = load_step(
+            args.checkpoint, args.backbone, args.engine, args.num_landmarks, args.device
+        )
+        tracker = StreamingTracker(
+            step,
+            make_detector(args.detector),
+            max_faces=args.max_faces,
+            filter=args.filter,
+            fps=fps,
+            redetect_every=args.redetect_every,
+            min_confidence=args.min_confidence,
+            device=args.device,
+        )
+        size = (
+            int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)),
+            int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)),
+        )
+        outputs = TrackOutputs(
+            step.num_landmarks, args.out_csv, args.out_json, args.out_video, fps, size
+        )
+    except (ValueError, FileNotFoundError) as error:
+        print(f"lightning-fa track: {error}", file=sys.stderr)
+        return 2
+    reader = FrameReader(capture, args.max_frames)
+    summary = track_video(tracker, reader, outputs, fps, progress=not args.no_progress)
+    capture.release()
+    outputs.close({"source": args.input, "fps": fps, **summary})
+    print(
+        f"tracked {summary['frames']} frames ({summary['frames_with_face']} with a face, "
+        f"{summary['skipped_frames']} corrupt frames skipped) at {summary['fps_processed']} frames/s"
+    )
+    return 0

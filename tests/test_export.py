@@ -1,0 +1,87 @@
+"""ONNX export of the streaming step: onnxruntime matches PyTorch over a stream with state."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lightning_fa.backbones import create_backbone
+from lightning_fa.export import OnnxStep, StreamingStep, export_onnx, heatmap_confidence
+from lightning_fa.heatmaps import heatmap_to_crop, pdc
+from lightning_fa.systems.finetune import StableAlignmentModule
+
+pytest.importorskip("onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def module() -> StableAlignmentModule:
+    torch.manual_seed(0)
+    backbone = create_backbone("hrnet_lite", 68)  # 128 x 128 input, random weights
+    with torch.no_grad():
+        # Random weights give flat maps near 0; an offset of 1 keeps every value above the PDC
+        # threshold, so no comparison hinges on a value within float rounding of theta_pdc.
+        heads = [m for m in backbone.modules() if getattr(m, "out_channels", None) == 68]
+        heads[-1].bias.add_(1.0)
+    module = StableAlignmentModule(backbone=backbone).eval()
+    with torch.no_grad():  # a non-trivial ConvLSTM, so the carried state matters
+        for parameter in module.temporal.parameters():
+            parameter.normal_(0.0, 0.1)
+    return module
+
+
+def test_streaming_step_is_backbone_convlstm_pdc(module: StableAlignmentModule) -> None:
+    step = StreamingStep(module).eval()
+    images = torch.randint(0, 256, (2, 3, 128, 128), dtype=torch.uint8)
+    coords, raw, confidence, *state = step(images, *step.init_state(2))
+    with torch.no_grad():
+        heatmaps = module.backbone(module.backbone.preprocess(images))
+        stabilised, expected_state = module.temporal(heatmaps, None)
+    torch.testing.assert_close(raw, heatmap_to_crop(pdc(heatmaps), 4.0))
+    torch.testing.assert_close(coords, heatmap_to_crop(pdc(stabilised), 4.0))
+    assert not torch.allclose(coords, raw)  # the ConvLSTM changed something
+    peaks = heatmaps.flatten(2).max(-1).values.mean(-1).clamp(0, 1)
+    torch.testing.assert_close(confidence, peaks)
+    torch.testing.assert_close(state[0], expected_state[0][0])
+
+
+@pytest.mark.parametrize("frames", [5, pytest.param(30, marks=pytest.mark.slow)])
+def test_onnx_matches_pytorch_over_stream(
+    module: StableAlignmentModule, tmp_path, frames: int
+) -> None:
+    path = export_onnx(module, tmp_path / "step.onnx")
+    runtime = OnnxStep(path)
+    step = StreamingStep(module).eval()
+    assert runtime.input_size == (128, 128)
+    assert runtime.num_landmarks == 68
+    torch_state, onnx_state = step.init_state(1), runtime.init_state(1)
+    generator = torch.Generator().manual_seed(1)
+    base = torch.randint(0, 256, (1, 3, 128, 128), dtype=torch.uint8, generator=generator)
+    for t in range(frames):
+        # A slowly drifting image plus noise: a stream, not 30 unrelated pictures.
+        noise = torch.randint(-8, 9, base.shape, generator=generator)
+        images = (base.int().roll(t, dims=-1) + noise).clamp(0, 255).to(torch.uint8)
+        expected = step(images, *torch_state)
+        got = runtime(images.numpy(), *onnx_state)
+        for name, a, b in zip(("coords", "raw", "confidence"), expected[:3], got[:3]):
+            np.testing.assert_allclose(b, a.numpy(), atol=1e-4, rtol=0, err_msg=f"{name} t={t}")
+        torch_state, onnx_state = list(expected[3:]), list(got[3:])
+    for a, b in zip(torch_state, onnx_state):
+        np.testing.assert_allclose(b, a.numpy(), atol=1e-4, rtol=0)
+
+
+def test_heatmap_confidence_closed_form() -> None:
+    heatmaps = torch.zeros(1, 2, 4, 4)
+    heatmaps[0, 0, 1, 1] = 1.0
+    heatmaps[0, 1, 2, 3] = 0.5
+    assert heatmap_confidence(heatmaps).item() == pytest.approx(0.75)
+    assert heatmap_confidence(heatmaps * 5).item() == 1.0
+
+
+def test_onnx_step_rejects_missing_and_foreign_files(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match="ONNX model not found"):
+        OnnxStep(tmp_path / "missing.onnx")
+    bad = tmp_path / "bad.onnx"
+    bad.write_text("not a model")
+    with pytest.raises(ValueError, match="cannot load ONNX model"):
+        OnnxStep(bad)
