@@ -19,6 +19,9 @@ LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 # name -> "module:function(argv) -> int"; imported only when called, so `--help` stays fast.
 TOOLS: dict[str, str] = {
     "predict-ckpt": "lightning_fa.predict:main",
+    "track": "lightning_fa.tracking:main",
+    "evaluate-video": "lightning_fa.video_eval:main",
+    "export": "lightning_fa.export:main",
 }
 
 
