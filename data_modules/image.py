@@ -392,6 +392,11 @@ class LandmarkDataModule(L.LightningDataModule):
     def num_landmarks(self) -> int:
         return self.spec.num_landmarks
 
+    @property
+    def eval_loader_names(self) -> list[str]:
+        """Metric prefixes of the evaluation loaders (dataset and subset)."""
+        return [f"{self.spec.name}_{self.subset}"]
+
     def _dataset(self, split: str, train: bool) -> LandmarkImageDataset:
         hp = self.hparams
         records, problems = load_records(self.spec.name, self.root, split, hp.layout, hp.on_error)

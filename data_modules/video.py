@@ -492,6 +492,11 @@ class Video300VWDataModule(L.LightningDataModule):
     def num_landmarks(self) -> int:
         return self.spec.num_landmarks
 
+    @property
+    def eval_loader_names(self) -> list[str]:
+        """Metric prefixes of the evaluation loaders (the 300VW scenario)."""
+        return [self.hparams.split]
+
     def _store(self) -> FrameStore:
         return FrameStore(self.hparams.cache_dir, self.hparams.cache_format)
 

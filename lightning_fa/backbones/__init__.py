@@ -12,6 +12,7 @@ from .adapters import (
 )
 from .base import (
     Backbone,
+    build_from_spec,
     create_backbone,
     list_backbones,
     load_checkpoint,
@@ -32,6 +33,7 @@ __all__ = [
     "ModuleBackbone",
     "StackedHourglass",
     "TorchScriptBackbone",
+    "build_from_spec",
     "create_backbone",
     "dlib_face_detector",
     "list_backbones",

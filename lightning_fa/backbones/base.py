@@ -6,7 +6,10 @@ normalisation (`preprocess`), so datasets can deliver uint8 RGB and stay model-a
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import importlib
+import inspect
 import pickle
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -31,6 +34,31 @@ class Backbone(nn.Module):
         input_mean, input_std: per channel, in [0, 1] units, in `channel_order`.
         channel_order: "RGB" or "BGR", what `forward` expects.
     """
+
+    spec: dict[str, Any]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # Record how the most-derived class was built, so a fine-tuned checkpoint can rebuild its
+        # backbone without the training config (`StableAlignmentModule.from_checkpoint`).
+        super().__init_subclass__(**kwargs)
+        original = cls.__dict__.get("__init__")
+        if original is None:
+            return
+        signature = inspect.signature(original)
+
+        @functools.wraps(original)
+        def recording_init(self: Backbone, *args: Any, **kw: Any) -> None:
+            original(self, *args, **kw)
+            if type(self) is cls:
+                bound = signature.bind(self, *args, **kw)
+                bound.apply_defaults()
+                init_args = {k: _plain(v) for k, v in bound.arguments.items() if k != "self"}
+                self.spec = {
+                    "class_path": f"{cls.__module__}.{cls.__qualname__}",
+                    "init_args": init_args,
+                }
+
+        cls.__init__ = recording_init
 
     def __init__(
         self,
@@ -100,6 +128,17 @@ def init_heatmap_head(conv: nn.Conv2d) -> None:
     nn.init.normal_(conv.weight, std=1e-3)
     if conv.bias is not None:
         nn.init.zeros_(conv.bias)
+
+
+def _plain(value: Any) -> Any:
+    """Dataclass configs as dicts: checkpoints are read with weights_only=True."""
+    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+
+
+def build_from_spec(spec: Mapping[str, Any]) -> Backbone:
+    """Rebuild a backbone from its recorded `spec` (class path + constructor arguments)."""
+    module_name, _, attr = spec["class_path"].rpartition(".")
+    return getattr(importlib.import_module(module_name), attr)(**spec["init_args"])
 
 
 # --------------------------------------------------------------------------- registry

@@ -46,6 +46,20 @@ HRNET_LITE = HRNetConfig(
 )
 
 
+HRNET_PRESETS = {"w18": HRNET_W18, "lite": HRNET_LITE}
+
+
+def resolve_hrnet_config(config: HRNetConfig | str | dict) -> HRNetConfig:
+    """A preset name ("w18", "lite"), a dict of fields (as saved in checkpoints) or a config."""
+    if isinstance(config, HRNetConfig):
+        return config
+    if isinstance(config, str):
+        if config not in HRNET_PRESETS:
+            raise ValueError(f"unknown HRNet preset {config!r}; known: {sorted(HRNET_PRESETS)}")
+        return HRNET_PRESETS[config]
+    return HRNetConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()})
+
+
 def _bn(channels: int) -> nn.BatchNorm2d:
     return nn.BatchNorm2d(channels, momentum=BN_MOMENTUM)
 
@@ -188,9 +202,10 @@ class HRNet(Backbone):
     def __init__(
         self,
         num_landmarks: int,
-        config: HRNetConfig = HRNET_W18,
+        config: HRNetConfig | str = "w18",
         input_size: tuple[int, int] = (256, 256),
     ) -> None:
+        config = resolve_hrnet_config(config)
         super().__init__(
             num_landmarks,
             stride=4,
@@ -273,10 +288,10 @@ class HRNet(Backbone):
 @register_backbone("hrnet_w18")
 def hrnet_w18(num_landmarks: int, input_size: tuple[int, int] = (256, 256)) -> HRNet:
     """HRNetV2-W18, the official face-alignment model (256x256 -> 64x64)."""
-    return HRNet(num_landmarks, HRNET_W18, input_size)
+    return HRNet(num_landmarks, "w18", input_size)
 
 
 @register_backbone("hrnet_lite")
 def hrnet_lite(num_landmarks: int, input_size: tuple[int, int] = (128, 128)) -> HRNet:
     """A small HRNet for CPU pretraining (128x128 -> 32x32)."""
-    return HRNet(num_landmarks, HRNET_LITE, input_size)
+    return HRNet(num_landmarks, "lite", input_size)

@@ -18,7 +18,7 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 
-from lightning_fa.backbones import create_backbone, load_checkpoint
+from lightning_fa.backbones import build_from_spec, load_checkpoint
 from lightning_fa.heatmaps import (
     crop_to_frame,
     crop_to_heatmap,
@@ -231,9 +231,9 @@ class StableAlignmentModule(pl.LightningModule):
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer else None
         return getattr(datamodule, "spec", None)
 
-    def _loader_name(self, stage: str, dataloader_idx: int) -> str:
+    def _loader_name(self, dataloader_idx: int) -> str:
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer else None
-        names = getattr(datamodule, f"{stage}_loader_names", None)
+        names = getattr(datamodule, "eval_loader_names", None)
         return names[dataloader_idx] if names else f"set{dataloader_idx}"
 
     def _stream(
@@ -248,7 +248,7 @@ class StableAlignmentModule(pl.LightningModule):
         return raw, stabilised, state
 
     def _evaluate(self, batch: dict[str, torch.Tensor], stage: str, dataloader_idx: int) -> None:
-        loader = self._loader_name(stage, dataloader_idx)
+        loader = self._loader_name(dataloader_idx)
         if "image" in batch:  # the paper's image protocol: every image from the initial state
             raw = self.backbone_heatmaps(batch["image"])
             stabilised, _ = self.temporal(raw, None)
@@ -375,15 +375,14 @@ class StableAlignmentModule(pl.LightningModule):
             checkpoint = torch.load(path, map_location=map_location, weights_only=True)
         except Exception as error:  # corrupt file, or a pickle that would run code
             raise ValueError(f"cannot read checkpoint {path}: {error}") from error
-        reference = checkpoint.get("backbone_reference")
-        if not reference or "name" not in reference:
+        reference = checkpoint.get("backbone_reference") or {}
+        if "init_args" not in reference:
             raise ValueError(
-                f"{path} holds no backbone reference made by create_backbone(); rebuild the module "
-                "with its training config instead (lightning-fa predict --config ...)"
+                f"{path} records no backbone constructor (backbones built outside "
+                "lightning_fa.backbones.Backbone); rebuild the module from its training config: "
+                "lightning-fa predict --config CONFIG --ckpt_path CKPT"
             )
-        backbone = create_backbone(
-            reference["name"], reference["num_landmarks"], **reference.get("kwargs", {})
-        )
+        backbone = build_from_spec(reference)
         hparams = dict(checkpoint.get("hyper_parameters", {}))
         stored_weights = any(k.startswith("backbone.") for k in checkpoint["state_dict"])
         if not stored_weights:
