@@ -40,5 +40,22 @@ format: ## Apply ruff formatting and autofixes
 bench: ## Speed/memory figures side by side, written to $(BENCH_OUT)
 	$(PY) -m lightning_fa bench --out $(BENCH_OUT)
 
+pretrain: ## Pretrain the backbone on synthetic face images (cached in cache/backbones; RETRAIN=1 forces)
+ifeq ($(DATA),synthetic)
+	$(PY) -m lightning_fa demo --out $(RUN_DIR) --pretrain-only $(if $(RETRAIN),--retrain)
+else
+	@echo "make pretrain runs the synthetic pretraining only; pretrain on $(DATA) with lightning-fa fit and BackbonePretrainModule" >&2; exit 2
+endif
+
+finetune: ## Fine-tune the ConvLSTM: synthetic default = embedded end-to-end run; DATA=300vw [CKPT=...] = Lightning CLI
+ifeq ($(DATA),synthetic)
+	$(PY) -m lightning_fa demo --out $(RUN_DIR) $(if $(RETRAIN),--retrain)
+else
+	$(PY) -m lightning_fa fit --config experiments/base.yaml --config experiments/backbone/$(BACKBONE).yaml --config experiments/data/$(DATA).yaml $(if $(CKPT),--model.init_args.backbone_checkpoint=$(CKPT))
+endif
+
+report: ## Rebuild report.md, figures and overlay video of the embedded run in $(RUN_DIR)
+	$(PY) -m lightning_fa report $(RUN_DIR)
+
 clean: ## Remove caches and run outputs (keeps .venv)
 	rm -rf .pytest_cache .ruff_cache lightning_logs

@@ -18,10 +18,13 @@ LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 
 # name -> "module:function(argv) -> int"; imported only when called, so `--help` stays fast.
 TOOLS: dict[str, str] = {
+    "bench": "lightning_fa.bench:main",
     "predict-ckpt": "lightning_fa.predict:main",
     "track": "lightning_fa.tracking:main",
     "evaluate-video": "lightning_fa.video_eval:main",
     "export": "lightning_fa.export:main",
+    "report": "lightning_fa.report:main",
+    "demo": "lightning_fa.pipeline:main",
 }
 
 
@@ -29,6 +32,8 @@ class FaceAlignmentCLI(LightningCLI):
     """Links the data's landmark count into the backbone, so configs cannot disagree."""
 
     def add_arguments_to_parser(self, parser) -> None:
+        # A name that configs interpolate into output paths (`runs/${run_name}`).
+        parser.add_argument("--run_name", type=str, default="finetune")
         parser.link_arguments(
             "data.num_landmarks",
             "model.init_args.backbone.init_args.num_landmarks",
