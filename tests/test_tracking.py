@@ -247,3 +247,63 @@ def test_box_iou_closed_form() -> None:
     a = np.array([[0.0, 0.0, 2.0, 2.0]])
     b = np.array([[1.0, 1.0, 3.0, 3.0], [5.0, 5.0, 6.0, 6.0], [0.0, 0.0, 2.0, 2.0]])
     np.testing.assert_allclose(box_iou(a, b), [[1 / 7, 0.0, 1.0]])
+
+
+# ----------------------------------------------------------------------------- evaluate-video
+
+
+def test_velocity_lag_recovers_a_known_delay() -> None:
+    from lightning_fa.video_eval import velocity_lag
+
+    rng = np.random.default_rng(0)
+    walk = np.cumsum(rng.normal(size=(80, 3, 2)), axis=0)
+    for delay in (-3, 0, 2, 5):
+        delayed = np.roll(walk, delay, axis=0)[10:-10]  # delayed_t = walk_{t - delay}
+        assert velocity_lag(delayed, walk[10:-10]) == delay
+
+
+def test_evaluate_tracks_orders_methods_sensibly() -> None:
+    from lightning_fa.video_eval import evaluate_tracks
+
+    rng = np.random.default_rng(1)
+    t = np.arange(150)[:, None] / 25.0
+    clean = np.stack([200 + 30 * np.sin(2 * np.pi * 0.5 * t), 220 + 0 * t], -1)
+    clean = clean + np.linspace(0, 60, 68)[None, :, None]  # 68 distinct points
+    raw = clean + rng.normal(0, 1.5, clean.shape)
+    raw[:5] = np.nan  # no face yet: evaluated from the first tracked frame on
+    result = evaluate_tracks(raw, raw.copy(), fps=25.0)
+    methods = result["methods"]
+    assert result["frames"] == 145 and result["first_frame"] == 5
+    assert methods["offline"]["deviation"] == 0 and methods["offline"]["lag"] == 0
+    assert methods["ours"] == methods["raw"]  # an untrained ConvLSTM is the identity
+    assert methods["raw"]["lag"] == 0
+    for name in ("one-euro", "one-euro-mediapipe", "kalman", "offline"):
+        assert methods[name]["accel"] < methods["raw"]["accel"]
+    # Accel checked against the literal formula.
+    finite = raw[5:]
+    accel = np.linalg.norm(finite[2:] - 2 * finite[1:-1] + finite[:-2], axis=-1).mean()
+    assert methods["raw"]["accel"] == pytest.approx(accel)
+
+
+@pytest.mark.slow
+def test_evaluate_video_writes_metrics(shared_data: Path, tmp_path: Path) -> None:
+    _needs_dlib()
+    from lightning_fa.video_eval import main as evaluate_main
+
+    out = tmp_path / "eval"
+    code = evaluate_main(
+        [str(shared_data / "videos/liveportrait_d0.mp4"), "--max-frames", "12", "--out", str(out)]
+    )
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["mean"]) == {"raw", "one-euro", "one-euro-mediapipe", "kalman", "ours",
+                                    "offline"}  # fmt: skip
+    assert metrics["videos"]["liveportrait_d0.mp4"]["frames"] == 12
+    assert "| raw |" in (out / "report.md").read_text()
+
+
+def test_evaluate_video_bad_input(tmp_path: Path, capsys) -> None:
+    from lightning_fa.video_eval import main as evaluate_main
+
+    assert evaluate_main([str(tmp_path / "missing.mp4"), "--out", str(tmp_path / "o")]) == 2
+    assert "not found" in capsys.readouterr().err

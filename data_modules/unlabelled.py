@@ -1,0 +1,372 @@
+"""Learning from unlabelled video: the backbone's own predictions, smoothed offline, are the labels.
+
+For every video (once; cached as .npz keyed by the file's SHA-256 and the settings):
+1. dlib's face detector on every frame -> face boxes; their centre and size are smoothed with
+   the zero-phase low-pass (`crop_cutoff_hz`), so the crop moves smoothly and crop jitter does
+   not become label jitter;
+2. every frame is cropped with that smoothed box (`enlarge` x the box side, shifted by
+   `box_shift` of the side, since dlib's box sits above the face centre) and the frozen backbone's
+   heatmaps are decoded (PDC) -> the raw track in frame pixels.
+At setup the raw track is smoothed forward-backward (`zero_phase_smooth`, `cutoff_hz`: no lag)
+and mapped into each frame's crop: these pseudo labels are the targets of the Jitter loss.
+
+Batches follow the sequence-mode contract of docs/architecture.md (frames uint8 crops,
+landmarks = pseudo labels in crop pixels, affine, valid, norm_size, video_id, frame_index).
+Training draws windows of `seq_len` frames; validation streams each held-out video whole, in
+consecutive windows of `val_window` frames (batch size 1) that the module chains by frame_index.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from data_modules.landmarks import DatasetSpec, get_spec
+from data_modules.transforms import crop_affine, invert_affine, transform_points, warp_image
+from lightning_fa.backbones import create_backbone, dlib_face_detector
+from lightning_fa.heatmaps import decode, heatmap_to_crop
+from lightning_fa.temporal.filters import zero_phase_smooth
+
+log = logging.getLogger(__name__)
+
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
+CACHE_VERSION = 1
+
+
+def list_videos(videos: str | Path | Sequence[str | Path]) -> list[Path]:
+    """A folder (its video files, sorted) or a list of files -> existing video paths."""
+    if isinstance(videos, (str, Path)):
+        root = Path(videos)
+        if root.is_dir():
+            found = sorted(p for p in root.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES)
+            if not found:
+                raise ValueError(f"no video files ({', '.join(VIDEO_SUFFIXES)}) in {root}")
+            return found
+        videos = [root]
+    paths = [Path(v) for v in videos]
+    for path in paths:
+        if not path.is_file():
+            raise FileNotFoundError(f"video not found: {path}")
+    return paths
+
+
+def file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_rgb_frames(path: Path, max_frames: int | None = None):
+    """Yield the RGB frames of a video in order (OpenCV, sequential)."""
+    capture = cv2.VideoCapture(str(path))
+    if not capture.isOpened():
+        raise ValueError(f"{path} is not a video OpenCV can decode")
+    count = 0
+    try:
+        while max_frames is None or count < max_frames:
+            ok, frame = capture.read()
+            if not ok:
+                return
+            count += 1
+            yield np.ascontiguousarray(frame[..., ::-1])
+    finally:
+        capture.release()
+
+
+def smooth_boxes(boxes: np.ndarray, fps: float, cutoff_hz: float) -> tuple[np.ndarray, np.ndarray]:
+    """Face boxes (T, 4) x1 y1 x2 y2 (NaN rows: no face) -> zero-phase smoothed centres (T, 2)
+    and sides (T,); gaps are interpolated."""
+    centre = (boxes[:, :2] + boxes[:, 2:]) / 2
+    side = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+    series = np.concatenate([centre, side[:, None]], axis=1)[:, None, :]  # (T, 1, 3)
+    smooth = zero_phase_smooth(series, cutoff_hz, fps)[:, 0]
+    return smooth[:, :2], smooth[:, 2]
+
+
+def pseudo_labels(raw: np.ndarray, fps: float, cutoff_hz: float) -> np.ndarray:
+    """Offline labels from a raw (T, L, 2) frame-pixel track: zero-phase (forward-backward)
+    low-pass, so no lag; NaN frames are interpolated."""
+    return zero_phase_smooth(np.asarray(raw, dtype=np.float64), cutoff_hz, fps)
+
+
+@torch.no_grad()
+def predict_crops(backbone: torch.nn.Module, crops: np.ndarray, batch: int = 16) -> np.ndarray:
+    """Backbone + PDC on uint8 RGB crops (T, H, W, 3) -> (T, L, 2) crop pixels."""
+    out = []
+    for start in range(0, len(crops), batch):
+        images = torch.from_numpy(crops[start : start + batch]).permute(0, 3, 1, 2)
+        heatmaps = backbone(backbone.preprocess(images)).float()
+        out.append(heatmap_to_crop(decode(heatmaps, "pdc"), backbone.stride).numpy())
+    return np.concatenate(out).astype(np.float64)
+
+
+def process_video(
+    path: Path,
+    backbone: torch.nn.Module,
+    image_size: int,
+    enlarge: float,
+    box_shift: float,
+    crop_cutoff_hz: float,
+    detect_upsample: int = 0,
+    max_frames: int | None = None,
+) -> dict[str, np.ndarray]:
+    """Detect, crop with smoothed boxes and run the backbone over one video (see module doc)."""
+    capture = cv2.VideoCapture(str(path))
+    fps = float(capture.get(cv2.CAP_PROP_FPS) or 0.0) or 25.0
+    capture.release()
+    detector = dlib_face_detector()
+    boxes = []
+    for frame in read_rgb_frames(path, max_frames):
+        faces = detector(frame, detect_upsample)
+        if len(faces):
+            face = max(faces, key=lambda r: r.area())
+            boxes.append([face.left(), face.top(), face.right() + 1, face.bottom() + 1])
+        else:
+            boxes.append([np.nan] * 4)
+    boxes = np.asarray(boxes, dtype=np.float64)
+    detected = np.isfinite(boxes).all(axis=1)
+    if len(boxes) < 3 or detected.sum() < 2:
+        raise ValueError(
+            f"{path}: a face was found in {int(detected.sum())} of {len(boxes)} frames"
+        )
+    centres, sides = smooth_boxes(boxes, fps, crop_cutoff_hz)
+    centres = centres + np.stack([np.zeros_like(sides), box_shift * sides], axis=1)
+    size = (image_size, image_size)
+    affines = np.stack([crop_affine(c, s, size, enlarge=enlarge) for c, s in zip(centres, sides)])
+    crops = np.stack(
+        [warp_image(f, a, size) for f, a in zip(read_rgb_frames(path, max_frames), affines)]
+    )
+    crop_points = predict_crops(backbone, crops)
+    raw = np.stack([transform_points(p, invert_affine(a)) for p, a in zip(crop_points, affines)])
+    raw[~detected] = np.nan  # no face box: the backbone saw an interpolated crop
+    return {"fps": np.float64(fps), "crops": crops, "affines": affines, "raw": raw,
+            "detected": detected}  # fmt: skip
+
+
+class UnlabelledWindows(Dataset):
+    """Windows of consecutive frames of processed videos, as sequence-mode samples."""
+
+    def __init__(
+        self,
+        videos: list[dict[str, np.ndarray]],
+        windows: list[tuple[int, int, int]],
+        spec: DatasetSpec | None,
+        id_offset: int = 0,
+    ) -> None:
+        self.videos = videos
+        self.id_offset = id_offset  # keeps validation video ids apart from training ones
+        self.windows = windows  # (video index, first frame, length)
+        self.spec = spec
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def _norm_size(self, labels: np.ndarray) -> np.ndarray:
+        if self.spec is not None and self.spec.norm_indices is not None:
+            a, b = self.spec.norm_indices
+            return np.linalg.norm(labels[:, a] - labels[:, b], axis=-1)
+        extent = labels.max(axis=1) - labels.min(axis=1)
+        return np.sqrt(extent[:, 0] * extent[:, 1])
+
+    def __getitem__(self, item: int) -> dict[str, torch.Tensor]:
+        index, first, length = self.windows[item]
+        video = self.videos[index]
+        frames = slice(first, first + length)
+        labels = video["labels"][frames]
+        return {
+            "frames": torch.from_numpy(np.ascontiguousarray(video["crops"][frames])).permute(
+                0, 3, 1, 2
+            ),
+            "landmarks": torch.from_numpy(labels.astype(np.float32)),
+            "affine": torch.from_numpy(video["affines"][frames].astype(np.float32)),
+            "valid": torch.from_numpy(video["detected"][frames].copy()),
+            "norm_size": torch.from_numpy(self._norm_size(labels).astype(np.float32)),
+            "video_id": torch.tensor(self.id_offset + index, dtype=torch.int64),
+            "frame_index": torch.arange(first, first + length, dtype=torch.int64),
+        }
+
+
+class UnlabelledVideoDataModule(L.LightningDataModule):
+    """Sequence batches from unlabelled videos with offline-smoothed pseudo labels.
+
+    Args:
+        videos: training videos: a folder or a list of files.
+        val_videos: held-out videos streamed whole for validation (none: no validation).
+        backbone / num_landmarks / backbone_checkpoint / backbone_kwargs: the frozen backbone
+            whose predictions become the labels (the one being stabilised).
+        cache_dir: where the per-video .npz caches go.
+        image_size: crop side (default: the backbone's input size).
+        seq_len: frames per training window; window_step: frames between window starts.
+        val_window: frames per validation window (consecutive, state carried by the module).
+        cutoff_hz: pseudo-label low-pass cutoff; crop_cutoff_hz: crop-box low-pass cutoff.
+        enlarge: crop side / detector box side; box_shift: crop centre moved down by this
+            fraction of the box side.
+        max_frames: use at most this many frames of each video (quick runs).
+    """
+
+    def __init__(
+        self,
+        videos: str | list[str],
+        val_videos: str | list[str] | None = None,
+        backbone: str = "dlib",
+        num_landmarks: int = 68,
+        backbone_checkpoint: str | None = None,
+        backbone_kwargs: dict[str, Any] | None = None,
+        cache_dir: str = ".cache/unlabelled",
+        image_size: int | None = None,
+        seq_len: int = 16,
+        window_step: int = 4,
+        val_window: int = 50,
+        cutoff_hz: float = 3.0,
+        crop_cutoff_hz: float = 1.0,
+        enlarge: float = 1.3,
+        box_shift: float = 0.1,
+        detect_upsample: int = 0,
+        max_frames: int | None = None,
+        batch_size: int = 4,
+        num_workers: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if seq_len < 2 or window_step < 1 or val_window < 2:
+            raise ValueError(
+                f"need seq_len >= 2, window_step >= 1, val_window >= 2; got {seq_len}, "
+                f"{window_step}, {val_window}"
+            )
+        self.save_hyperparameters()
+        self.train_paths = list_videos(videos)
+        self.val_paths = list_videos(val_videos) if val_videos else []
+        self.spec = get_spec("300w") if num_landmarks == 68 else None
+        self.val_loader_names = ["unlabelled"]
+        self._backbone: torch.nn.Module | None = None
+        self.train_set: UnlabelledWindows | None = None
+        self.val_set: UnlabelledWindows | None = None
+
+    @property
+    def num_landmarks(self) -> int:
+        return self.hparams.num_landmarks
+
+    def _get_backbone(self) -> torch.nn.Module:
+        if self._backbone is None:
+            hp = self.hparams
+            self._backbone = create_backbone(
+                hp.backbone, hp.num_landmarks, hp.backbone_checkpoint, **(hp.backbone_kwargs or {})
+            ).eval()
+        return self._backbone
+
+    def _image_size(self) -> int:
+        return self.hparams.image_size or self._get_backbone().input_size[0]
+
+    def cache_path(self, path: Path) -> Path:
+        hp = self.hparams
+        settings = {
+            "version": CACHE_VERSION,
+            "backbone": hp.backbone,
+            "backbone_kwargs": hp.backbone_kwargs,
+            "checkpoint": file_digest(Path(hp.backbone_checkpoint))
+            if hp.backbone_checkpoint
+            else None,
+            "image_size": hp.image_size,
+            "enlarge": hp.enlarge,
+            "box_shift": hp.box_shift,
+            "crop_cutoff_hz": hp.crop_cutoff_hz,
+            "detect_upsample": hp.detect_upsample,
+            "max_frames": hp.max_frames,
+        }
+        key = hashlib.sha256(
+            (file_digest(path) + json.dumps(settings, sort_keys=True)).encode()
+        ).hexdigest()[:20]
+        return Path(hp.cache_dir) / f"{path.stem}-{key}.npz"
+
+    def load_video(self, path: Path) -> dict[str, np.ndarray]:
+        """The processed video (from the cache when present) with its pseudo labels."""
+        hp = self.hparams
+        cache = self.cache_path(path)
+        if cache.is_file():
+            with np.load(cache) as stored:
+                video = {k: stored[k] for k in stored.files}
+        else:
+            log.info("processing %s (detector + backbone on every frame)", path)
+            video = process_video(
+                path,
+                self._get_backbone(),
+                self._image_size(),
+                hp.enlarge,
+                hp.box_shift,
+                hp.crop_cutoff_hz,
+                hp.detect_upsample,
+                hp.max_frames,
+            )
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            np.savez_compressed(cache, **video)
+        labels = pseudo_labels(video["raw"], float(video["fps"]), hp.cutoff_hz)
+        video["labels"] = np.stack(
+            [transform_points(p, a) for p, a in zip(labels, video["affines"])]
+        )
+        video["detected"] = video["detected"] & np.isfinite(video["raw"]).all(axis=(1, 2))
+        return video
+
+    def _train_windows(self, videos: list[dict[str, np.ndarray]]) -> list[tuple[int, int, int]]:
+        hp = self.hparams
+        windows = []
+        for i, video in enumerate(videos):
+            detected = video["detected"]
+            for first in range(0, len(detected) - hp.seq_len + 1, hp.window_step):
+                if detected[first : first + hp.seq_len].all():
+                    windows.append((i, first, hp.seq_len))
+        if not windows:
+            raise ValueError(
+                f"no window of {hp.seq_len} frames with a face in every frame in "
+                f"{[str(p) for p in self.train_paths]}"
+            )
+        return windows
+
+    def _val_windows(self, videos: list[dict[str, np.ndarray]]) -> list[tuple[int, int, int]]:
+        step = self.hparams.val_window
+        return [
+            (i, first, min(step, len(v["detected"]) - first))
+            for i, v in enumerate(videos)
+            for first in range(0, len(v["detected"]), step)
+        ]
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "fit") and self.train_set is None:
+            videos = [self.load_video(p) for p in self.train_paths]
+            self.train_set = UnlabelledWindows(videos, self._train_windows(videos), self.spec)
+        if self.val_paths and self.val_set is None:
+            videos = [self.load_video(p) for p in self.val_paths]
+            self.val_set = UnlabelledWindows(
+                videos, self._val_windows(videos), self.spec, id_offset=len(self.train_paths)
+            )
+
+    def train_dataloader(self) -> DataLoader:
+        assert self.train_set is not None, "call setup('fit') first"
+        generator = torch.Generator().manual_seed(self.hparams.seed)
+        return DataLoader(
+            self.train_set,
+            batch_size=self.hparams.batch_size,
+            shuffle=True,
+            generator=generator,
+            num_workers=self.hparams.num_workers,
+            drop_last=len(self.train_set) >= self.hparams.batch_size,
+        )
+
+    def val_dataloader(self) -> DataLoader | list:
+        if self.val_set is None:
+            return []
+        return DataLoader(self.val_set, batch_size=1, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader | list:
+        return self.val_dataloader()

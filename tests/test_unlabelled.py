@@ -1,0 +1,129 @@
+"""Unlabelled-video route: zero-lag smoother pseudo labels, sequence batches, the .npz cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from data_modules import unlabelled
+from data_modules.unlabelled import (
+    UnlabelledVideoDataModule,
+    list_videos,
+    pseudo_labels,
+    smooth_boxes,
+)
+
+CLIP = "videos/liveportrait_d0.mp4"
+
+
+def _velocity_xcorr_peak(track: np.ndarray, reference: np.ndarray, max_lag: int = 5) -> int:
+    """Lag with the largest plain cross-correlation of the two velocities (a literal loop)."""
+    v = np.diff(track, axis=0).reshape(len(track) - 1, -1)
+    w = np.diff(reference, axis=0).reshape(len(reference) - 1, -1)
+    scores = {}
+    for lag in range(-max_lag, max_lag + 1):
+        total = 0.0
+        for t in range(len(v)):
+            if 0 <= t - lag < len(w):
+                total += float(v[t] @ w[t - lag])
+        scores[lag] = total
+    return max(scores, key=scores.get)
+
+
+def _accel(track: np.ndarray) -> float:
+    return float(np.linalg.norm(track[2:] - 2 * track[1:-1] + track[:-2], axis=-1).mean())
+
+
+def test_pseudo_labels_are_smoother_closer_and_without_lag() -> None:
+    rng = np.random.default_rng(0)
+    fps, steps = 25.0, 200
+    t = np.arange(steps)[:, None] / fps
+    phase = rng.uniform(0, 2 * np.pi, (1, 5))
+    clean = np.stack(
+        [
+            100 + 20 * np.sin(2 * np.pi * 0.6 * t + phase),
+            80 + 10 * np.sin(2 * np.pi * 1.1 * t + 0 * phase),
+        ],
+        axis=-1,
+    ) + np.zeros((steps, 5, 2))
+    raw = clean + rng.normal(0, 1.0, clean.shape)
+    labels = pseudo_labels(raw, fps, cutoff_hz=3.0)
+    assert _velocity_xcorr_peak(labels, raw) == 0
+    assert _velocity_xcorr_peak(labels, clean) == 0
+    assert _accel(labels) < 0.2 * _accel(raw)
+    inner = slice(10, -10)  # away from the filtfilt edges
+    error = np.linalg.norm(labels[inner] - clean[inner], axis=-1).mean()
+    assert error < 0.5 * np.linalg.norm(raw[inner] - clean[inner], axis=-1).mean()
+
+
+def test_smooth_boxes_fills_gaps() -> None:
+    boxes = np.tile([10.0, 20.0, 110.0, 140.0], (30, 1))
+    boxes[10:14] = np.nan
+    centres, sides = smooth_boxes(boxes, 25.0, 1.0)
+    np.testing.assert_allclose(centres, np.tile([60.0, 80.0], (30, 1)), atol=1e-6)
+    np.testing.assert_allclose(sides, 120.0, atol=1e-6)
+
+
+def test_list_videos_errors(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="video not found"):
+        list_videos([str(tmp_path / "missing.mp4")])
+    with pytest.raises(ValueError, match="no video files"):
+        list_videos(str(tmp_path))
+    (tmp_path / "b.mp4").write_bytes(b"")
+    (tmp_path / "a.avi").write_bytes(b"")
+    (tmp_path / "notes.txt").write_text("")
+    assert [p.name for p in list_videos(str(tmp_path))] == ["a.avi", "b.mp4"]
+
+
+@pytest.mark.slow
+def test_real_clip_batches_labels_and_cache(shared_data: Path, tmp_path: Path, monkeypatch) -> None:
+    pytest.importorskip("dlib")
+    pytest.importorskip("face_recognition_models")
+    clip = shared_data / CLIP
+    settings = dict(
+        videos=str(clip), val_videos=[str(clip)], cache_dir=str(tmp_path / "cache"),
+        max_frames=24, seq_len=8, window_step=4, val_window=10, batch_size=2,
+    )  # fmt: skip
+    datamodule = UnlabelledVideoDataModule(**settings)
+    datamodule.setup("fit")
+    batch = next(iter(datamodule.train_dataloader()))
+    assert (
+        batch["frames"].shape == (2, 8, 3, 256, 256) and str(batch["frames"].dtype) == "torch.uint8"
+    )
+    assert batch["landmarks"].shape == (2, 8, 68, 2)
+    assert batch["affine"].shape == (2, 8, 2, 3)
+    assert batch["valid"].dtype.is_floating_point is False and batch["valid"].shape == (2, 8)
+    assert batch["video_id"].shape == (2,) and batch["frame_index"].shape == (2, 8)
+    assert (batch["frame_index"].diff(dim=1) == 1).all()
+    # Validation streams the held-out video in consecutive windows covering every frame.
+    windows = [datamodule.val_set[i] for i in range(len(datamodule.val_set))]
+    assert np.concatenate([w["frame_index"].numpy() for w in windows]).tolist() == list(range(24))
+
+    # The crop is the frame warped by the sample's affine (checked with OpenCV directly).
+    video = datamodule.train_set.videos[0]
+    capture = cv2.VideoCapture(str(clip))
+    frame = capture.read()[1][..., ::-1]
+    capture.release()
+    direct = cv2.warpAffine(np.ascontiguousarray(frame), video["affines"][0], (256, 256))
+    assert np.abs(direct.astype(int) - video["crops"][0].astype(int)).mean() < 1.0
+
+    # Pseudo labels: smoother than the raw track, no lag against it.
+    labels_frame = np.stack(
+        [cv2.transform(p[None], cv2.invertAffineTransform(a))[0]
+         for p, a in zip(video["labels"], video["affines"])]
+    )  # fmt: skip
+    assert _accel(labels_frame) < 0.5 * _accel(video["raw"])
+    assert _velocity_xcorr_peak(labels_frame, video["raw"]) == 0
+
+    # A second module with the same settings reads the cache and never runs the detector.
+    def no_processing(*args, **kwargs):
+        raise AssertionError("the cached video was processed again")
+
+    monkeypatch.setattr(unlabelled, "process_video", no_processing)
+    again = UnlabelledVideoDataModule(**settings)
+    again.setup("fit")
+    np.testing.assert_array_equal(again.train_set.videos[0]["raw"], video["raw"])
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 1
