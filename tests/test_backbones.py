@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,6 +25,9 @@ from lightning_fa.backbones import (
 )
 from lightning_fa.backbones.base import IMAGENET_MEAN, IMAGENET_STD
 from lightning_fa.heatmaps import render_gaussian
+
+# TorchScript is deprecated in recent torch but still what many released models ship as.
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.*is deprecated:DeprecationWarning")
 
 TINY_HRNET = HRNetConfig(
     stem_channels=8,
@@ -363,3 +367,9 @@ def test_dlib_backbone_needs_68_points() -> None:
     pytest.importorskip("face_recognition_models")
     with pytest.raises(ValueError, match="68"):
         create_backbone("dlib", 98)
+
+
+def test_dlib_missing_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "dlib", None)  # makes `import dlib` fail
+    with pytest.raises(ImportError, match=r"pip install lightning-fa\[dlib\]"):
+        create_backbone("dlib", 68)

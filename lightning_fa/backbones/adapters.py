@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from lightning_fa.heatmaps import crop_to_heatmap, render_gaussian
+
 from .base import IMAGENET_MEAN, IMAGENET_STD, Backbone, register_backbone
 
 DLIB_INSTALL_HINT = "pip install lightning-fa[dlib]"
@@ -47,7 +49,11 @@ class ModuleBackbone(Backbone):
 
 
 class TorchScriptBackbone(ModuleBackbone):
-    """A TorchScript heatmap model loaded from `path` (onto the CPU; move it with `.to`)."""
+    """A TorchScript heatmap model loaded from `path` (onto the CPU; move it with `.to`).
+
+    TorchScript is deprecated in recent torch; a `torch.export` program can be wrapped as
+    `ModuleBackbone(torch.export.load(path).module(), ...)` instead.
+    """
 
     def __init__(
         self,
@@ -70,12 +76,6 @@ class TorchScriptBackbone(ModuleBackbone):
             module, num_landmarks, stride, input_size, input_mean, input_std, channel_order
         )
         self.path = path
-
-
-def _heatmap_renderer() -> tuple[Callable[..., Tensor], Callable[..., Tensor]]:
-    from lightning_fa.heatmaps import crop_to_heatmap, render_gaussian
-
-    return crop_to_heatmap, render_gaussian
 
 
 class CoordinateDetectorBackbone(Backbone):
@@ -110,7 +110,6 @@ class CoordinateDetectorBackbone(Backbone):
             raise ValueError(
                 f"detector returned coordinates {tuple(coords.shape)}, expected {expected}"
             )
-        crop_to_heatmap, render_gaussian = _heatmap_renderer()
         height, width = x.shape[-2] // self.stride, x.shape[-1] // self.stride
         heatmaps = render_gaussian(
             crop_to_heatmap(coords.to(x.device, torch.float32), self.stride),
@@ -178,6 +177,7 @@ class DlibShapePredictor:
     def _face_box(self, image: np.ndarray) -> Any:
         height, width = image.shape[:2]
         if self._face_detector is not None:
+            # One upsampling: without it faces reaching past the crop border are often missed.
             faces = self._face_detector(image, 1)
             if len(faces):
                 return max(faces, key=lambda r: r.area())

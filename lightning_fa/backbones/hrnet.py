@@ -159,14 +159,18 @@ class HighResolutionModule(nn.Module):
         fused = []
         for i, row in enumerate(self.fuse_layers):
             size = xs[i].shape[-2:]
-            total = xs[i]
+            # Summed in branch order, as the official code does, so float results match it.
+            total: Tensor | None = None
             for j, layer in enumerate(row):
                 if j < i:
-                    total = total + layer(xs[j])
+                    term = layer(xs[j])
                 elif j > i:
-                    total = total + F.interpolate(
+                    term = F.interpolate(
                         layer(xs[j]), size=size, mode="bilinear", align_corners=False
                     )
+                else:
+                    term = xs[j]
+                total = term if total is None else total + term
             fused.append(self.relu(total))
         return fused
 
