@@ -1047,6 +1047,11 @@ class SyntheticDataModule(L.LightningDataModule):
         self.eval_degradations = evals
 
     @property
+    def eval_loader_names(self) -> list[str]:
+        """Metric prefixes of the evaluation loaders: one per degradation level."""
+        return list(self.eval_degradations)
+
+    @property
     def num_landmarks(self) -> int:
         return NUM_LANDMARKS
 
@@ -1102,3 +1107,6 @@ class SyntheticDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader | list[DataLoader]:
         return self._eval_loaders(self.test_sets)
+
+    def predict_dataloader(self) -> DataLoader | list[DataLoader]:
+        return self.test_dataloader()

@@ -579,3 +579,6 @@ class Video300VWDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self.eval_dataloader()
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.eval_dataloader()

@@ -11,6 +11,7 @@ so every log shows the improvement (or the lack of it).
 from __future__ import annotations
 
 import hashlib
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -383,11 +384,16 @@ class StableAlignmentModule(pl.LightningModule):
                 "lightning-fa predict --config CONFIG --ckpt_path CKPT"
             )
         backbone = build_from_spec(reference)
-        hparams = dict(checkpoint.get("hyper_parameters", {}))
+        # LightningCLI adds bookkeeping entries (`_class_path`, ...) to the hyper-parameters.
+        accepted = inspect.signature(cls.__init__).parameters
+        hparams = {k: v for k, v in checkpoint.get("hyper_parameters", {}).items() if k in accepted}
         stored_weights = any(k.startswith("backbone.") for k in checkpoint["state_dict"])
         if not stored_weights:
             if not reference.get("checkpoint"):
-                raise ValueError(f"{path} stores no backbone weights and references no file")
+                raise ValueError(
+                    f"{path} stores no backbone weights and references no backbone file; "
+                    "fine-tune with backbone_checkpoint=... or store_backbone_weights=True"
+                )
             hparams["backbone_checkpoint"] = reference["checkpoint"]
         else:
             hparams["backbone_checkpoint"] = None

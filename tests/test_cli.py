@@ -1,0 +1,140 @@
+"""LightningCLI smoke tests on CPU: composition, the num_landmarks link, fit / validate / test / predict."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from lightning_fa.cli import main
+from tests.conftest import REPO_ROOT
+
+TINY = {
+    "run_name": "tiny",
+    "trainer": {
+        "accelerator": "cpu",
+        "max_epochs": 1,
+        "limit_train_batches": 1,
+        "limit_val_batches": 1,
+        "limit_test_batches": 1,
+        "limit_predict_batches": 1,
+        "num_sanity_val_steps": 0,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+    },
+    "model": {
+        "init_args": {
+            "backbone": {
+                "class_path": "lightning_fa.backbones.HRNet",
+                "init_args": {"config": "lite", "input_size": [32, 32]},
+            },
+            "tbptt_chunk": 2,
+            "lr": 1e-3,
+            # A random backbone has no file to reference: keep its weights in the checkpoint.
+            "store_backbone_weights": True,
+        }
+    },
+    "data": {
+        "class_path": "data_modules.synthetic.SyntheticDataModule",
+        "init_args": {
+            "mode": "sequence",
+            "image_size": 32,
+            "seq_len": 3,
+            "batch_size": 2,
+            "train_samples": 4,
+            "train_videos": 2,
+            "train_video_frames": 8,
+            "val_videos": 1,
+            "val_frames": 4,
+            "test_videos": 1,
+            "test_frames": 4,
+        },
+    },
+}
+
+
+def write_config(tmp_path: Path, root: Path, **overrides) -> Path:
+    config = json.loads(json.dumps(TINY))
+    config["trainer"]["default_root_dir"] = str(root)
+    config["trainer"]["logger"] = [
+        {
+            "class_path": "lightning.pytorch.loggers.CSVLogger",
+            "init_args": {"save_dir": str(root), "name": "csv"},
+        }
+    ]
+    config.update(overrides)
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def base_args(config: Path) -> list[str]:
+    return ["--config", str(REPO_ROOT / "experiments" / "base.yaml"), "--config", str(config)]
+
+
+def test_print_config_composes_and_links(tmp_path, capsys) -> None:
+    config = write_config(tmp_path, tmp_path / "run")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", *base_args(config), "--print_config"])
+    assert exit_info.value.code in (0, None)
+    printed = yaml.safe_load(capsys.readouterr().out)
+    model = printed["model"]["init_args"]
+    # base.yaml interpolates the loss threshold from the PDC threshold.
+    assert model["loss"]["init_args"]["threshold"] == model["pdc_threshold"] == 0.2
+    assert model["backbone"]["init_args"]["config"] == "lite"  # the later config wins
+    assert printed["trainer"]["max_epochs"] == 1
+
+
+def test_fit_validate_test_predict(tmp_path) -> None:
+    root = tmp_path / "run"
+    config = write_config(tmp_path, root)
+    main(["fit", *base_args(config)])
+    # A second run into the same directory must not crash on the saved config.
+    main(["fit", *base_args(config)])
+    checkpoints = sorted(root.rglob("last*.ckpt"))
+    assert checkpoints, f"no checkpoint under {root}"
+    ckpt = checkpoints[-1]
+    saved = torch.load(ckpt, weights_only=True)
+    # The link put the data's landmark count into the backbone.
+    assert saved["backbone_reference"]["init_args"]["num_landmarks"] == 68
+
+    main(["validate", *base_args(config), "--ckpt_path", str(ckpt)])
+    main(["test", *base_args(config), "--ckpt_path", str(ckpt)])
+    metrics = (root / "csv").rglob("metrics.csv")
+    header = "".join(path.read_text().splitlines()[0] for path in metrics)
+    assert "test/mild/backbone/nrmse" in header and "test/mild/finetuned/mav" in header
+
+    # Predict from the checkpoint alone: no training config, only a data block.
+    data_yaml = tmp_path / "data.yaml"
+    data_yaml.write_text(yaml.safe_dump({"data": TINY["data"]}))
+    out = tmp_path / "preds.json"
+    assert (
+        main(
+            [
+                "predict",
+                str(ckpt),
+                "--data",
+                str(data_yaml),
+                "--out",
+                str(out),
+                "--accelerator",
+                "cpu",
+            ]
+        )
+        == 0
+    )
+    items = json.loads(out.read_text())["items"]
+    assert items and len(items[0]["finetuned"]) == 4 and len(items[0]["finetuned"][0]) == 68
+
+
+def test_fast_dev_run(tmp_path) -> None:
+    config = write_config(tmp_path, tmp_path / "run")
+    main(["fit", *base_args(config), "--trainer.fast_dev_run=true"])
+
+
+def test_unknown_command_is_rejected(capsys) -> None:
+    assert main(["frobnicate"]) == 2
+    assert "unknown command" in capsys.readouterr().err
