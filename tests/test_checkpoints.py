@@ -8,7 +8,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightning_fa.backbones import create_backbone, load_checkpoint, read_checkpoint
+from lightning_fa.backbones import (
+    HRNet,
+    HRNetConfig,
+    ModuleBackbone,
+    build_from_spec,
+    create_backbone,
+    load_checkpoint,
+    read_checkpoint,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -181,3 +189,22 @@ def test_non_tensor_entries_are_rejected(tmp_path: Path) -> None:
     torch.save([1, 2], path)
     with pytest.raises(ValueError, match="holds list"):
         load_checkpoint(create_backbone("hrnet_lite", 19), path)
+
+
+def test_spec_rebuilds_the_backbone_after_a_safe_round_trip(tmp_path: Path) -> None:
+    config = HRNetConfig(widths=(4, 8, 12, 16), stage_modules=(1, 1, 1), blocks_per_branch=1)
+    original = HRNet(7, config, input_size=(64, 64))
+    path = tmp_path / "spec.pt"
+    torch.save({"spec": original.spec}, path)
+    spec = torch.load(path, weights_only=True)["spec"]  # plain data only
+    rebuilt = build_from_spec(spec)
+    assert isinstance(rebuilt, HRNet) and rebuilt.config == config
+    assert rebuilt.input_size == (64, 64) and rebuilt.num_landmarks == 7
+    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {
+        k: v.shape for k, v in original.state_dict().items()
+    }
+
+
+def test_spec_of_a_wrapped_module_has_no_constructor() -> None:
+    wrapped = ModuleBackbone(torch.nn.Conv2d(3, 5, 1), 5, 1)
+    assert wrapped.spec == {"class_path": "lightning_fa.backbones.adapters.ModuleBackbone"}

@@ -52,11 +52,13 @@ class Backbone(nn.Module):
             if type(self) is cls:
                 bound = signature.bind(self, *args, **kw)
                 bound.apply_defaults()
-                init_args = {k: _plain(v) for k, v in bound.arguments.items() if k != "self"}
-                self.spec = {
-                    "class_path": f"{cls.__module__}.{cls.__qualname__}",
-                    "init_args": init_args,
-                }
+                self.spec = {"class_path": f"{cls.__module__}.{cls.__qualname__}"}
+                try:
+                    self.spec["init_args"] = {
+                        k: _plain(v) for k, v in bound.arguments.items() if k != "self"
+                    }
+                except TypeError:
+                    pass  # built from objects (a wrapped module, a callable): not rebuildable
 
         cls.__init__ = recording_init
 
@@ -131,8 +133,19 @@ def init_heatmap_head(conv: nn.Conv2d) -> None:
 
 
 def _plain(value: Any) -> Any:
-    """Dataclass configs as dicts: checkpoints are read with weights_only=True."""
-    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+    """`value` as plain data (dataclass configs as dicts, paths as strings), since checkpoints
+    are read with weights_only=True; TypeError for anything else (modules, callables)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if isinstance(value, Path):
+        return str(value)
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, list | tuple):
+        return type(value)(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    raise TypeError(f"not plain data: {type(value).__name__}")
 
 
 def build_from_spec(spec: Mapping[str, Any]) -> Backbone:
