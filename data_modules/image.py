@@ -206,17 +206,22 @@ def _record_box_size(record: LandmarkRecord, box: Sequence[float]) -> float:
     return float(np.sqrt((x2 - x1) * (y2 - y1)))
 
 
-class EpochSampler(Sampler[tuple[int, int]]):
+class EpochSampler(Sampler[tuple[int, int] | int]):
     """Yields ``(epoch, index)`` so workers can seed each sample from (seed, epoch, index).
 
     The order is shuffled from (seed, epoch) when ``shuffle``. The epoch advances by one each
-    time the sampler is iterated; Lightning's ``set_epoch`` (also used on resume) sets it.
+    time the sampler is iterated; Lightning's ``set_epoch`` (also used on resume) sets it, so a
+    resumed run replays the same order. ``with_epoch=False`` yields bare indices, for datasets
+    whose samples do not depend on the epoch.
     """
 
-    def __init__(self, num_samples: int, shuffle: bool = True, seed: int = 0) -> None:
+    def __init__(
+        self, num_samples: int, shuffle: bool = True, seed: int = 0, with_epoch: bool = True
+    ) -> None:
         self.num_samples = num_samples
         self.shuffle = shuffle
         self.seed = seed
+        self.with_epoch = with_epoch
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -225,7 +230,7 @@ class EpochSampler(Sampler[tuple[int, int]]):
     def __len__(self) -> int:
         return self.num_samples
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:
+    def __iter__(self) -> Iterator[tuple[int, int] | int]:
         epoch = self.epoch
         self.epoch += 1
         order = (
@@ -233,6 +238,8 @@ class EpochSampler(Sampler[tuple[int, int]]):
             if self.shuffle
             else np.arange(self.num_samples)
         )
+        if not self.with_epoch:
+            return iter(order.tolist())
         return iter([(epoch, int(i)) for i in order])
 
 

@@ -35,6 +35,7 @@ from scipy.spatial import Delaunay
 from torch.utils.data import DataLoader, Dataset
 
 from data_modules.formats import read_image_rgb, read_pts_folder
+from data_modules.image import EpochSampler
 from data_modules.landmarks import get_spec
 from data_modules.transforms import degrade as degrade_jpeg
 from data_modules.transforms import flip_landmarks, to_chw_tensor
@@ -1084,10 +1085,13 @@ class SyntheticDataModule(L.LightningDataModule):
 
     def _loader(self, dataset: Dataset, shuffle: bool, batch_size: int) -> DataLoader:
         h = self.hparams
+        # Shuffled from (seed, epoch), not from the global RNG, so a resumed run replays the
+        # same order (checkpoints do not store RNG states).
+        sampler = EpochSampler(len(dataset), seed=h.seed, with_epoch=False) if shuffle else None
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=shuffle,
+            sampler=sampler,
             num_workers=h.num_workers,
             pin_memory=h.pin_memory,
             persistent_workers=h.num_workers > 0,
