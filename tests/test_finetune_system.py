@@ -228,3 +228,48 @@ def test_bad_arguments_are_named() -> None:
         make_module(tbptt_chunk=0)
     with pytest.raises(FileNotFoundError, match=r"missing\.ckpt"):
         StableAlignmentModule.from_checkpoint("missing.ckpt")
+
+
+class WithCachedHeatmaps(Dataset):
+    """The same samples, plus the frozen backbone's heatmaps precomputed by the data side."""
+
+    def __init__(self, data: Dataset, module: StableAlignmentModule) -> None:
+        self.data, self.module = data, module
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        sample = dict(self.data[i])
+        sample["backbone_heatmaps"] = self.module.backbone_heatmaps(sample["frames"][None])[0]
+        return sample
+
+
+def test_precomputed_backbone_heatmaps_train_like_the_backbone() -> None:
+    data = RandomSequences(2, 5)
+    plain, cached = make_module(lr=1e-2), make_module(lr=1e-2)
+    trainer(max_epochs=1).fit(plain, train_dataloaders=DataLoader(data, batch_size=2))
+    cached.backbone_heatmaps = _refuse_backbone  # only the cached heatmaps may be used
+    trainer(max_epochs=1).fit(
+        cached, train_dataloaders=DataLoader(WithCachedHeatmaps(data, plain), batch_size=2)
+    )
+    for key, value in plain.temporal.state_dict().items():
+        torch.testing.assert_close(cached.temporal.state_dict()[key], value)
+
+
+def _refuse_backbone(images: torch.Tensor) -> torch.Tensor:
+    raise AssertionError("the backbone ran although heatmaps were precomputed")
+
+
+def test_weightless_backbone_rebuilds_from_its_constructor(tmp_path) -> None:
+    pytest.importorskip("dlib")
+    from lightning_fa.backbones import DlibBackbone
+
+    module = StableAlignmentModule(DlibBackbone(), ConvLSTM(L, hidden_channels=4, input_proj=4))
+    torch.nn.init.normal_(module.temporal.proj.weight, std=0.1)
+    checkpoint = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}
+    module.on_save_checkpoint(checkpoint)
+    torch.save(checkpoint, tmp_path / "dlib.ckpt")
+    restored = StableAlignmentModule.from_checkpoint(tmp_path / "dlib.ckpt")
+    torch.testing.assert_close(restored.temporal.proj.weight, module.temporal.proj.weight)
+    assert type(restored.backbone) is DlibBackbone

@@ -111,17 +111,20 @@ class CoordinateDetectorBackbone(Backbone):
                 f"detector returned coordinates {tuple(coords.shape)}, expected {expected}"
             )
         height, width = x.shape[-2] // self.stride, x.shape[-1] // self.stride
-        heatmaps = render_gaussian(
-            crop_to_heatmap(coords.to(x.device, torch.float32), self.stride),
-            height,
-            width,
-            self.sigma,
-        )
+        if confidence is not None and tuple(confidence.shape) != expected[:2]:
+            raise ValueError(
+                f"detector returned confidence {tuple(confidence.shape)}, expected {expected[:2]}"
+            )
+        return self.render(coords.to(x.device, torch.float32), height, width, confidence)
+
+    def render(
+        self, coords: Tensor, height: int, width: int, confidence: Tensor | None = None
+    ) -> Tensor:
+        """Heatmaps (..., L, height, width) of crop-pixel points (..., L, 2), as `forward` draws
+        them; data modules use it to precompute the frozen backbone's output from cached points.
+        Non-finite points give empty maps."""
+        heatmaps = render_gaussian(crop_to_heatmap(coords, self.stride), height, width, self.sigma)
         if confidence is not None:
-            if tuple(confidence.shape) != expected[:2]:
-                raise ValueError(
-                    f"detector returned confidence {tuple(confidence.shape)}, expected {expected[:2]}"
-                )
             heatmaps = heatmaps * confidence.to(heatmaps)[..., None, None]
         return heatmaps
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import math
 from pathlib import Path
 from typing import Any
 
@@ -167,15 +168,28 @@ class StableAlignmentModule(pl.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         optimizer = self.optimizers()
         frames, landmarks = batch["frames"], batch["landmarks"]
+        # Data modules may deliver the frozen backbone's output precomputed (e.g. a slow
+        # coordinate detector run once per video); it is what the backbone would compute.
+        cached = batch.get("backbone_heatmaps")
+        cached_chunks = (
+            torch.split(cached, self.hparams.tbptt_chunk, dim=1)
+            if cached is not None
+            else [None] * math.ceil(frames.shape[1] / self.hparams.tbptt_chunk)
+        )
         state: State | None = None
         prev: tuple[torch.Tensor, torch.Tensor] | None = None
         losses = []
         # torch.split gives ceil(T / k) chunks of k frames (the last one shorter).
-        for frame_chunk, landmark_chunk in zip(
+        for frame_chunk, landmark_chunk, cached_chunk in zip(
             torch.split(frames, self.hparams.tbptt_chunk, dim=1),
             torch.split(landmarks, self.hparams.tbptt_chunk, dim=1),
+            cached_chunks,
         ):
-            raw = self.backbone_heatmaps(frame_chunk)
+            raw = (
+                cached_chunk.float()
+                if cached_chunk is not None
+                else self.backbone_heatmaps(frame_chunk)
+            )
             target, target_coords = self._targets(landmark_chunk, *raw.shape[-2:])
             stabilised, state = self.temporal.forward_sequence(raw, state)
             loss, last_coords = self._chunk_loss(stabilised, target, target_coords, prev)
@@ -238,13 +252,17 @@ class StableAlignmentModule(pl.LightningModule):
         return names[dataloader_idx] if names else f"set{dataloader_idx}"
 
     def _stream(
-        self, frames: torch.Tensor, video_id: int, first_frame: int
+        self,
+        frames: torch.Tensor,
+        video_id: int,
+        first_frame: int,
+        cached: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, ...]:
         """Run one video window, continuing the state of the same video's previous window."""
         last_frame, state = self._streams.get(video_id, (None, None))
         if last_frame is None or first_frame != last_frame + 1:
             state = None
-        raw = self.backbone_heatmaps(frames)
+        raw = cached.float() if cached is not None else self.backbone_heatmaps(frames)
         stabilised, state = self.temporal.forward_sequence(raw, state)
         return raw, stabilised, state
 
@@ -265,8 +283,12 @@ class StableAlignmentModule(pl.LightningModule):
         for i in range(batch["frames"].shape[0]):
             video_id = int(batch["video_id"][i])
             frame_index = batch["frame_index"][i]
+            cached = batch.get("backbone_heatmaps")
             raw, stabilised, state = self._stream(
-                batch["frames"][i : i + 1], video_id, int(frame_index[0])
+                batch["frames"][i : i + 1],
+                video_id,
+                int(frame_index[0]),
+                None if cached is None else cached[i : i + 1],
             )
             self._streams[video_id] = (int(frame_index[-1]), state)
             affine = batch["affine"][i]
@@ -388,15 +410,17 @@ class StableAlignmentModule(pl.LightningModule):
         accepted = inspect.signature(cls.__init__).parameters
         hparams = {k: v for k, v in checkpoint.get("hyper_parameters", {}).items() if k in accepted}
         stored_weights = any(k.startswith("backbone.") for k in checkpoint["state_dict"])
-        if not stored_weights:
-            if not reference.get("checkpoint"):
-                raise ValueError(
-                    f"{path} stores no backbone weights and references no backbone file; "
-                    "fine-tune with backbone_checkpoint=... or store_backbone_weights=True"
-                )
+        # A weightless backbone (e.g. a coordinate detector such as dlib) is fully described by
+        # its constructor arguments.
+        if stored_weights or not backbone.state_dict():
+            hparams["backbone_checkpoint"] = None
+        elif reference.get("checkpoint"):
             hparams["backbone_checkpoint"] = reference["checkpoint"]
         else:
-            hparams["backbone_checkpoint"] = None
+            raise ValueError(
+                f"{path} stores no backbone weights and references no backbone file; "
+                "fine-tune with backbone_checkpoint=... or store_backbone_weights=True"
+            )
         temporal_config = checkpoint.get("temporal_config")
         temporal = ConvLSTM(**temporal_config) if temporal_config else None
         module = cls(backbone=backbone, temporal=temporal, **hparams)
