@@ -94,6 +94,8 @@ def test_fit_validate_test_predict(tmp_path) -> None:
     main(["fit", *base_args(config)])
     # A second run into the same directory must not crash on the saved config.
     main(["fit", *base_args(config)])
+    samples = sorted(root.rglob("samples/epoch000.png"))
+    assert samples and samples[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     checkpoints = sorted(root.rglob("last*.ckpt"))
     assert checkpoints, f"no checkpoint under {root}"
     ckpt = checkpoints[-1]

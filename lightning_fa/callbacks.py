@@ -1,0 +1,80 @@
+"""Lightning callbacks: what a person wants to see in the logs besides numbers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning.pytorch as pl
+import matplotlib
+import torch
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from lightning_fa.heatmaps import crop_to_frame
+
+
+class ValidationSamples(pl.Callback):
+    """After each validation, plot the first validation sequence: its first frame with the true,
+    backbone and fine-tuned landmarks, and x/y trajectories of a few landmarks over time.
+
+    PNGs go to `<log_dir>/samples/`; a W&B logger also receives them as images.
+    """
+
+    def __init__(self, every_n_epochs: int = 1, landmarks: tuple[int, ...] = (30, 36, 48)) -> None:
+        super().__init__()
+        self.every_n_epochs = every_n_epochs
+        self.landmarks = landmarks
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or trainer.current_epoch % self.every_n_epochs:
+            return
+        if not trainer.is_global_zero or not trainer.val_dataloaders:
+            return
+        loaders = trainer.val_dataloaders
+        batch = next(iter(loaders[0] if isinstance(loaders, list) else loaders))
+        if "frames" not in batch:  # image datasets: nothing temporal to draw
+            return
+        frames = batch["frames"][:1].to(pl_module.device)
+        with torch.no_grad():
+            raw = pl_module.backbone_heatmaps(frames)
+            stabilised, _ = pl_module.temporal.forward_sequence(raw, None)
+        affine = batch["affine"][0].to(pl_module.device)
+        tracks = {
+            "ground truth": crop_to_frame(batch["landmarks"][0].to(pl_module.device), affine),
+            "backbone": crop_to_frame(pl_module.decode(raw[0]), affine),
+            "fine-tuned": crop_to_frame(pl_module.decode(stabilised[0]), affine),
+        }
+        tracks = {name: track.float().cpu() for name, track in tracks.items()}
+        # Drawn in crop pixels on the crop image, which is what the network saw.
+        crop_points = {
+            "ground truth": batch["landmarks"][0, 0],
+            "backbone": pl_module.decode(raw[0, :1])[0].cpu(),
+            "fine-tuned": pl_module.decode(stabilised[0, :1])[0].cpu(),
+        }
+        out_dir = Path(trainer.log_dir or trainer.default_root_dir) / "samples"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = out_dir / f"epoch{trainer.current_epoch:03d}.png"
+        self._plot(batch["frames"][0, 0], crop_points, tracks, path)
+        for logger in trainer.loggers:
+            if hasattr(logger, "log_image"):
+                logger.log_image(key="val/samples", images=[str(path)], step=trainer.global_step)
+
+    def _plot(self, image: torch.Tensor, points: dict, tracks: dict, path: Path) -> None:
+        colours = {"ground truth": "limegreen", "backbone": "red", "fine-tuned": "dodgerblue"}
+        figure, axes = plt.subplots(1, 3, figsize=(13, 4))
+        axes[0].imshow(image.permute(1, 2, 0).cpu().numpy())
+        for name, xy in points.items():
+            axes[0].scatter(xy[:, 0], xy[:, 1], s=6, c=colours[name], label=name)
+        axes[0].set_axis_off()
+        axes[0].legend(loc="lower right", fontsize=7)
+        for axis, coordinate in zip(axes[1:], ("x", "y")):
+            index = 0 if coordinate == "x" else 1
+            for name, track in tracks.items():
+                for k in self.landmarks:
+                    axis.plot(track[:, k, index], color=colours[name], lw=1)
+            axis.set_title(f"{coordinate} of landmarks {list(self.landmarks)} (frame px)")
+            axis.set_xlabel("frame")
+        figure.tight_layout()
+        figure.savefig(path, dpi=80)
+        plt.close(figure)
