@@ -205,7 +205,8 @@ def _verdict_text(metrics: dict[str, Any]) -> str:
         f"- MAV cut by **{a['mav_reduction_pct']:.1f} %** and MCV by "
         f"**{a['mcv_reduction_pct']:.1f} %** vs the raw backbone (same PDC decoding); NRMSE "
         f"{a['nrmse_backbone']:.2f} % -> {a['nrmse_finetuned']:.2f} %. Target (>= 40 % cuts, "
-        f"NRMSE no worse): **{'met' if a['passed'] else 'NOT met'}**.",
+        f"NRMSE no worse): **{'met' if a['passed'] else 'NOT met'}**. Lag added by the ConvLSTM: "
+        f"{a['added_lag_frames']:+.2f} frames.",
     ]
     results = metrics["results"]["degraded"]
     ours = results[pipeline.OURS]
@@ -261,6 +262,13 @@ def write_report(run_dir: str | Path, video: bool = True) -> Path:
     ]
     for name in metrics["results"]:
         parts += ["", f"## {name}", "", summary_table(metrics, name, markdown=True)]
+        truth = metrics.get("ground_truth_motion", {}).get(name)
+        if truth:
+            parts += [
+                "",
+                f"Ground truth itself (the floor a perfect tracker reaches): MCV "
+                f"{truth['mcv']:.3f} %, MAV {truth['mav']:.3f} px², Accel {truth['accel']:.3f} px.",
+            ]
     parts += ["", "## Figures", ""]
     parts += [f"### {title}\n\n![{title}]({name})\n" for title, name in figures.items()]
     if overlay:

@@ -28,6 +28,8 @@ def test_estimate_lag_recovers_a_known_delay():
     truth = np.repeat(signal[:, None], 3, axis=1)  # (T, 3, 2)
     delayed = np.concatenate([np.repeat(truth[:2], 1, axis=0), truth[:-2]])  # 2 frames late
     assert pipeline.estimate_lag(truth, truth) == 0.0
+    still = np.repeat(truth[:1], len(truth), axis=0)
+    assert np.isnan(pipeline.estimate_lag(still + 0.1, still))  # nothing moves: no lag to see
     assert pipeline.estimate_lag(delayed, truth) == pytest.approx(2.0, abs=0.125)
 
 
