@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,15 +32,26 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from data_modules.landmarks import DatasetSpec, get_spec
-from data_modules.transforms import crop_affine, invert_affine, transform_points, warp_image
-from lightning_fa.backbones import create_backbone, dlib_face_detector
+from data_modules.transforms import (
+    DEFAULT_ENLARGE,
+    crop_affine,
+    invert_affine,
+    landmarks_box,
+    transform_points,
+    warp_image,
+)
+from lightning_fa.backbones import (
+    CoordinateDetectorBackbone,
+    create_backbone,
+    dlib_face_detector,
+)
 from lightning_fa.heatmaps import decode, heatmap_to_crop
 from lightning_fa.temporal.filters import zero_phase_smooth
 
 log = logging.getLogger(__name__)
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: landmark-box framing, crop_points stored
 
 
 def list_videos(videos: str | Path | Sequence[str | Path]) -> list[Path]:
@@ -102,14 +113,55 @@ def pseudo_labels(raw: np.ndarray, fps: float, cutoff_hz: float) -> np.ndarray:
 
 
 @torch.no_grad()
-def predict_crops(backbone: torch.nn.Module, crops: np.ndarray, batch: int = 16) -> np.ndarray:
-    """Backbone + PDC on uint8 RGB crops (T, H, W, 3) -> (T, L, 2) crop pixels."""
-    out = []
+def predict_crops(
+    backbone: torch.nn.Module, crops: np.ndarray, batch: int = 16
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Backbone + PDC on uint8 RGB crops (T, H, W, 3) -> (T, L, 2) crop pixels, and for a
+    coordinate detector its own outputs (`detector_points` (T, L, 2) crop pixels and, if it
+    gives one, `detector_confidence` (T, L)), from which `render` redraws its heatmaps exactly."""
+    decoded, outputs = [], {}
     for start in range(0, len(crops), batch):
         images = torch.from_numpy(crops[start : start + batch]).permute(0, 3, 1, 2)
-        heatmaps = backbone(backbone.preprocess(images)).float()
-        out.append(heatmap_to_crop(decode(heatmaps, "pdc"), backbone.stride).numpy())
-    return np.concatenate(out).astype(np.float64)
+        inputs = backbone.preprocess(images)
+        if isinstance(backbone, CoordinateDetectorBackbone):
+            # The detector's points, not their decoded heatmaps: PDC on a rendered Gaussian
+            # is close to, but not exactly, the point it was drawn from.
+            found = backbone.detector(inputs)
+            points, confidence = found if isinstance(found, tuple) else (found, None)
+            outputs.setdefault("detector_points", []).append(points.float().numpy())
+            if confidence is not None:
+                outputs.setdefault("detector_confidence", []).append(confidence.float().numpy())
+            height, width = (side // backbone.stride for side in inputs.shape[-2:])
+            heatmaps = backbone.render(points.float(), height, width, confidence)
+        else:
+            heatmaps = backbone(inputs).float()
+        decoded.append(heatmap_to_crop(decode(heatmaps, "pdc"), backbone.stride).numpy())
+    outputs = {name: np.concatenate(parts) for name, parts in outputs.items()}
+    return np.concatenate(decoded).astype(np.float64), outputs
+
+
+def crop_and_predict(
+    path: Path,
+    backbone: torch.nn.Module,
+    centres: np.ndarray,
+    sides: np.ndarray,
+    image_size: int,
+    enlarge: float,
+    max_frames: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """Crop every frame at (centre, side x enlarge) and run the backbone -> crops (T, S, S, 3),
+    affines (T, 2, 3), the decoded points in frame pixels (T, L, 2) and the detector outputs
+    (`predict_crops`)."""
+    size = (image_size, image_size)
+    affines = np.stack([crop_affine(c, s, size, enlarge=enlarge) for c, s in zip(centres, sides)])
+    crops = np.stack(
+        [warp_image(f, a, size) for f, a in zip(read_rgb_frames(path, max_frames), affines)]
+    )
+    crop_points, detector_outputs = predict_crops(backbone, crops)
+    frame_points = np.stack(
+        [transform_points(p, invert_affine(a)) for p, a in zip(crop_points, affines)]
+    )
+    return crops, affines, frame_points, detector_outputs
 
 
 def process_video(
@@ -121,6 +173,7 @@ def process_video(
     crop_cutoff_hz: float,
     detect_upsample: int = 0,
     max_frames: int | None = None,
+    detector_enlarge: float = 1.3,
 ) -> dict[str, np.ndarray]:
     """Detect, crop with smoothed boxes and run the backbone over one video (see module doc)."""
     capture = cv2.VideoCapture(str(path))
@@ -141,22 +194,32 @@ def process_video(
         raise ValueError(
             f"{path}: a face was found in {int(detected.sum())} of {len(boxes)} frames"
         )
+    # Pass 1: detector boxes place the face roughly.
     centres, sides = smooth_boxes(boxes, fps, crop_cutoff_hz)
     centres = centres + np.stack([np.zeros_like(sides), box_shift * sides], axis=1)
-    size = (image_size, image_size)
-    affines = np.stack([crop_affine(c, s, size, enlarge=enlarge) for c, s in zip(centres, sides)])
-    crops = np.stack(
-        [warp_image(f, a, size) for f, a in zip(read_rgb_frames(path, max_frames), affines)]
+    _, _, first, _ = crop_and_predict(
+        path, backbone, centres, sides, image_size, detector_enlarge, max_frames
     )
-    crop_points = predict_crops(backbone, crops)
-    raw = np.stack([transform_points(p, invert_affine(a)) for p, a in zip(crop_points, affines)])
+    # Pass 2: framed like the tracker's crops (box of the landmarks x enlarge), so the model
+    # sees faces at the same scale and place in training as when it tracks.
+    first[~detected] = np.nan
+    landmark_boxes = np.stack([landmarks_box(p) for p in first])
+    centres, sides = smooth_boxes(landmark_boxes, fps, crop_cutoff_hz)
+    crops, affines, raw, detector_outputs = crop_and_predict(
+        path, backbone, centres, sides, image_size, enlarge, max_frames
+    )
     raw[~detected] = np.nan  # no face box: the backbone saw an interpolated crop
     return {"fps": np.float64(fps), "crops": crops, "affines": affines, "raw": raw,
-            "detected": detected}  # fmt: skip
+            "detected": detected, **detector_outputs}  # fmt: skip
 
 
 class UnlabelledWindows(Dataset):
-    """Windows of consecutive frames of processed videos, as sequence-mode samples."""
+    """Windows of consecutive frames of processed videos, as sequence-mode samples.
+
+    `render(points (T, L, 2), height, width, confidence) -> (T, L, h, w)` draws the frozen backbone's
+    heatmaps from its cached points (`CoordinateDetectorBackbone.render`); when given, samples
+    carry them as `backbone_heatmaps`, so training never runs the slow detector again.
+    """
 
     def __init__(
         self,
@@ -164,11 +227,15 @@ class UnlabelledWindows(Dataset):
         windows: list[tuple[int, int, int]],
         spec: DatasetSpec | None,
         id_offset: int = 0,
+        render: Callable[..., torch.Tensor] | None = None,
+        stride: int = 4,
     ) -> None:
         self.videos = videos
         self.id_offset = id_offset  # keeps validation video ids apart from training ones
         self.windows = windows  # (video index, first frame, length)
         self.spec = spec
+        self.render = render
+        self.stride = stride
 
     def __len__(self) -> int:
         return len(self.windows)
@@ -185,10 +252,9 @@ class UnlabelledWindows(Dataset):
         video = self.videos[index]
         frames = slice(first, first + length)
         labels = video["labels"][frames]
-        return {
-            "frames": torch.from_numpy(np.ascontiguousarray(video["crops"][frames])).permute(
-                0, 3, 1, 2
-            ),
+        crops = torch.from_numpy(np.ascontiguousarray(video["crops"][frames])).permute(0, 3, 1, 2)
+        sample = {
+            "frames": crops,
             "landmarks": torch.from_numpy(labels.astype(np.float32)),
             "affine": torch.from_numpy(video["affines"][frames].astype(np.float32)),
             "valid": torch.from_numpy(video["detected"][frames].copy()),
@@ -196,6 +262,15 @@ class UnlabelledWindows(Dataset):
             "video_id": torch.tensor(self.id_offset + index, dtype=torch.int64),
             "frame_index": torch.arange(first, first + length, dtype=torch.int64),
         }
+        if self.render is not None:
+            points = torch.from_numpy(video["detector_points"][frames])
+            confidence = video.get("detector_confidence")
+            if confidence is not None:
+                confidence = torch.from_numpy(confidence[frames])
+            height, width = (side // self.stride for side in crops.shape[-2:])
+            with torch.no_grad():
+                sample["backbone_heatmaps"] = self.render(points, height, width, confidence)
+        return sample
 
 
 class UnlabelledVideoDataModule(L.LightningDataModule):
@@ -211,8 +286,12 @@ class UnlabelledVideoDataModule(L.LightningDataModule):
         seq_len: frames per training window; window_step: frames between window starts.
         val_window: frames per validation window (consecutive, state carried by the module).
         cutoff_hz: pseudo-label low-pass cutoff; crop_cutoff_hz: crop-box low-pass cutoff.
-        enlarge: crop side / detector box side; box_shift: crop centre moved down by this
-            fraction of the box side.
+        enlarge: crop side / side of the landmarks' box (the tracker's framing, default 1.25);
+            detector_enlarge / box_shift: the first pass's crop around the smoothed detector box
+            (side x detector_enlarge, centre moved down box_shift x side: dlib's box sits high).
+        precomputed_heatmaps: deliver `backbone_heatmaps` rendered from the cached points
+            (the backbone's output on exactly the delivered crops; needs a backbone with
+            `render`, i.e. a coordinate detector such as dlib).
         max_frames: use at most this many frames of each video (quick runs).
     """
 
@@ -231,10 +310,12 @@ class UnlabelledVideoDataModule(L.LightningDataModule):
         val_window: int = 50,
         cutoff_hz: float = 3.0,
         crop_cutoff_hz: float = 1.0,
-        enlarge: float = 1.3,
+        enlarge: float = DEFAULT_ENLARGE,
+        detector_enlarge: float = 1.3,
         box_shift: float = 0.1,
         detect_upsample: int = 0,
         max_frames: int | None = None,
+        precomputed_heatmaps: bool = True,
         batch_size: int = 4,
         num_workers: int = 0,
         seed: int = 0,
@@ -280,6 +361,7 @@ class UnlabelledVideoDataModule(L.LightningDataModule):
             else None,
             "image_size": hp.image_size,
             "enlarge": hp.enlarge,
+            "detector_enlarge": hp.detector_enlarge,
             "box_shift": hp.box_shift,
             "crop_cutoff_hz": hp.crop_cutoff_hz,
             "detect_upsample": hp.detect_upsample,
@@ -308,6 +390,7 @@ class UnlabelledVideoDataModule(L.LightningDataModule):
                 hp.crop_cutoff_hz,
                 hp.detect_upsample,
                 hp.max_frames,
+                hp.detector_enlarge,
             )
             cache.parent.mkdir(parents=True, exist_ok=True)
             np.savez_compressed(cache, **video)
@@ -341,15 +424,27 @@ class UnlabelledVideoDataModule(L.LightningDataModule):
             for first in range(0, len(v["detected"]), step)
         ]
 
+    def _windows(
+        self, videos: list[dict[str, np.ndarray]], windows: list[tuple[int, int, int]], offset: int
+    ) -> UnlabelledWindows:
+        render, stride = None, 4
+        if self.hparams.precomputed_heatmaps:
+            backbone = self._get_backbone()
+            if not isinstance(backbone, CoordinateDetectorBackbone):
+                raise ValueError(
+                    f"precomputed_heatmaps needs a coordinate-detector backbone (e.g. dlib); "
+                    f"{self.hparams.backbone!r} is not one (set precomputed_heatmaps: false)"
+                )
+            render, stride = backbone.render, backbone.stride
+        return UnlabelledWindows(videos, windows, self.spec, offset, render, stride)
+
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit") and self.train_set is None:
             videos = [self.load_video(p) for p in self.train_paths]
-            self.train_set = UnlabelledWindows(videos, self._train_windows(videos), self.spec)
+            self.train_set = self._windows(videos, self._train_windows(videos), 0)
         if self.val_paths and self.val_set is None:
             videos = [self.load_video(p) for p in self.val_paths]
-            self.val_set = UnlabelledWindows(
-                videos, self._val_windows(videos), self.spec, id_offset=len(self.train_paths)
-            )
+            self.val_set = self._windows(videos, self._val_windows(videos), len(self.train_paths))
 
     def train_dataloader(self) -> DataLoader:
         assert self.train_set is not None, "call setup('fit') first"

@@ -127,3 +127,32 @@ def test_real_clip_batches_labels_and_cache(shared_data: Path, tmp_path: Path, m
     again.setup("fit")
     np.testing.assert_array_equal(again.train_set.videos[0]["raw"], video["raw"])
     assert len(list((tmp_path / "cache").glob("*.npz"))) == 1
+
+
+@pytest.mark.slow
+def test_precomputed_heatmaps_equal_the_backbone_on_the_delivered_frames(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    """Training and validation windows carry `backbone_heatmaps` drawn from the cached points;
+    they must be what the frozen backbone computes on exactly the delivered crops."""
+    pytest.importorskip("dlib")
+    pytest.importorskip("face_recognition_models")
+    import torch
+
+    from lightning_fa.backbones import DlibBackbone
+
+    clip = shared_data / CLIP
+    datamodule = UnlabelledVideoDataModule(
+        videos=str(clip), val_videos=[str(clip)], cache_dir=str(tmp_path), max_frames=6,
+        seq_len=3, window_step=3, val_window=4, batch_size=1,
+    )  # fmt: skip
+    datamodule.setup("fit")
+    backbone = DlibBackbone().eval()  # a fresh instance, independent of the data module's
+    samples = [datamodule.train_set[0], datamodule.val_set[1]]  # frames 0-2 (train), 4-5 (val)
+    for sample in samples:
+        with torch.no_grad():
+            expected = backbone(backbone.preprocess(sample["frames"]))
+        assert sample["backbone_heatmaps"].shape == (len(sample["frames"]), 68, 64, 64)
+        torch.testing.assert_close(sample["backbone_heatmaps"], expected, rtol=0, atol=1e-6)
+    batch = next(iter(datamodule.train_dataloader()))
+    assert batch["backbone_heatmaps"].shape == (1, 3, 68, 64, 64)
