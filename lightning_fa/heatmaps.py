@@ -7,6 +7,8 @@ whatever device its inputs live on.
 
 from __future__ import annotations
 
+import threading
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -144,6 +146,24 @@ def argmax_quarter(heatmaps: Tensor) -> Tensor:
     return torch.stack((refined_x, refined_y), -1)
 
 
+_scratch = threading.local()
+
+
+def _output_buffer(like: Tensor) -> Tensor | None:
+    """A reusable buffer for the thresholded copy when no graph is needed, on CPU.
+
+    A fresh buffer the size of a (64, 68, 64, 64) batch (71 MB) is mapped and page-faulted on
+    every call, which costs more than the thresholding itself; CUDA's caching allocator already
+    reuses memory. One buffer per thread, replaced when the shape or dtype changes.
+    """
+    if like.device.type != "cpu" or (torch.is_grad_enabled() and like.requires_grad):
+        return None
+    buffer = getattr(_scratch, "buffer", None)
+    if buffer is None or buffer.shape != like.shape or buffer.dtype != like.dtype:
+        buffer = _scratch.buffer = torch.empty_like(like, memory_format=torch.contiguous_format)
+    return buffer
+
+
 def _threshold_below(heatmaps: Tensor, threshold: float) -> Tensor:
     """Copy of heatmaps with every value < threshold set to 0 (values == threshold survive)."""
     if _tracing():  # ONNX has no non-zero threshold op; where() exports everywhere
@@ -152,8 +172,11 @@ def _threshold_below(heatmaps: Tensor, threshold: float) -> Tensor:
     # slower on CPU); stepping t down by one ulp of the heatmaps' dtype turns its strict ">"
     # into Algorithm 1's ">=".
     t = torch.tensor(threshold, dtype=heatmaps.dtype)
-    just_below = torch.nextafter(t, torch.tensor(float("-inf"), dtype=heatmaps.dtype))
-    return F.threshold(heatmaps, just_below.item(), 0.0)
+    just_below = torch.nextafter(t, torch.tensor(float("-inf"), dtype=heatmaps.dtype)).item()
+    buffer = _output_buffer(heatmaps)
+    if buffer is None:
+        return F.threshold(heatmaps, just_below, 0.0)
+    return torch.threshold(heatmaps.contiguous(), just_below, 0.0, out=buffer)
 
 
 def pdc(
@@ -185,11 +208,17 @@ def pdc(
     if not relative:
         _check_finite(heatmaps, mass)  # the threshold keeps NaN and +inf, so they reach the mass
     valid = mass > 0
-    xs = torch.arange(width, dtype=kept.dtype, device=kept.device)
-    ys = torch.arange(height, dtype=kept.dtype, device=kept.device)
+    # The weighted sums run on the small marginals in float64 (float32 loses ~1e-5 px at x ~ 64;
+    # MPS has no float64 and keeps the input precision).
+    exact = torch.float32 if kept.device.type == "mps" else torch.float64
+    xs = torch.arange(width, dtype=exact, device=kept.device)
+    ys = torch.arange(height, dtype=exact, device=kept.device)
     # Dividing by 1 where invalid keeps inf/NaN out of the (discarded) branch and its gradient.
-    safe_mass = torch.where(valid, mass, 1.0)
-    centre = torch.stack((column_mass @ xs, row_mass @ ys), -1) / safe_mass[..., None]
+    safe_mass = torch.where(valid, mass, 1.0).to(exact)
+    centre = torch.stack(
+        ((column_mass.to(exact) * xs).sum(-1), (row_mass.to(exact) * ys).sum(-1)), -1
+    )
+    centre = (centre / safe_mass[..., None]).to(kept.dtype)
     # The argmax fallback costs a full pass; skip it when every landmark kept some mass.
     if _tracing() or not valid.all():
         x, y, _ = _argmax_xy(heatmaps)
