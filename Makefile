@@ -12,6 +12,16 @@ DATA     ?= synthetic
 CKPT     ?=
 RUN_DIR  ?= runs/finetune-$(BACKBONE)-$(DATA)
 BENCH_OUT ?= bench.json
+# Sweeps: CONFIGS replaces the sweep command's --config files (SWEEP_CONFIGS is an alias);
+# SWEEP_SET="trainer.max_epochs=2 ..." adds overrides to every point.
+SWEEP    ?= experiments/sweeps/theta.yaml
+SWEEP_CONFIGS ?=
+CONFIGS  ?= $(SWEEP_CONFIGS)
+SWEEP_SET ?=
+SWEEP_OUT ?=
+# Backbone weights for `make evaluate` (CKPT there is the fine-tuned checkpoint); leave empty
+# when the checkpoint stores the backbone weights.
+BACKBONE_CKPT ?=
 
 .PHONY: help install test test-fast lint format bench pretrain finetune evaluate report sweep sweep-local clean
 
@@ -53,6 +63,18 @@ ifeq ($(DATA),synthetic)
 else
 	$(PY) -m lightning_fa fit --config experiments/base.yaml --config experiments/backbone/$(BACKBONE).yaml --config experiments/data/$(DATA).yaml $(if $(CKPT),--model.init_args.backbone_checkpoint=$(CKPT))
 endif
+
+evaluate: ## Test a fine-tuned checkpoint: make evaluate CKPT=run/last.ckpt DATA=300vw BACKBONE=hrnet [BACKBONE_CKPT=HR18-300W.pth]
+	@test -n "$(CKPT)" || { echo "make evaluate needs CKPT=<fine-tuned checkpoint>" >&2; exit 2; }
+	$(if $(BACKBONE_CKPT),CKPT=$(BACKBONE_CKPT),env -u CKPT) $(PY) -m lightning_fa test --config experiments/base.yaml --config experiments/backbone/$(BACKBONE).yaml --config experiments/data/$(DATA).yaml --ckpt_path $(CKPT)
+
+sweep: ## Register $(SWEEP) on a W&B server (needs `wandb login` or WANDB_BASE_URL), then start agents
+	WANDB_MODE=online $(VENV)/bin/wandb sweep $(SWEEP)
+	@echo "Start one agent per GPU with the id printed above:  WANDB_MODE=online $(VENV)/bin/wandb agent ENTITY/PROJECT/SWEEP_ID"
+	@echo "No W&B server? The same grid runs locally: make sweep-local SWEEP=$(SWEEP) CONFIGS=\"...\""
+
+sweep-local: ## Run every grid point of $(SWEEP) here, one after another; table in runs/sweeps/<name>/results.md
+	$(PY) -m lightning_fa sweep-local $(SWEEP) $(foreach c,$(CONFIGS),--config $(c)) $(foreach s,$(SWEEP_SET),--set $(s)) $(if $(SWEEP_OUT),--out $(SWEEP_OUT))
 
 report: ## Rebuild report.md, figures and overlay video of the embedded run in $(RUN_DIR)
 	$(PY) -m lightning_fa report $(RUN_DIR)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import sys
 
+from jsonargparse import set_parsing_settings
 from lightning.pytorch.cli import LightningCLI
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
@@ -25,6 +26,8 @@ TOOLS: dict[str, str] = {
     "export": "lightning_fa.export:main",
     "report": "lightning_fa.report:main",
     "demo": "lightning_fa.pipeline:main",
+    "sweep-local": "lightning_fa.sweep:main",
+    "unlabelled-experiment": "lightning_fa.unlabelled_experiment:main",
 }
 
 
@@ -40,13 +43,25 @@ class FaceAlignmentCLI(LightningCLI):
             apply_on="instantiate",
         )
 
+    def before_instantiate_classes(self) -> None:
+        # jsonargparse drops the empty link target when it re-reads the config resolved by
+        # "omegaconf+", and then skips the link ("target not found"): put the slot back.
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        backbone = config.get("model.init_args.backbone")
+        if backbone is not None and "num_landmarks" not in backbone.get("init_args", {}):
+            backbone["init_args.num_landmarks"] = None
+
 
 def run_lightning_cli(argv: list[str]) -> None:
+    # "omegaconf+" resolves `${...}` once, on the merged config, so later configs and command-line
+    # overrides (`--run_name`, a swept `pdc_threshold`) reach the keys that interpolate them; plain
+    # "omegaconf" resolves each file on its own. Absolute paths (`${trainer.x}`) are kept working.
+    set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
     FaceAlignmentCLI(
         args=argv,
         subclass_mode_model=True,
         subclass_mode_data=True,
-        parser_kwargs={"parser_mode": "omegaconf"},
+        parser_kwargs={"parser_mode": "omegaconf+"},
         # A rerun into the same directory must not crash on the config saved by the first run.
         save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False,

@@ -1,0 +1,301 @@
+"""`lightning-fa sweep-local`: run a W&B grid sweep file without a W&B server.
+
+    lightning-fa sweep-local experiments/sweeps/theta.yaml [--config CFG ...] [--set key=value ...]
+                             [--out DIR] [--eval test|validate|none] [--dry-run]
+
+Every grid point of `parameters` (`{values: [...]}` or `{value: x}`) becomes one
+`lightning-fa fit <fixed args> --key=value ... --run_name=<sweep>-<i>` (the fixed args and the
+Lightning command come from the sweep's `command`; `--config` here replaces its configs), then
+`lightning-fa <eval> --ckpt_path <its last checkpoint>`. The last value of every metric logged to
+the point's CSV files goes into `results.csv` and `results.md` (one row per point); a failing
+point is recorded with its error and the sweep goes on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import itertools
+import json
+import shlex
+import sys
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lightning_fa.cli import LIGHTNING_COMMANDS
+from lightning_fa.cli import main as cli_main
+
+EVAL_COMMANDS = ("test", "validate", "none")
+
+
+@dataclass
+class Sweep:
+    name: str
+    command: str  # the Lightning subcommand (fit)
+    fixed_args: list[str]  # the command's own arguments, W&B macros removed
+    parameters: dict[str, list[Any]]
+    metric: str | None
+    goal: str
+
+
+def load_sweep(path: str | Path) -> Sweep:
+    """Read a W&B sweep file; only grid sweeps over `values` / `value` run locally."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"sweep file not found: {path}")
+    spec = yaml.safe_load(path.read_text()) or {}
+    if spec.get("method", "grid") != "grid":
+        raise ValueError(
+            f"{path}: method must be 'grid' for sweep-local, got {spec.get('method')!r} "
+            "(random / bayes sweeps need the W&B agent: make sweep)"
+        )
+    raw = spec.get("parameters")
+    if not isinstance(raw, dict) or not raw:
+        raise ValueError(f"{path}: expected a non-empty 'parameters' mapping, got {raw!r}")
+    parameters = {}
+    for name, entry in raw.items():
+        if isinstance(entry, dict) and isinstance(entry.get("values"), list) and entry["values"]:
+            parameters[name] = entry["values"]
+        elif isinstance(entry, dict) and "value" in entry:
+            parameters[name] = [entry["value"]]
+        else:
+            raise ValueError(
+                f"{path}: parameter {name!r} must be {{values: [...]}} or {{value: x}} for a "
+                f"grid, got {entry!r}"
+            )
+    tokens = [str(t) for t in spec.get("command", [])]
+    commands = [i for i, t in enumerate(tokens) if t in LIGHTNING_COMMANDS]
+    command, fixed = (tokens[commands[0]], tokens[commands[0] + 1 :]) if commands else ("fit", [])
+    metric = spec.get("metric") or {}
+    return Sweep(
+        name=path.stem,
+        command=command,
+        fixed_args=[t for t in fixed if not (t.startswith("${") and t.endswith("}"))],
+        parameters=parameters,
+        metric=metric.get("name"),
+        goal=metric.get("goal", "minimize"),
+    )
+
+
+def grid(parameters: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """Every combination, the first parameter varying slowest (W&B's grid order)."""
+    names = list(parameters)
+    return [dict(zip(names, combo)) for combo in itertools.product(*parameters.values())]
+
+
+def format_value(value: Any) -> str:
+    """A value as the Lightning CLI reads it from `--key=value` (JSON for lists / mappings)."""
+    if isinstance(value, bool) or value is None or isinstance(value, list | dict):
+        return json.dumps(value)
+    return str(value)
+
+
+def without_configs(args: list[str]) -> list[str]:
+    """`args` minus every `--config X` / `--config=X`."""
+    kept, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg == "--config":
+            skip = True
+        elif not arg.startswith("--config="):
+            kept.append(arg)
+    return kept
+
+
+def point_args(
+    sweep: Sweep,
+    point: dict[str, Any],
+    run_name: str,
+    configs: list[str] | None = None,
+    overrides: Sequence[str] = (),
+    root_dir: str | Path | None = None,
+) -> list[str]:
+    """The `lightning-fa` argument list of one grid point (without the program name)."""
+    fixed = sweep.fixed_args
+    if configs:
+        fixed = [*(a for c in configs for a in ("--config", c)), *without_configs(fixed)]
+    args = [sweep.command, *fixed]
+    args += [f"--{key}={format_value(value)}" for key, value in point.items()]
+    args += [f"--{item}" for item in overrides]
+    args.append(f"--run_name={run_name}")
+    if root_dir is not None:
+        args.append(f"--trainer.default_root_dir={root_dir}")
+    return args
+
+
+def read_final_metrics(paths: list[Path]) -> dict[str, float]:
+    """The last logged value of every column of Lightning CSV logs, read in the given order."""
+    values: dict[str, float] = {}
+    for path in paths:
+        with path.open(newline="") as handle:
+            for row in csv.DictReader(handle):
+                values.update({k: float(v) for k, v in row.items() if v not in ("", None)})
+    for bookkeeping in ("epoch", "step"):
+        values.pop(bookkeeping, None)
+    return values
+
+
+def describe_error(error: BaseException) -> str:
+    """One line naming the innermost cause (jsonargparse wraps the constructor's ValueError)."""
+    while (error.__cause__ or error.__context__) is not None:
+        error = error.__cause__ or error.__context__
+    lines = str(error).strip().splitlines() or [""]
+    return f"{type(error).__name__}: {lines[0]}"
+
+
+def _newest(root: Path, pattern: str) -> list[Path]:
+    return sorted(root.rglob(pattern), key=lambda p: p.stat().st_mtime)
+
+
+def _run(args: list[str]) -> None:
+    """One in-process `lightning-fa` call; a parser error (SystemExit) becomes an exception."""
+    try:
+        code = cli_main(args)
+    except SystemExit as exit_info:
+        code = exit_info.code
+    if code not in (0, None):
+        raise RuntimeError(f"lightning-fa {args[0]} exited with status {code}")
+
+
+def run_point(
+    sweep: Sweep,
+    point: dict[str, Any],
+    run_name: str,
+    root: Path,
+    configs: list[str] | None,
+    overrides: Sequence[str],
+    evaluate: str,
+    dry_run: bool,
+) -> dict[str, Any]:
+    """Fit one grid point (then evaluate its last checkpoint); its row of the results table."""
+    fit_args = point_args(sweep, point, run_name, configs, overrides, root)
+    eval_args = [evaluate, *fit_args[1:]]
+    if dry_run:
+        print("lightning-fa", shlex.join(fit_args))
+        if evaluate != "none":
+            print("lightning-fa", shlex.join([*eval_args, "--ckpt_path=<last checkpoint>"]))
+        return {"run_name": run_name, **point, "status": "dry-run"}
+    row: dict[str, Any] = {"run_name": run_name, **point}
+    try:
+        _run(fit_args)
+        if evaluate != "none":
+            checkpoints = _newest(root, "last*.ckpt")
+            if not checkpoints:
+                raise FileNotFoundError(f"no last*.ckpt under {root} (ModelCheckpoint save_last?)")
+            _run([*eval_args, f"--ckpt_path={checkpoints[-1]}"])
+        row["status"] = "ok"
+    except Exception as error:  # a failing point must not end the sweep
+        row["status"] = "failed"
+        row["error"] = describe_error(error)
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "error.txt").write_text(traceback.format_exc())
+    row.update(read_final_metrics(_newest(root, "metrics.csv")))
+    return row
+
+
+def write_table(rows: list[dict[str, Any]], sweep: Sweep, out: Path) -> tuple[Path, Path]:
+    """`results.csv` (every column) and `results.md` (parameters, status, fine-tuned metrics)."""
+    out.mkdir(parents=True, exist_ok=True)
+    params = list(sweep.parameters)
+    metrics = sorted({k for row in rows for k in row} - {"run_name", "status", "error", *params})
+    columns = ["run_name", *params, "status", *metrics, "error"]
+    csv_path = out / "results.csv"
+    with csv_path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, restval="")
+        writer.writeheader()
+        writer.writerows(rows)
+
+    shown = [m for m in metrics if "/finetuned/" in m or m == sweep.metric]
+    md_columns = ["run_name", *params, "status", *shown, "error"]
+
+    def cell(value: Any) -> str:
+        text = f"{value:.4g}" if isinstance(value, float) else str(value)
+        return text.replace("|", "\\|")
+
+    lines = [f"# Sweep {sweep.name}", ""]
+    if sweep.metric:
+        logged = "" if sweep.metric in metrics else " (not logged by any point)"
+        lines += [f"Sweep metric: `{sweep.metric}` ({sweep.goal}){logged}.", ""]
+    lines += ["| " + " | ".join(md_columns) + " |", "|" + "---|" * len(md_columns)]
+    lines += ["| " + " | ".join(cell(row.get(c, "")) for c in md_columns) + " |" for row in rows]
+    md_path = out / "results.md"
+    md_path.write_text("\n".join(lines) + "\n")
+    return csv_path, md_path
+
+
+def run_sweep(
+    sweep_path: str | Path,
+    out: str | Path | None = None,
+    configs: list[str] | None = None,
+    overrides: Sequence[str] = (),
+    evaluate: str = "test",
+    dry_run: bool = False,
+) -> list[dict[str, Any]]:
+    """Run every grid point of a sweep file in this process; returns the table rows."""
+    if evaluate not in EVAL_COMMANDS:
+        raise ValueError(f"evaluate must be one of {EVAL_COMMANDS}, got {evaluate!r}")
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"--set expects key=value, got {item!r}")
+    sweep = load_sweep(sweep_path)
+    out = Path(out) if out is not None else Path("runs") / "sweeps" / sweep.name
+    rows = []
+    points = grid(sweep.parameters)
+    for index, point in enumerate(points):
+        run_name = f"{sweep.name}-{index:03d}"
+        if not dry_run:
+            print(f"[sweep-local] {index + 1}/{len(points)} {run_name}: {point}", flush=True)
+        rows.append(
+            run_point(sweep, point, run_name, out / run_name, configs, overrides, evaluate, dry_run)
+        )
+    if not dry_run:
+        csv_path, md_path = write_table(rows, sweep, out)
+        failed = sum(row["status"] != "ok" for row in rows)
+        print(f"[sweep-local] {len(rows) - failed}/{len(rows)} points ok; {csv_path}, {md_path}")
+    return rows
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="lightning-fa sweep-local",
+        description="Run a W&B grid sweep file locally, one point after another, and tabulate it.",
+    )
+    parser.add_argument("sweep", help="W&B sweep YAML (method: grid)")
+    parser.add_argument(
+        "--config",
+        action="append",
+        default=None,
+        help="config for every point (repeatable); replaces the sweep command's --config files",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra override for every point, e.g. trainer.max_epochs=2 (repeatable)",
+    )
+    parser.add_argument("--out", default=None, help="output folder (default runs/sweeps/<name>)")
+    parser.add_argument(
+        "--eval",
+        dest="evaluate",
+        choices=EVAL_COMMANDS,
+        default="test",
+        help="evaluate each point's last checkpoint after fit (default test)",
+    )
+    parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    args = parser.parse_args(argv)
+    try:
+        rows = run_sweep(
+            args.sweep, args.out, args.config, args.overrides, args.evaluate, args.dry_run
+        )
+    except (ValueError, FileNotFoundError) as error:
+        print(f"lightning-fa sweep-local: {error}", file=sys.stderr)
+        return 2
+    return 0 if all(row["status"] in ("ok", "dry-run") for row in rows) else 1
