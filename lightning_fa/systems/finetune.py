@@ -56,7 +56,8 @@ class StableAlignmentModule(pl.LightningModule):
         decoder / pdc_threshold / relative_threshold: how heatmaps become coordinates (SPEC 2).
         sigma: Gaussian target width in heatmap pixels (the dataset's; 300W 1.0, others 1.5).
         tbptt_chunk: k, frames per truncated-BPTT chunk.
-        norm_indices: eye-corner indices for NME; None with `norm_size` from the batch (box size).
+        fr_thresholds: NME thresholds of the failure rate / AUC in image evaluation.
+        channels_last: run the frozen backbone on NHWC memory.
     """
 
     def __init__(
@@ -76,6 +77,7 @@ class StableAlignmentModule(pl.LightningModule):
         lr_scheduler: str = "none",
         gradient_clip_val: float | None = 1.0,
         fr_thresholds: tuple[float, ...] = (0.08, 0.10),
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         if tbptt_chunk < 1:
@@ -91,6 +93,8 @@ class StableAlignmentModule(pl.LightningModule):
             load_checkpoint(self.backbone, backbone_checkpoint)
         self.backbone.requires_grad_(False)
         self.backbone.eval()
+        if channels_last:  # NHWC convolutions: faster under bf16 on GPUs with tensor cores
+            self.backbone.to(memory_format=torch.channels_last)
 
         self.temporal = temporal if temporal is not None else ConvLSTM(backbone.num_landmarks)
         self.loss = loss if loss is not None else JitterLoss(threshold=pdc_threshold)
@@ -117,9 +121,13 @@ class StableAlignmentModule(pl.LightningModule):
     def backbone_heatmaps(self, images: torch.Tensor) -> torch.Tensor:
         """Frozen backbone on (..., 3, H, W) uint8 RGB -> (..., L, h, w); never builds a graph."""
         lead = images.shape[:-3]
-        with torch.no_grad():
-            heatmaps = self.backbone(self.backbone.preprocess(images.flatten(0, len(lead) - 1)))
-        return heatmaps.float().unflatten(0, lead)
+        with torch.inference_mode():
+            x = self.backbone.preprocess(images.flatten(0, len(lead) - 1))
+            if self.hparams.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            heatmaps = self.backbone(x).float().unflatten(0, lead)
+        # Inference tensors cannot be saved for backward: the ConvLSTM gets a normal copy.
+        return heatmaps.clone() if torch.is_grad_enabled() else heatmaps
 
     def decode(self, heatmaps: torch.Tensor) -> torch.Tensor:
         """Heatmaps (..., L, h, w) -> crop-pixel coordinates (..., L, 2)."""
