@@ -154,13 +154,17 @@ def _output_buffer(like: Tensor) -> Tensor | None:
 
     A fresh buffer the size of a (64, 68, 64, 64) batch (71 MB) is mapped and page-faulted on
     every call, which costs more than the thresholding itself; CUDA's caching allocator already
-    reuses memory. One buffer per thread, replaced when the shape or dtype changes.
+    reuses memory. One buffer per thread and mode, replaced when the shape or dtype changes.
     """
     if like.device.type != "cpu" or (torch.is_grad_enabled() and like.requires_grad):
         return None
-    buffer = getattr(_scratch, "buffer", None)
+    # A buffer made under inference mode cannot be written outside it (and vice versa is fine,
+    # but keep one per mode so alternating validation and training never reallocates).
+    name = "inference" if torch.is_inference_mode_enabled() else "normal"
+    buffer = getattr(_scratch, name, None)
     if buffer is None or buffer.shape != like.shape or buffer.dtype != like.dtype:
-        buffer = _scratch.buffer = torch.empty_like(like, memory_format=torch.contiguous_format)
+        buffer = torch.empty_like(like, memory_format=torch.contiguous_format)
+        setattr(_scratch, name, buffer)
     return buffer
 
 

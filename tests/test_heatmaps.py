@@ -339,3 +339,17 @@ def test_decoders_export_to_onnx(method: str, relative: bool, tmp_path) -> None:
     torch.testing.assert_close(
         torch.from_numpy(exported), decode(heatmaps, method=method, relative=relative)
     )
+
+
+def test_pdc_alternates_between_inference_mode_and_normal_mode() -> None:
+    """The reusable CPU buffer must not leak an inference tensor into normal mode (or back)."""
+    heatmaps = torch.rand(2, 3, 8, 8)
+    expected = pdc(heatmaps.clone())
+    with torch.inference_mode():
+        inside = pdc(heatmaps)
+    with torch.no_grad():
+        outside = pdc(heatmaps)
+    with torch.inference_mode():
+        inside_again = pdc(heatmaps)
+    for result in (inside, outside, inside_again):
+        torch.testing.assert_close(result, expected)
