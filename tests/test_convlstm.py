@@ -8,6 +8,12 @@ import torch
 from lightning_fa.temporal import ConvLSTM, ConvLSTMCell, detach_state
 
 L, H, W = 5, 8, 8
+# Constructor variants that every behavioural test below runs on.
+VARIANTS = {
+    "direct": {"input_proj": None},
+    "squeezed": {"input_proj": 3},
+    "landmark_wise": {"input_proj": None, "landmark_wise": True},
+}
 
 
 def _trained_like(model: ConvLSTM) -> ConvLSTM:
@@ -38,9 +44,9 @@ def _cell_step_literal(cell: ConvLSTMCell, x, h, c):
     return torch.sigmoid(zo) * torch.tanh(c_new), c_new
 
 
-@pytest.mark.parametrize("input_proj", [None, 3])
-def test_untrained_head_returns_input_exactly(input_proj):
-    model = ConvLSTM(L, hidden_channels=4, num_layers=2, input_proj=input_proj)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_untrained_head_returns_input_exactly(variant):
+    model = ConvLSTM(L, hidden_channels=4, num_layers=2, **VARIANTS[variant])
     seq = torch.randn(2, 3, L, H, W)
     out, _ = model.forward_sequence(seq)
     assert torch.equal(out, seq)
@@ -77,9 +83,9 @@ def test_peephole_parameters_only_when_enabled():
         assert peep[name].shape == (1, 4, 1, 1)
 
 
-@pytest.mark.parametrize("input_proj", [None, 3])
-def test_sequence_equals_stepping_with_state(input_proj):
-    model = _trained_like(ConvLSTM(L, 4, num_layers=2, peephole=True, input_proj=input_proj))
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_sequence_equals_stepping_with_state(variant):
+    model = _trained_like(ConvLSTM(L, 4, num_layers=2, peephole=True, **VARIANTS[variant]))
     seq = torch.randn(2, 4, L, H, W)
     out, final = model.forward_sequence(seq)
     state = None
@@ -149,8 +155,10 @@ def test_channels_last_input_gives_same_output():
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.trace:DeprecationWarning")
-def test_jit_trace_with_explicit_state_matches_eager():
-    model = _trained_like(ConvLSTM(L, 4, num_layers=2, peephole=True)).eval()
+@pytest.mark.parametrize("landmark_wise", [False, True])
+def test_jit_trace_with_explicit_state_matches_eager(landmark_wise):
+    kwargs = {"input_proj": None, "landmark_wise": True} if landmark_wise else {}
+    model = _trained_like(ConvLSTM(L, 4, num_layers=2, peephole=True, **kwargs)).eval()
     x = torch.randn(1, L, H, W)
     state = model.init_state(1, H, W)
     traced = torch.jit.trace(model, (x, state))
@@ -162,8 +170,10 @@ def test_jit_trace_with_explicit_state_matches_eager():
     torch.testing.assert_close(got_state[1][1], eager_state[1][1])
 
 
-def test_torch_export_with_explicit_state_matches_eager():
-    model = _trained_like(ConvLSTM(L, 4)).eval()
+@pytest.mark.parametrize("landmark_wise", [False, True])
+def test_torch_export_with_explicit_state_matches_eager(landmark_wise):
+    kwargs = {"input_proj": None, "landmark_wise": True} if landmark_wise else {}
+    model = _trained_like(ConvLSTM(L, 4, **kwargs)).eval()
     x = torch.randn(1, L, H, W)
     state = model.init_state(1, H, W)
     exported = torch.export.export(model, (x, state))
@@ -204,7 +214,13 @@ def test_bad_state_raises():
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"kernel_size": 4}, {"hidden_channels": 0}, {"num_layers": 0}, {"input_proj": 0}],
+    [
+        {"kernel_size": 4},
+        {"hidden_channels": 0},
+        {"num_layers": 0},
+        {"input_proj": 0},
+        {"landmark_wise": True},  # with the default input_proj=16
+    ],
 )
 def test_bad_constructor_arguments_raise(kwargs):
     with pytest.raises(ValueError):
@@ -212,10 +228,12 @@ def test_bad_constructor_arguments_raise(kwargs):
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
-def test_onnx_export_with_explicit_state_matches_eager(tmp_path):
+@pytest.mark.parametrize("landmark_wise", [False, True])
+def test_onnx_export_with_explicit_state_matches_eager(tmp_path, landmark_wise):
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
-    model = _trained_like(ConvLSTM(L, 4, num_layers=2, peephole=True)).eval()
+    kwargs = {"input_proj": None, "landmark_wise": True} if landmark_wise else {}
+    model = _trained_like(ConvLSTM(L, 4, num_layers=2, peephole=True, **kwargs)).eval()
     x = torch.randn(1, L, H, W)
     state = model.init_state(1, H, W)
     path = tmp_path / "convlstm.onnx"
@@ -229,3 +247,58 @@ def test_onnx_export_with_explicit_state_matches_eager(tmp_path):
     ref, ref_state = model(x, state)
     torch.testing.assert_close(torch.from_numpy(out), ref.detach())
     torch.testing.assert_close(torch.from_numpy(new_state[-1]), ref_state[-1][1].detach())
+
+
+def _landmark_wise(peephole: bool = True, num_layers: int = 2) -> ConvLSTM:
+    model = ConvLSTM(
+        L, 3, num_layers=num_layers, peephole=peephole, input_proj=None, landmark_wise=True
+    )
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.normal_(0.0, 0.5)
+    return model
+
+
+def test_landmark_wise_equals_one_single_map_model_per_landmark():
+    """Each landmark's output is what a one-landmark ConvLSTM with the same weights gives on that
+    landmark's heatmaps alone (the shared cell sees no other map)."""
+    model = _landmark_wise()
+    single = ConvLSTM(1, 3, num_layers=2, peephole=True, input_proj=None)
+    single.load_state_dict(model.state_dict())
+    seq = torch.randn(2, 4, L, H, W)
+    out, state = model.forward_sequence(seq)
+    assert state[0][0].shape == (2, L * 3, H, W)  # batch first, landmark-major channels
+    for k in range(L):
+        want, want_state = single.forward_sequence(seq[:, :, k : k + 1])
+        torch.testing.assert_close(out[:, :, k : k + 1], want)
+        torch.testing.assert_close(state[1][1][:, 3 * k : 3 * (k + 1)], want_state[1][1])
+
+
+def test_landmark_wise_permuting_landmarks_permutes_outputs_and_state():
+    model = _landmark_wise()
+    seq = torch.randn(1, 3, L, H, W)
+    perm = torch.randperm(L, generator=torch.Generator().manual_seed(0))
+    out, state = model.forward_sequence(seq)
+    out_p, state_p = model.forward_sequence(seq[:, :, perm])
+    torch.testing.assert_close(out_p, out[:, :, perm])
+    by_landmark = state[0][1].unflatten(1, (L, 3))
+    torch.testing.assert_close(state_p[0][1].unflatten(1, (L, 3)), by_landmark[:, perm])
+
+
+def test_landmark_wise_streams_in_a_batch_keep_their_own_state():
+    """The state's first axis is the stream: stepping two streams together equals stepping each
+    alone (what batched streaming inference relies on)."""
+    model = _landmark_wise(num_layers=1)
+    seq = torch.randn(2, 3, L, H, W)
+    both, _ = model.forward_sequence(seq)
+    for b in range(2):
+        alone, _ = model.forward_sequence(seq[b : b + 1])
+        torch.testing.assert_close(both[b : b + 1], alone)
+
+
+def test_landmark_wise_config_rebuilds_the_same_model():
+    model = _landmark_wise()
+    rebuilt = ConvLSTM(**model.config)
+    rebuilt.load_state_dict(model.state_dict())
+    x = torch.randn(1, L, H, W)
+    torch.testing.assert_close(rebuilt(x)[0], model(x)[0])
