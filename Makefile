@@ -12,11 +12,10 @@ DATA     ?= synthetic
 CKPT     ?=
 RUN_DIR  ?= runs/finetune-$(BACKBONE)-$(DATA)
 BENCH_OUT ?= bench.json
-# Sweeps: CONFIGS replaces the sweep command's --config files (SWEEP_CONFIGS is an alias);
+# Sweeps: CONFIGS replaces the sweep command's --config files;
 # SWEEP_SET="trainer.max_epochs=2 ..." adds overrides to every point.
 SWEEP    ?= experiments/sweeps/theta.yaml
-SWEEP_CONFIGS ?=
-CONFIGS  ?= $(SWEEP_CONFIGS)
+CONFIGS  ?=
 SWEEP_SET ?=
 SWEEP_OUT ?=
 # Backbone weights for `make evaluate` (CKPT there is the fine-tuned checkpoint); leave empty

@@ -35,15 +35,26 @@ def _check_positive(**values: float) -> None:
             raise ValueError(f"{name} must be positive; got {value}")
 
 
+def _check_theta(theta: float) -> None:
+    # theta = 0 is the first point of the paper's Table 3: the loss has no gradient at all.
+    if not theta >= 0:
+        raise ValueError(f"theta must be >= 0; got {theta}")
+
+
 # --------------------------------------------------------------------------------------------
 # Elementwise pixel losses
 # --------------------------------------------------------------------------------------------
 
 
 def geman_mcclure(pred: Tensor, target: Tensor, theta: float) -> Tensor:
-    """Elementwise Geman-McClure (paper Eq. 7): d^2 / (d^2 + theta^2), d = pred - target."""
-    _check_positive(theta=theta)
+    """Elementwise Geman-McClure (paper Eq. 7): d^2 / (d^2 + theta^2), d = pred - target.
+
+    theta = 0 gives the limit: 1 wherever d != 0, 0 where d == 0 (constant: no gradient).
+    """
+    _check_theta(theta)
     squared = (pred - target) ** 2
+    if theta == 0:
+        return (squared > 0).to(squared.dtype)
     return squared / (squared + theta**2)
 
 
@@ -148,7 +159,7 @@ class GemanMcClureLoss(nn.Module):
 
     def __init__(self, theta: float = 1.0) -> None:
         super().__init__()
-        _check_positive(theta=theta)
+        _check_theta(theta)
         self.theta = theta
 
     def forward(self, pred: Tensor, target: Tensor) -> Tensor:
@@ -187,7 +198,8 @@ def jitter_modulation(
             "u_t, u_prev, gt_t, gt_prev must share one shape (..., L, 2); got "
             f"{tuple(u_t.shape)}, {tuple(u_prev.shape)}, {tuple(gt_t.shape)}, {tuple(gt_prev.shape)}"
         )
-    _check_positive(theta=theta, xi=xi)
+    _check_theta(theta)
+    _check_positive(xi=xi)
     inconsistency = _safe_norm((u_t - gt_t) - (u_prev - gt_prev))
     gt_offset = _safe_norm(gt_t - gt_prev)
     return torch.clamp(inconsistency / (gt_offset + xi), max=theta)
@@ -196,7 +208,8 @@ def jitter_modulation(
 class JitterLoss(nn.Module):
     """Jitter loss (paper Eq. 2): mean over (sample, frame, landmark) of Psi * Geman-McClure.
 
-    The pixel loss uses the same theta as the cap on Psi (paper Eq. 7). Predicted coordinates
+    The pixel loss uses the same theta as the cap on Psi (paper Eq. 7); theta = 0 (paper Table 3)
+    leaves no gradient, so the ConvLSTM stays the identity, i.e. the backbone. Predicted coordinates
     come from PDC (threshold / relative as in `lightning_fa.heatmaps.pdc`). Frame 0 of a
     sequence has weight 1; a TBPTT chunk that continues a sequence passes the previous chunk's
     last predicted and ground-truth coordinates so that its frame 0 is modulated too.
@@ -211,7 +224,8 @@ class JitterLoss(nn.Module):
         detach_modulation: bool = False,
     ) -> None:
         super().__init__()
-        _check_positive(theta=theta, xi=xi)
+        _check_theta(theta)
+        _check_positive(xi=xi)
         self.theta = theta
         self.xi = xi
         self.threshold = threshold

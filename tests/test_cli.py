@@ -108,6 +108,7 @@ def test_fit_validate_test_predict(tmp_path) -> None:
     metrics = (root / "csv").rglob("metrics.csv")
     header = "".join(path.read_text().splitlines()[0] for path in metrics)
     assert "test/mild/backbone/nrmse" in header and "test/mild/finetuned/mav" in header
+    assert "test/mild/finetuned/nrmse_x_mcv" in header  # the sweep's objective (paper Table 3)
 
     # Predict from the checkpoint alone: no training config, only a data block.
     data_yaml = tmp_path / "data.yaml"

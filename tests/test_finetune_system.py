@@ -217,6 +217,11 @@ def test_checkpoint_round_trip_without_training_config(tmp_path) -> None:
     assert reference["init_args"]["config"] == "lite"
     assert len(reference["sha256"]) == 64
 
+    # Evaluating it with a backbone that lacks those weights must not silently use random ones.
+    unloaded = StableAlignmentModule(create_backbone("hrnet_lite", L, input_size=(SIZE, SIZE)))
+    with pytest.raises(ValueError, match="backbone_checkpoint"):
+        unloaded.on_load_checkpoint(torch.load(ckpt, weights_only=True))
+
     restored = StableAlignmentModule.from_checkpoint(ckpt)
     frames = RandomSequences(1, 1)[0]["frames"]
     with torch.no_grad():

@@ -269,4 +269,17 @@ def test_jitter_loss_rejects_bad_input() -> None:
     with pytest.raises(ValueError, match="NaN"):
         loss_fn(bad, target, target_coords)
     with pytest.raises(ValueError, match="theta"):
-        JitterLoss(theta=0.0)
+        JitterLoss(theta=-0.5)
+
+
+def test_theta_zero_jitter_loss_has_no_gradient() -> None:
+    """Paper Table 3 starts at Theta = 0: the loss is defined (finite) and leaves the model alone."""
+    pred = torch.rand(1, 3, 2, 8, 8, dtype=torch.float64, requires_grad=True)
+    target = torch.rand(1, 3, 2, 8, 8, dtype=torch.float64)
+    coords = torch.rand(1, 3, 2, 2, dtype=torch.float64) * 7
+    loss = JitterLoss(theta=0.0, threshold=0.0)(pred, target, coords)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert torch.count_nonzero(pred.grad) == 0
+    with pytest.raises(ValueError, match="theta"):
+        JitterLoss(theta=-1.0)

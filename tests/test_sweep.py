@@ -58,10 +58,6 @@ def test_theta_sweep_points_parse_and_reach_their_keys(theta_points, tmp_path) -
     assert seen == {(t, p) for t in (0.0, 0.5, 1.0, 1.5, 2.0) for p in (0.0, 0.1, 0.2, 0.4, 0.6)}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="JitterLoss requires theta > 0, but the sweep (paper Table 3) includes theta = 0",
-)
 def test_theta_sweep_losses_build(theta_points) -> None:
     for _, config in theta_points:
         JitterLoss(**config["model"]["init_args"]["loss"]["init_args"])

@@ -316,12 +316,26 @@ class StableAlignmentModule(pl.LightningModule):
         """Frame pixels per crop pixel, per frame (the affine is a similarity: det = scale^2)."""
         return torch.linalg.det(affine[..., :2]).abs().rsqrt()
 
+    def _metric_keys(self, stage: str) -> list[str]:
+        """Metrics updated this epoch, on any rank: every rank must join each metric's gather,
+        also a rank whose shard held none of that metric's data."""
+        keys = [
+            k for k, m in self.metrics.items() if k.startswith(f"{stage}__") and m.update_called
+        ]
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            gathered: list[list[str] | None] = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(gathered, keys)
+            keys = [k for rank_keys in gathered for k in rank_keys or []]
+        return sorted(set(keys))
+
     def _log_metrics(self, stage: str) -> None:
-        for key, metric in self.metrics.items():
-            if not key.startswith(f"{stage}__") or not metric.update_called:
-                continue
-            _, loader, _, variant = key.split("__")
-            for name, value in metric.compute().items():
+        for key in self._metric_keys(stage):
+            _, loader, kind, variant = key.split("__")
+            metric = self._metric(stage, loader, kind, variant)
+            values = metric.compute()
+            if "nrmse" in values and "mcv" in values:  # the paper's Table 3 criterion
+                values["nrmse_x_mcv"] = values["nrmse"] * values["mcv"]
+            for name, value in values.items():
                 self.log(f"{stage}/{loader}/{variant}/{name}", value, sync_dist=False)
             metric.reset()
 
@@ -384,9 +398,16 @@ class StableAlignmentModule(pl.LightningModule):
         # Checkpoints without backbone weights take them from the live (referenced) backbone, so
         # loading stays strict for everything this module trained.
         state = checkpoint["state_dict"]
-        if not any(k.startswith("backbone.") for k in state):
+        stored = any(k.startswith("backbone.") for k in state)
+        if not stored:
             state.update({f"backbone.{k}": v for k, v in self.backbone.state_dict().items()})
         saved = checkpoint.get("backbone_reference", {}).get("sha256")
+        if saved and self.backbone_reference.get("sha256") is None and not stored:
+            raise ValueError(
+                f"checkpoint was fine-tuned on the backbone weights {saved} "
+                f"({checkpoint['backbone_reference'].get('checkpoint')}), which it does not store; "
+                "build the module with backbone_checkpoint=<that file> (make evaluate: BACKBONE_CKPT)"
+            )
         if saved and self.backbone_reference.get("sha256") not in (None, saved):
             raise ValueError(
                 "checkpoint was fine-tuned on a backbone with SHA-256 "
