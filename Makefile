@@ -12,6 +12,8 @@ DATA     ?= synthetic
 CKPT     ?=
 RUN_DIR  ?= runs/finetune-$(BACKBONE)-$(DATA)
 BENCH_OUT ?= bench.json
+# Extra CLI arguments for finetune / evaluate, e.g. ARGS="--data.init_args.split=scenario3".
+ARGS     ?=
 # Sweeps: CONFIGS replaces the sweep command's --config files;
 # SWEEP_SET="trainer.max_epochs=2 ..." adds overrides to every point.
 SWEEP    ?= experiments/sweeps/theta.yaml
@@ -60,12 +62,12 @@ finetune: ## Fine-tune the ConvLSTM: synthetic default = embedded end-to-end run
 ifeq ($(DATA),synthetic)
 	$(PY) -m lightning_fa demo --out $(RUN_DIR) $(if $(RETRAIN),--retrain)
 else
-	$(PY) -m lightning_fa fit --config experiments/base.yaml --config experiments/backbone/$(BACKBONE).yaml --config experiments/data/$(DATA).yaml $(if $(CKPT),--model.init_args.backbone_checkpoint=$(CKPT))
+	$(PY) -m lightning_fa fit --config experiments/base.yaml --config experiments/backbone/$(BACKBONE).yaml --config experiments/data/$(DATA).yaml $(if $(CKPT),--model.init_args.backbone_checkpoint=$(CKPT)) $(ARGS)
 endif
 
 evaluate: ## Test a fine-tuned checkpoint: make evaluate CKPT=run/last.ckpt DATA=300vw BACKBONE=hrnet [BACKBONE_CKPT=HR18-300W.pth]
 	@test -n "$(CKPT)" || { echo "make evaluate needs CKPT=<fine-tuned checkpoint>" >&2; exit 2; }
-	$(if $(BACKBONE_CKPT),CKPT=$(BACKBONE_CKPT),env -u CKPT) $(PY) -m lightning_fa test --config experiments/base.yaml --config experiments/backbone/$(BACKBONE).yaml --config experiments/data/$(DATA).yaml --ckpt_path $(CKPT)
+	$(if $(BACKBONE_CKPT),CKPT=$(BACKBONE_CKPT),env -u CKPT) $(PY) -m lightning_fa test --config experiments/base.yaml --config experiments/backbone/$(BACKBONE).yaml --config experiments/data/$(DATA).yaml --ckpt_path $(CKPT) $(ARGS)
 
 sweep: ## Register $(SWEEP) on a W&B server (needs `wandb login` or WANDB_BASE_URL), then start agents
 	WANDB_MODE=online $(VENV)/bin/wandb sweep $(SWEEP)

@@ -2,18 +2,24 @@
 
 For every video (once; cached as .npz keyed by the file's SHA-256 and the settings):
 1. dlib's face detector on every frame -> face boxes; their centre and size are smoothed with
-   the zero-phase low-pass (`crop_cutoff_hz`), so the crop moves smoothly and crop jitter does
-   not become label jitter;
-2. every frame is cropped with that smoothed box (`enlarge` x the box side, shifted by
-   `box_shift` of the side, since dlib's box sits above the face centre) and the frozen backbone's
-   heatmaps are decoded (PDC) -> the raw track in frame pixels.
+   the zero-phase low-pass (`crop_cutoff_hz`); a first backbone pass on crops around them
+   (`detector_enlarge` x the box side, shifted down by `box_shift` of the side, since dlib's box
+   sits above the face centre) gives rough landmarks;
+2. the final crops are framed like `lightning_fa.tracking.StreamingTracker`'s: the box of those
+   landmarks (side = max(w, h)), smoothed the same zero-phase way, x `enlarge` (1.25), so the
+   ConvLSTM sees faces at the scale and place it will see when tracking; the frozen backbone
+   runs on them -> its points in crop pixels (for a coordinate detector such as dlib: the
+   detector's own points, from which `render` redraws its heatmaps exactly) and the raw track
+   (PDC-decoded, frame pixels).
 At setup the raw track is smoothed forward-backward (`zero_phase_smooth`, `cutoff_hz`: no lag)
 and mapped into each frame's crop: these pseudo labels are the targets of the Jitter loss.
 
 Batches follow the sequence-mode contract of docs/architecture.md (frames uint8 crops,
-landmarks = pseudo labels in crop pixels, affine, valid, norm_size, video_id, frame_index).
-Training draws windows of `seq_len` frames; validation streams each held-out video whole, in
-consecutive windows of `val_window` frames (batch size 1) that the module chains by frame_index.
+landmarks = pseudo labels in crop pixels, affine, valid, norm_size, video_id, frame_index, and
+`backbone_heatmaps` rendered from the cached points, so training and validation never run the
+slow detector again: only the ConvLSTM costs). Training draws windows of `seq_len` frames;
+validation streams each held-out video whole, in consecutive windows of `val_window` frames
+(batch size 1) that the module chains by frame_index.
 """
 
 from __future__ import annotations

@@ -156,3 +156,23 @@ def test_precomputed_heatmaps_equal_the_backbone_on_the_delivered_frames(
         torch.testing.assert_close(sample["backbone_heatmaps"], expected, rtol=0, atol=1e-6)
     batch = next(iter(datamodule.train_dataloader()))
     assert batch["backbone_heatmaps"].shape == (1, 3, 68, 64, 64)
+
+
+def test_experiment_goals() -> None:
+    from lightning_fa.unlabelled_experiment import goals
+
+    def methods(ours_accel: float, ours_deviation: float, ours_lag: int) -> dict:
+        row = {"accel": 2.0, "deviation": 0.7, "lag": 0}
+        return {
+            "raw": row,
+            "one-euro": {**row, "deviation": 0.8},
+            "one-euro-mediapipe": {**row, "deviation": 0.6},
+            "ours": {"accel": ours_accel, "deviation": ours_deviation, "lag": ours_lag},
+        }
+
+    assert all(goals(methods(1.0, 0.59, -1)).values())
+    assert goals(methods(1.01, 0.59, 1)) == {
+        "accel_cut_50": False, "deviation_below_raw_and_one_euro": True, "lag_le_1": True,
+    }  # fmt: skip
+    assert not goals(methods(0.5, 0.6, 0))["deviation_below_raw_and_one_euro"]
+    assert not goals(methods(0.5, 0.5, 2))["lag_le_1"]
