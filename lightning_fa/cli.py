@@ -26,7 +26,6 @@ TOOLS: dict[str, str] = {
     "export": "lightning_fa.export:main",
     "report": "lightning_fa.report:main",
     "demo": "lightning_fa.pipeline:main",
-    "unlabelled-experiment": "lightning_fa.unlabelled_experiment:main",
     "sweep-local": "lightning_fa.sweep:main",
     "unlabelled-experiment": "lightning_fa.unlabelled_experiment:main",
 }
