@@ -8,6 +8,7 @@ coordinates; systems call the pixel baselines on frames flattened into the batch
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -213,6 +214,12 @@ class JitterLoss(nn.Module):
     come from PDC (threshold / relative as in `lightning_fa.heatmaps.pdc`). Frame 0 of a
     sequence has weight 1; a TBPTT chunk that continues a sequence passes the previous chunk's
     last predicted and ground-truth coordinates so that its frame 0 is modulated too.
+
+    Beyond the paper: `coord_weight` > 0 adds `coord_weight * mean(Psi * rho(||u_t - g_t||))`,
+    the same modulation on the distance between decoded and target coordinates (heatmap pixels).
+    With targets a fraction of a pixel from the backbone's, the heatmap loss is dominated by map
+    shape, not position; this term acts on the position itself. `coord_loss` picks rho: "l1" (the
+    distance) or "geman_mcclure" (d^2 / (d^2 + coord_theta^2)). coord_weight = 0 is the paper's loss.
     """
 
     def __init__(
@@ -222,15 +229,32 @@ class JitterLoss(nn.Module):
         threshold: float = 0.2,
         relative: bool = False,
         detach_modulation: bool = False,
+        coord_weight: float = 0.0,
+        coord_loss: Literal["l1", "geman_mcclure"] = "l1",
+        coord_theta: float = 1.0,
     ) -> None:
         super().__init__()
         _check_theta(theta)
-        _check_positive(xi=xi)
+        _check_positive(xi=xi, coord_theta=coord_theta)
+        if not coord_weight >= 0:
+            raise ValueError(f"coord_weight must be >= 0; got {coord_weight}")
+        if coord_loss not in ("l1", "geman_mcclure"):
+            raise ValueError(f"coord_loss must be 'l1' or 'geman_mcclure'; got {coord_loss!r}")
         self.theta = theta
         self.xi = xi
         self.threshold = threshold
         self.relative = relative
         self.detach_modulation = detach_modulation
+        self.coord_weight = coord_weight
+        self.coord_loss = coord_loss
+        self.coord_theta = coord_theta
+
+    def _coordinate_loss(self, coords: Tensor, target_coords: Tensor) -> Tensor:
+        """rho of the decoded-to-target distance, (B, T, L, 2) -> (B, T, L)."""
+        if self.coord_loss == "l1":
+            return _safe_norm(coords - target_coords)
+        squared = ((coords - target_coords) ** 2).sum(-1)
+        return squared / (squared + self.coord_theta**2)
 
     def forward(
         self,
@@ -282,4 +306,9 @@ class JitterLoss(nn.Module):
         if self.detach_modulation:
             psi = psi.detach()
         loss = (psi * pixel).mean()
+        if self.coord_weight > 0:  # skipped at 0 so the paper's loss stays bit-identical
+            loss = (
+                loss
+                + self.coord_weight * (psi * self._coordinate_loss(coords, target_coords)).mean()
+            )
         return (loss, coords[:, -1].detach()) if return_last_coords else loss

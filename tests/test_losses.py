@@ -29,8 +29,27 @@ def literal_psi(u_t, u_prev, gt_t, gt_prev, theta: float, xi: float) -> float:
     return min(math.hypot(ex, ey) / (math.hypot(cx, cy) + xi), theta)
 
 
-def literal_jitter_loss(pred, target, target_coords, theta, xi, threshold, prev=None) -> float:
-    """Eq. 2 with Eq. 7 pixel loss, looping over samples, frames, landmarks and pixels.
+def literal_coordinate_rho(u, gt, coord_loss: str, coord_theta: float) -> float:
+    """The coordinate term's rho for one landmark: distance, or Geman-McClure of it."""
+    distance = math.hypot(u[0] - gt[0], u[1] - gt[1])
+    if coord_loss == "l1":
+        return distance
+    return distance**2 / (distance**2 + coord_theta**2)
+
+
+def literal_jitter_loss(
+    pred,
+    target,
+    target_coords,
+    theta,
+    xi,
+    threshold,
+    prev=None,
+    coord_weight=0.0,
+    coord_loss="l1",
+    coord_theta=1.0,
+) -> float:
+    """Eq. 2 with Eq. 7 pixel loss (+ coord_weight * Psi * rho(||u - g||)), as plain loops.
 
     Coordinates u_t come from `pdc`, which test_heatmaps checks against Algorithm 1.
     """
@@ -67,7 +86,8 @@ def literal_jitter_loss(pred, target, target_coords, theta, xi, threshold, prev=
                     )
                 else:
                     psi = 1.0
-                total += psi * pixel
+                rho = literal_coordinate_rho(coords[b][t][k], gt[b][t][k], coord_loss, coord_theta)
+                total += psi * (pixel + coord_weight * rho)
     return total / (batch * frames * landmarks)
 
 
@@ -117,6 +137,66 @@ def test_chunk_continuation_equals_whole_sequence() -> None:
         pred[:, 2:], target[:, 2:], target_coords[:, 2:], 1.0, 1e-3, 0.2, prev
     )
     assert second.item() == pytest.approx(expected, rel=1e-10)
+
+
+@pytest.mark.parametrize(
+    ("coord_weight", "coord_loss", "coord_theta"),
+    [(1.0, "l1", 1.0), (5.0, "geman_mcclure", 0.5), (0.3, "geman_mcclure", 2.0)],
+)
+@pytest.mark.parametrize("continued", [False, True])
+def test_coordinate_term_matches_literal_loop(
+    coord_weight: float, coord_loss: str, coord_theta: float, continued: bool
+) -> None:
+    pred, target, target_coords = _sequence(frames=3)
+    prev = (target_coords[:, 0] + 0.3, target_coords[:, 0] - 0.2) if continued else None
+    loss_fn = JitterLoss(
+        theta=1.0, coord_weight=coord_weight, coord_loss=coord_loss, coord_theta=coord_theta
+    )
+    loss = loss_fn(pred, target, target_coords, *(prev or ()))
+    expected = literal_jitter_loss(
+        pred, target, target_coords, 1.0, 1e-3, 0.2, prev, coord_weight, coord_loss, coord_theta
+    )
+    assert loss.item() == pytest.approx(expected, rel=1e-10)
+
+
+def test_zero_coordinate_weight_is_the_paper_loss_bit_for_bit() -> None:
+    pred, target, target_coords = _sequence(frames=4, dtype=torch.float32)
+    prev = (target_coords[:, 0] + 0.3, target_coords[:, 0] - 0.2)
+    pred.requires_grad_(True)
+    for extra in ((), prev):
+        paper, zero = (
+            JitterLoss(**kwargs)(pred, target, target_coords, *extra)
+            for kwargs in ({}, {"coord_weight": 0.0, "coord_loss": "geman_mcclure"})
+        )
+        assert torch.equal(paper, zero)
+        assert torch.equal(*(torch.autograd.grad(v, pred)[0] for v in (paper, zero)))
+
+
+def test_coordinate_term_gradcheck() -> None:
+    pred, target, target_coords = _sequence(batch=1, frames=3, landmarks=2, size=6)
+    pred.requires_grad_(True)
+    prev = (target_coords[:, 0] + 0.4, target_coords[:, 0] - 0.1)
+    for coord_loss in ("l1", "geman_mcclure"):
+        loss_fn = JitterLoss(theta=5.0, coord_weight=2.0, coord_loss=coord_loss, coord_theta=0.7)
+        assert torch.autograd.gradcheck(lambda p, f=loss_fn: f(p, target, target_coords), (pred,))
+        assert torch.autograd.gradcheck(
+            lambda p, f=loss_fn: f(p, target, target_coords, *prev), (pred,)
+        )
+
+
+def test_coordinate_term_pulls_decoded_points_to_the_targets() -> None:
+    """Target map = prediction (no pixel gradient), target point 0.5 px off, one frame (Psi = 1):
+    a gradient step moves the decoded point toward the target point."""
+    target_coords = torch.tensor([[[[3.0, 3.0]]]], dtype=torch.float64)
+    shifted = target_coords + torch.tensor([0.4, -0.3], dtype=torch.float64)
+    target = render_gaussian(shifted, 8, 8, sigma=1.0)
+    pred = target.clone().requires_grad_(True)
+    loss_fn = JitterLoss(theta=1.0, coord_weight=10.0)
+    (grad,) = torch.autograd.grad(loss_fn(pred, target, target_coords), pred)
+    stepped = (pred - 0.05 * grad).detach()
+    before = (pdc(pred.detach()) - target_coords).norm(dim=-1)
+    after = (pdc(stepped) - target_coords).norm(dim=-1)
+    assert (after < before).all()
 
 
 def test_modulation_closed_form_and_cap() -> None:
@@ -270,6 +350,12 @@ def test_jitter_loss_rejects_bad_input() -> None:
         loss_fn(bad, target, target_coords)
     with pytest.raises(ValueError, match="theta"):
         JitterLoss(theta=-0.5)
+    with pytest.raises(ValueError, match="coord_weight"):
+        JitterLoss(coord_weight=-1.0)
+    with pytest.raises(ValueError, match="coord_loss"):
+        JitterLoss(coord_loss="l2")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="coord_theta"):
+        JitterLoss(coord_theta=0.0)
 
 
 def test_theta_zero_jitter_loss_has_no_gradient() -> None:
