@@ -44,14 +44,12 @@ from data_modules.transforms import (
     AugmentConfig,
     AugmentParams,
     DegradationConfig,
-    apply_colour,
     augmented_affine,
     box_to_center_scale,
+    crop_frame,
     landmarks_box,
     landmarks_to_crop,
     sample_augmentation,
-    to_chw_tensor,
-    warp_image,
 )
 
 log = logging.getLogger(__name__)
@@ -312,10 +310,7 @@ class LandmarkImageDataset(Dataset):
         def frame(shift: np.ndarray) -> torch.Tensor:
             shifted = affine.copy()
             shifted[:, 2] += shift
-            crop = apply_colour(warp_image(image, shifted, self.output_size), params)
-            if self.degradation is not None:
-                crop = self.degradation.apply(crop, rng)
-            return to_chw_tensor(crop)
+            return crop_frame(image, shifted, self.output_size, params, self.degradation, rng)
 
         if self.mode == "image":
             return {

@@ -301,3 +301,19 @@ def to_chw_tensor(image: np.ndarray) -> torch.Tensor:
     if image.dtype != np.uint8 or image.shape[2] != 3:
         raise ValueError(f"expected an (H, W, 3) uint8 image, got {image.shape} {image.dtype}")
     return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+
+
+def crop_frame(
+    image: np.ndarray,
+    affine: np.ndarray,
+    output_size: tuple[int, int],
+    params: AugmentParams,
+    degradation: DegradationConfig | None,
+    rng: np.random.Generator,
+) -> torch.Tensor:
+    """One training / evaluation crop: warp, the sequence's colour jitter, this frame's
+    degradation, as a (3, H, W) uint8 tensor."""
+    crop = apply_colour(warp_image(image, affine, output_size), params)
+    if degradation is not None:
+        crop = degradation.apply(crop, rng)
+    return to_chw_tensor(crop)

@@ -38,13 +38,11 @@ from data_modules.transforms import (
     AugmentConfig,
     AugmentParams,
     DegradationConfig,
-    apply_colour,
     augmented_affine,
+    crop_frame,
     landmarks_box,
     landmarks_to_crop,
     sample_augmentation,
-    to_chw_tensor,
-    warp_image,
 )
 
 log = logging.getLogger(__name__)
@@ -397,13 +395,11 @@ class VideoWindowDataset(Dataset):
             affine = augmented_affine(
                 video.centers[t], video.scales[t], self.output_size, params, self.enlarge
             )
-            crop = apply_colour(warp_image(image, affine, self.output_size), params)
-            if self.degradation is not None:
-                crop = self.degradation.apply(crop, rng)
+            crop = crop_frame(image, affine, self.output_size, params, self.degradation, rng)
             points = landmarks_to_crop(
                 video.landmarks[t].astype(np.float64), affine, params.flip, perm
             )
-            frames.append(to_chw_tensor(crop))
+            frames.append(crop)
             landmarks.append(points)
             affines.append(affine)
             norms.append(crop_norm_size(points, affine, self.spec, math.nan))
