@@ -208,7 +208,7 @@ def _verdict_text(metrics: dict[str, Any]) -> str:
         f"NRMSE no worse): **{'met' if a['passed'] else 'NOT met'}**. Lag added by the ConvLSTM: "
         f"{a['added_lag_frames']:+.2f} frames.",
     ]
-    results = metrics["results"]["degraded"]
+    results = metrics["results"][a.get("eval_set", "degraded")]
     ours = results[pipeline.OURS]
     for name, checks in a["versus_filters"].items():
         other = results[f"{pipeline.BASELINE}+{name}"]
@@ -251,7 +251,7 @@ def write_report(run_dir: str | Path, video: bool = True) -> Path:
         f"{t['evaluate_s']:.0f} s, total {t['total_s']:.0f} s ({metrics['torch_threads']} torch "
         "threads).",
         "",
-        "## Verdict (held-out degraded videos)",
+        f"## Verdict (held-out set `{metrics['acceptance'].get('eval_set', 'degraded')}`)",
         "",
         _verdict_text(metrics),
         "",
