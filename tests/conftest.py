@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from lightning_fa.backbones import HRNetConfig
+
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
@@ -15,9 +17,29 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("LIGHTNING_FA_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 
 
+# An HRNet small enough to train in a test (same code as HRNetV2-W18, other widths and depths).
+TINY_HRNET = HRNetConfig(
+    stem_channels=8,
+    layer1_planes=4,
+    layer1_blocks=1,
+    widths=(4, 8, 12, 16),
+    stage_modules=(1, 1, 1),
+    blocks_per_branch=1,
+)
+
+
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def one_thread():
+    """Train-heavy tests on one torch thread: two per process is much slower on a busy 2-core CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

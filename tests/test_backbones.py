@@ -16,7 +16,6 @@ from lightning_fa.backbones import (
     Backbone,
     CoordinateDetectorBackbone,
     HRNet,
-    HRNetConfig,
     ModuleBackbone,
     StackedHourglass,
     TorchScriptBackbone,
@@ -25,18 +24,14 @@ from lightning_fa.backbones import (
 )
 from lightning_fa.backbones.base import IMAGENET_MEAN, IMAGENET_STD
 from lightning_fa.heatmaps import render_gaussian
+from tests.conftest import TINY_HRNET
 
 # TorchScript is deprecated in recent torch but still what many released models ship as.
-pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.*is deprecated:DeprecationWarning")
+pytestmark = [
+    pytest.mark.usefixtures("one_thread"),
+    pytest.mark.filterwarnings("ignore:`torch.jit.*is deprecated:DeprecationWarning"),
+]
 
-TINY_HRNET = HRNetConfig(
-    stem_channels=8,
-    layer1_planes=4,
-    layer1_blocks=1,
-    widths=(4, 8, 12, 16),
-    stage_modules=(1, 1, 1),
-    blocks_per_branch=1,
-)
 
 # Small instances of every built-in architecture, cheap on a shared 2-core CPU.
 TINY: dict[str, Callable[[int], Backbone]] = {
@@ -46,15 +41,6 @@ TINY: dict[str, Callable[[int], Backbone]] = {
         n, num_stages=2, width=16, stem_widths=(8, 16, 16), kernel=3, stage_convs=2
     ),
 }
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Two threads per process on a machine shared by several test runs is much slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _images(batch: int, size: int) -> torch.Tensor:

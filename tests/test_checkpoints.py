@@ -18,13 +18,7 @@ from lightning_fa.backbones import (
     read_checkpoint,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _randomised(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -13,32 +13,18 @@ from torch.utils.data import DataLoader
 from lightning_fa.backbones import (
     CoordinateDetectorBackbone,
     HRNet,
-    HRNetConfig,
     ModuleBackbone,
     StackedHourglass,
 )
 from lightning_fa.losses import AdaptiveWingLoss, HeatmapMSELoss
 from lightning_fa.systems import BackbonePretrainModule
+from tests.conftest import TINY_HRNET
 
 # Steps called directly, outside a Trainer, log into the void on purpose.
-pytestmark = pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
-
-TINY_HRNET = HRNetConfig(
-    stem_channels=8,
-    layer1_planes=4,
-    layer1_blocks=1,
-    widths=(4, 8, 12, 16),
-    stage_modules=(1, 1, 1),
-    blocks_per_branch=1,
-)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = [
+    pytest.mark.usefixtures("one_thread"),
+    pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`"),
+]
 
 
 def _batch(batch: int = 4, size: int = 32, num_landmarks: int = 5) -> dict[str, torch.Tensor]:
