@@ -40,18 +40,14 @@ class ValidationSamples(pl.Callback):
             raw = pl_module.backbone_heatmaps(frames)
             stabilised, _ = pl_module.temporal.forward_sequence(raw, None)
         affine = batch["affine"][0].to(pl_module.device)
-        tracks = {
-            "ground truth": crop_to_frame(batch["landmarks"][0].to(pl_module.device), affine),
-            "backbone": crop_to_frame(pl_module.decode(raw[0]), affine),
-            "fine-tuned": crop_to_frame(pl_module.decode(stabilised[0]), affine),
+        # Crop pixels (what the network saw), per frame; the trajectories are in frame pixels.
+        crop_tracks = {
+            "ground truth": batch["landmarks"][0].to(pl_module.device),
+            "backbone": pl_module.decode(raw[0]),
+            "fine-tuned": pl_module.decode(stabilised[0]),
         }
-        tracks = {name: track.float().cpu() for name, track in tracks.items()}
-        # Drawn in crop pixels on the crop image, which is what the network saw.
-        crop_points = {
-            "ground truth": batch["landmarks"][0, 0],
-            "backbone": pl_module.decode(raw[0, :1])[0].cpu(),
-            "fine-tuned": pl_module.decode(stabilised[0, :1])[0].cpu(),
-        }
+        tracks = {name: crop_to_frame(t, affine).float().cpu() for name, t in crop_tracks.items()}
+        crop_points = {name: t[0].float().cpu() for name, t in crop_tracks.items()}
         out_dir = Path(trainer.log_dir or trainer.default_root_dir) / "samples"
         out_dir.mkdir(parents=True, exist_ok=True)
         path = out_dir / f"epoch{trainer.current_epoch:03d}.png"

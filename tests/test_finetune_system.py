@@ -278,3 +278,18 @@ def test_weightless_backbone_rebuilds_from_its_constructor(tmp_path) -> None:
     restored = StableAlignmentModule.from_checkpoint(tmp_path / "dlib.ckpt")
     torch.testing.assert_close(restored.temporal.proj.weight, module.temporal.proj.weight)
     assert type(restored.backbone) is DlibBackbone
+
+
+def test_predict_on_still_images_starts_each_from_the_initial_state() -> None:
+    module = make_module().eval()
+    for p in module.temporal.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    images = RandomSequences(3, 1)[0]["frames"][:1].expand(2, -1, -1, -1).clone()
+    affine = torch.tensor([[2.0, 0.0, 0.0], [0.0, 2.0, 0.0]]).expand(2, 2, 3)
+    with torch.no_grad():
+        out = module.predict_step({"image": images, "affine": affine}, 0)["predictions"]
+        coords, raw, _ = module(images, None)
+    assert [item["video_id"] for item in out] == [-1, -1]
+    for i, item in enumerate(out):  # identical images, no state carried: identical outputs
+        torch.testing.assert_close(item["finetuned"][0], coords[i] / 2.0)
+        torch.testing.assert_close(item["backbone"][0], raw[i] / 2.0)

@@ -259,20 +259,23 @@ class StableAlignmentModule(pl.LightningModule):
         names = getattr(datamodule, "eval_loader_names", None)
         return names[dataloader_idx] if names else f"set{dataloader_idx}"
 
-    def _stream(
-        self,
-        frames: torch.Tensor,
-        video_id: int,
-        first_frame: int,
-        cached: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, ...]:
-        """Run one video window, continuing the state of the same video's previous window."""
+    def _stream(self, batch: dict[str, torch.Tensor], i: int) -> tuple[torch.Tensor, ...]:
+        """Window i of a sequence batch -> (raw, stabilised) heatmaps (T, L, h, w). The state
+        continues that of the same video's previous window when the frames follow on, and is
+        kept for its next window."""
+        video_id, frame_index = int(batch["video_id"][i]), batch["frame_index"][i]
         last_frame, state = self._streams.get(video_id, (None, None))
-        if last_frame is None or first_frame != last_frame + 1:
+        if last_frame is None or int(frame_index[0]) != last_frame + 1:
             state = None
-        raw = cached.float() if cached is not None else self.backbone_heatmaps(frames)
+        cached = batch.get("backbone_heatmaps")
+        raw = (
+            cached[i : i + 1].float()
+            if cached is not None
+            else self.backbone_heatmaps(batch["frames"][i : i + 1])
+        )
         stabilised, state = self.temporal.forward_sequence(raw, state)
-        return raw, stabilised, state
+        self._streams[video_id] = (int(frame_index[-1]), state)
+        return raw[0], stabilised[0]
 
     def _evaluate(self, batch: dict[str, torch.Tensor], stage: str, dataloader_idx: int) -> None:
         loader = self._loader_name(dataloader_idx)
@@ -289,19 +292,11 @@ class StableAlignmentModule(pl.LightningModule):
                 )
             return
         for i in range(batch["frames"].shape[0]):
-            video_id = int(batch["video_id"][i])
             frame_index = batch["frame_index"][i]
-            cached = batch.get("backbone_heatmaps")
-            raw, stabilised, state = self._stream(
-                batch["frames"][i : i + 1],
-                video_id,
-                int(frame_index[0]),
-                None if cached is None else cached[i : i + 1],
-            )
-            self._streams[video_id] = (int(frame_index[-1]), state)
+            raw, stabilised = self._stream(batch, i)
             affine = batch["affine"][i]
             target = crop_to_frame(batch["landmarks"][i], affine)
-            for variant, heatmaps in zip(VARIANTS, (raw[0], stabilised[0])):
+            for variant, heatmaps in zip(VARIANTS, (raw, stabilised)):
                 self._metric(stage, loader, "video", variant).update(
                     crop_to_frame(self.decode(heatmaps), affine),
                     target,
@@ -361,28 +356,29 @@ class StableAlignmentModule(pl.LightningModule):
         self._log_metrics("test")
 
     def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
-        """Frame-coordinate predictions (raw backbone and fine-tuned) for every frame of the batch."""
-        outputs = []
-        frames = batch["frames"] if "frames" in batch else batch["image"][:, None]
-        affine = batch["affine"] if "frames" in batch else batch["affine"][:, None]
-        for i in range(frames.shape[0]):
-            video_id = int(batch["video_id"][i]) if "video_id" in batch else -1
-            frame_index = (
-                batch["frame_index"][i]
-                if "frame_index" in batch
-                else torch.zeros(1, dtype=torch.long, device=frames.device)
+        """Frame-coordinate predictions (raw backbone and fine-tuned) for every frame of the batch:
+        videos streamed as in evaluation, still images each from the initial state."""
+        if "image" in batch:
+            raw = self.backbone_heatmaps(batch["image"])
+            stabilised, _ = self.temporal(raw, None)
+            pairs = list(zip(raw[:, None], stabilised[:, None]))
+            affines, video_ids = batch["affine"][:, None], [-1] * len(pairs)
+            frame_indices = [torch.zeros(1, dtype=torch.long)] * len(pairs)
+        else:
+            pairs = [self._stream(batch, i) for i in range(batch["frames"].shape[0])]
+            affines, video_ids = batch["affine"], batch["video_id"].tolist()
+            frame_indices = list(batch["frame_index"])
+        outputs = [
+            {
+                "video_id": video_id,
+                "frame_index": frame_index.cpu(),
+                "backbone": crop_to_frame(self.decode(raw), affine).cpu(),
+                "finetuned": crop_to_frame(self.decode(stabilised), affine).cpu(),
+            }
+            for (raw, stabilised), affine, video_id, frame_index in zip(
+                pairs, affines, video_ids, frame_indices
             )
-            raw, stabilised, state = self._stream(frames[i : i + 1], video_id, int(frame_index[0]))
-            if video_id >= 0:
-                self._streams[video_id] = (int(frame_index[-1]), state)
-            outputs.append(
-                {
-                    "video_id": video_id,
-                    "frame_index": frame_index.cpu(),
-                    "backbone": crop_to_frame(self.decode(raw[0]), affine[i]).cpu(),
-                    "finetuned": crop_to_frame(self.decode(stabilised[0]), affine[i]).cpu(),
-                }
-            )
+        ]
         return {"predictions": outputs}
 
     # ----------------------------------------------------------- checkpoints
