@@ -51,7 +51,7 @@ from lightning_fa.backbones import (
     create_backbone,
     dlib_face_detector,
 )
-from lightning_fa.heatmaps import decode, heatmap_to_crop
+from lightning_fa.heatmaps import decode, heatmap_to_crop, landmark_patches
 from lightning_fa.temporal.filters import zero_phase_smooth
 
 log = logging.getLogger(__name__)
@@ -235,13 +235,19 @@ class UnlabelledWindows(Dataset):
         id_offset: int = 0,
         render: Callable[..., torch.Tensor] | None = None,
         stride: int = 4,
+        patch: int | None = None,
+        seed: int = 0,
     ) -> None:
+        if patch is not None and render is None:
+            raise ValueError("patch needs the precomputed heatmaps (a render function)")
         self.videos = videos
         self.id_offset = id_offset  # keeps validation video ids apart from training ones
         self.windows = windows  # (video index, first frame, length)
         self.spec = spec
         self.render = render
         self.stride = stride
+        self.patch = patch
+        self.seed = seed
 
     def __len__(self) -> int:
         return len(self.windows)
@@ -276,7 +282,20 @@ class UnlabelledWindows(Dataset):
             height, width = (side // self.stride for side in crops.shape[-2:])
             with torch.no_grad():
                 sample["backbone_heatmaps"] = self.render(points, height, width, confidence)
+        if self.patch is not None:
+            self._cut_patches(sample, item)
         return sample
+
+    def _cut_patches(self, sample: dict[str, torch.Tensor], item: int) -> None:
+        """Keep each landmark's own patch of the heatmaps (landmarks moved into it) and drop
+        the frames: a landmark-wise ConvLSTM trains on a fraction of the pixels."""
+        rng = np.random.default_rng((self.seed, item))
+        # Up to 2 heatmap pixels off-centre: the peak is not always in the middle.
+        shift = torch.from_numpy(rng.integers(-2, 3, (sample["landmarks"].shape[1], 2)))
+        sample["backbone_heatmaps"], sample["landmarks"] = landmark_patches(
+            sample["backbone_heatmaps"], sample["landmarks"], self.stride, self.patch, shift
+        )
+        sample["frames"] = sample["frames"][..., :0, :0]
 
 
 class UnlabelledVideoDataModule(L.LightningDataModule):
@@ -298,6 +317,11 @@ class UnlabelledVideoDataModule(L.LightningDataModule):
         precomputed_heatmaps: deliver `backbone_heatmaps` rendered from the cached points
             (the backbone's output on exactly the delivered crops; needs a backbone with
             `render`, i.e. a coordinate detector such as dlib).
+        train_patch: cut each training window's heatmaps to every landmark's own
+            train_patch x train_patch patch (`lightning_fa.heatmaps.landmark_patches`) and
+            drop its frames: for a landmark-wise ConvLSTM, which sees one map at a time, this
+            is the same task on ~(train_patch / heatmap side)^2 of the pixels. Validation
+            streams whole maps. Needs precomputed_heatmaps.
         max_frames: use at most this many frames of each video (quick runs).
     """
 
@@ -322,6 +346,7 @@ class UnlabelledVideoDataModule(L.LightningDataModule):
         detect_upsample: int = 0,
         max_frames: int | None = None,
         precomputed_heatmaps: bool = True,
+        train_patch: int | None = None,
         batch_size: int = 4,
         num_workers: int = 0,
         seed: int = 0,
@@ -332,6 +357,8 @@ class UnlabelledVideoDataModule(L.LightningDataModule):
                 f"need seq_len >= 2, window_step >= 1, val_window >= 2; got {seq_len}, "
                 f"{window_step}, {val_window}"
             )
+        if train_patch is not None and not precomputed_heatmaps:
+            raise ValueError("train_patch needs precomputed_heatmaps: true")
         self.save_hyperparameters()
         self.train_paths = list_videos(videos)
         self.val_paths = list_videos(val_videos) if val_videos else []
@@ -431,7 +458,11 @@ class UnlabelledVideoDataModule(L.LightningDataModule):
         ]
 
     def _windows(
-        self, videos: list[dict[str, np.ndarray]], windows: list[tuple[int, int, int]], offset: int
+        self,
+        videos: list[dict[str, np.ndarray]],
+        windows: list[tuple[int, int, int]],
+        offset: int,
+        patch: int | None = None,
     ) -> UnlabelledWindows:
         render, stride = None, 4
         if self.hparams.precomputed_heatmaps:
@@ -442,12 +473,16 @@ class UnlabelledVideoDataModule(L.LightningDataModule):
                     f"{self.hparams.backbone!r} is not one (set precomputed_heatmaps: false)"
                 )
             render, stride = backbone.render, backbone.stride
-        return UnlabelledWindows(videos, windows, self.spec, offset, render, stride)
+        return UnlabelledWindows(
+            videos, windows, self.spec, offset, render, stride, patch, self.hparams.seed
+        )
 
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit") and self.train_set is None:
             videos = [self.load_video(p) for p in self.train_paths]
-            self.train_set = self._windows(videos, self._train_windows(videos), 0)
+            self.train_set = self._windows(
+                videos, self._train_windows(videos), 0, self.hparams.train_patch
+            )
         if self.val_paths and self.val_set is None:
             videos = [self.load_video(p) for p in self.val_paths]
             self.val_set = self._windows(videos, self._val_windows(videos), len(self.train_paths))

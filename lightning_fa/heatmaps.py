@@ -269,6 +269,41 @@ def crop_to_heatmap(coords: Tensor, stride: float) -> Tensor:
     return (coords + 0.5) / stride - 0.5
 
 
+def landmark_patches(
+    heatmaps: Tensor, landmarks: Tensor, stride: float, size: int, shift: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """Each landmark's own ``size`` x ``size`` window of (T, L, H, W) heatmaps, for training a
+    landmark-wise temporal model on a fraction of the pixels.
+
+    Landmark k's window is centred on its mean position over the T frames (``landmarks``
+    (T, L, 2), crop pixels) plus ``shift`` (L, 2) heatmap pixels, rounded and kept inside the map.
+    Returns the (T, L, size, size) patches and the landmarks in *patch-crop* pixels (the crop
+    pixels that the window's heatmap pixels map to), so heatmap_to_crop / crop_to_heatmap keep
+    their meaning inside every patch.
+    """
+    _check_stride(stride)
+    if heatmaps.ndim != 4 or tuple(landmarks.shape) != (*heatmaps.shape[:2], 2):
+        raise ValueError(
+            "heatmaps must be (T, L, H, W) and landmarks (T, L, 2); got "
+            f"{tuple(heatmaps.shape)} and {tuple(landmarks.shape)}"
+        )
+    height, width = heatmaps.shape[-2:]
+    if not 1 <= size <= min(height, width):
+        raise ValueError(f"size must be in 1..{min(height, width)} (the heatmap side), got {size}")
+    centre = crop_to_heatmap(landmarks, stride).mean(dim=0)  # (L, 2) x, y
+    if shift is not None:
+        centre = centre + shift.to(centre.dtype)
+    origin = torch.round(centre - size / 2).long()
+    origin[:, 0].clamp_(0, width - size)
+    origin[:, 1].clamp_(0, height - size)
+    offsets = torch.arange(size, device=heatmaps.device)
+    rows = (origin[:, 1, None] + offsets)[:, :, None]  # (L, size, 1)
+    cols = (origin[:, 0, None] + offsets)[:, None, :]  # (L, 1, size)
+    channels = torch.arange(heatmaps.shape[1], device=heatmaps.device)[:, None, None]
+    # Heatmap -> crop is affine with slope `stride`: moving the origin is a plain offset.
+    return heatmaps[:, channels, rows, cols], landmarks - stride * origin.to(landmarks.dtype)
+
+
 def _check_affine(matrix: Tensor, name: str = "matrix") -> None:
     if matrix.ndim < 2 or tuple(matrix.shape[-2:]) != (2, 3):
         raise ValueError(f"{name} must have shape (..., 2, 3); got {tuple(matrix.shape)}")

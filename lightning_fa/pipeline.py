@@ -42,7 +42,7 @@ from data_modules.synthetic import (
     project,
 )
 from lightning_fa.backbones import create_backbone
-from lightning_fa.heatmaps import crop_to_heatmap, decode, heatmap_to_crop
+from lightning_fa.heatmaps import decode, heatmap_to_crop, landmark_patches
 from lightning_fa.losses import JitterLoss
 from lightning_fa.metrics import functional as F
 from lightning_fa.systems.finetune import StableAlignmentModule
@@ -535,30 +535,16 @@ class HeatmapWindows(torch.utils.data.Dataset):
         window = slice(start, start + self.seq_len)
         heatmaps, landmarks = self.heatmaps[video, window], self.landmarks[video, window]
         if self.crop is not None:
-            heatmaps, landmarks = self._patches(heatmaps, landmarks, rng)
+            # Up to 2 heatmap pixels off-centre: the peak is not always in the middle.
+            shift = torch.from_numpy(rng.integers(-2, 3, (landmarks.shape[1], 2)))
+            heatmaps, landmarks = landmark_patches(
+                heatmaps, landmarks, self.stride, self.crop, shift
+            )
         return {
             "frames": torch.zeros((self.seq_len, 3, 0, 0), dtype=torch.uint8),
             "landmarks": landmarks,
             "backbone_heatmaps": heatmaps,
         }
-
-    def _patches(
-        self, heatmaps: torch.Tensor, landmarks: torch.Tensor, rng: np.random.Generator
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(T, L, crop, crop) patches and (T, L, 2) landmarks in patch-crop pixels."""
-        crop, (height, width) = self.crop, heatmaps.shape[-2:]
-        centre = crop_to_heatmap(landmarks, self.stride).mean(dim=0)  # (L, 2) x, y
-        shift = torch.from_numpy(rng.integers(-2, 3, tuple(centre.shape))).float()
-        origin = torch.round(centre - crop / 2 + shift).long()
-        origin[:, 0].clamp_(0, width - crop)
-        origin[:, 1].clamp_(0, height - crop)
-        offsets = torch.arange(crop)
-        rows = (origin[:, 1, None] + offsets)[:, :, None]  # (L, crop, 1)
-        cols = (origin[:, 0, None] + offsets)[:, None, :]  # (L, 1, crop)
-        channels = torch.arange(heatmaps.shape[1])[:, None, None]
-        patches = heatmaps[:, channels, rows, cols]
-        # Heatmap -> crop is affine with slope `stride`: a patch origin shift is a plain offset.
-        return patches, landmarks - self.stride * origin.to(landmarks.dtype)
 
 
 def training_videos(config: PipelineConfig) -> list[SyntheticVideo]:

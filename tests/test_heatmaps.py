@@ -20,6 +20,7 @@ from lightning_fa.heatmaps import (
     frame_to_crop,
     heatmap_to_crop,
     invert_affine,
+    landmark_patches,
     pdc,
     render_gaussian,
 )
@@ -353,3 +354,27 @@ def test_pdc_alternates_between_inference_mode_and_normal_mode() -> None:
         inside_again = pdc(heatmaps)
     for result in (inside, outside, inside_again):
         torch.testing.assert_close(result, expected)
+
+
+def test_landmark_patches_keep_each_peak_where_the_moved_landmark_says():
+    stride, size = 4.0, 12
+    truth = torch.tensor([[10.3, 20.7], [2.2, 3.9], [29.6, 30.1]])  # heatmap px; two near borders
+    maps = render_gaussian(truth[None], 32, 32, sigma=1.5).expand(5, -1, -1, -1)
+    landmarks = heatmap_to_crop(truth, stride)[None].expand(5, -1, -1)
+    patches, moved = landmark_patches(maps, landmarks, stride, size, torch.tensor([[1, -2]] * 3))
+    assert patches.shape == (5, 3, size, size)
+    # A patch decodes where its moved landmark lies, up to the whole map's own decoding error
+    # (the border Gaussians are cut off alike in the map and in their clamped patches).
+    full_error = decode(maps[0], "pdc") - truth
+    in_patch = crop_to_heatmap(moved[0], stride)
+    torch.testing.assert_close(decode(patches[0], "pdc"), in_patch + full_error)
+    assert (in_patch >= 0).all() and (in_patch <= size - 1).all()
+    assert (moved[1:] == moved[:1]).all()
+
+
+def test_landmark_patches_reject_bad_shapes_and_sizes():
+    maps, landmarks = torch.zeros(2, 3, 16, 16), torch.zeros(2, 3, 2)
+    with pytest.raises(ValueError, match=r"\(T, L, H, W\)"):
+        landmark_patches(maps[0], landmarks, 4.0, 8)
+    with pytest.raises(ValueError, match=r"size must be in 1\.\.16"):
+        landmark_patches(maps, landmarks, 4.0, 17)

@@ -7,6 +7,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from data_modules import unlabelled
 from data_modules.unlabelled import (
@@ -137,7 +138,6 @@ def test_precomputed_heatmaps_equal_the_backbone_on_the_delivered_frames(
     they must be what the frozen backbone computes on exactly the delivered crops."""
     pytest.importorskip("dlib")
     pytest.importorskip("face_recognition_models")
-    import torch
 
     from lightning_fa.backbones import DlibBackbone
 
@@ -156,6 +156,34 @@ def test_precomputed_heatmaps_equal_the_backbone_on_the_delivered_frames(
         torch.testing.assert_close(sample["backbone_heatmaps"], expected, rtol=0, atol=1e-6)
     batch = next(iter(datamodule.train_dataloader()))
     assert batch["backbone_heatmaps"].shape == (1, 3, 68, 64, 64)
+
+
+@pytest.mark.slow
+def test_train_patches_are_windows_of_the_full_maps(shared_data: Path, tmp_path: Path) -> None:
+    pytest.importorskip("dlib")
+    pytest.importorskip("face_recognition_models")
+    settings = dict(
+        videos=str(shared_data / CLIP), val_videos=[str(shared_data / CLIP)],
+        cache_dir=str(tmp_path), max_frames=8, seq_len=4, window_step=4, val_window=8,
+    )  # fmt: skip
+    full = UnlabelledVideoDataModule(**settings)
+    patched = UnlabelledVideoDataModule(**settings, train_patch=12)
+    full.setup("fit")
+    patched.setup("fit")  # reads the cache the first module wrote
+    for item in range(len(full.train_set)):
+        whole, cut = full.train_set[item], patched.train_set[item]
+        assert cut["backbone_heatmaps"].shape == (4, 68, 12, 12) and cut["frames"].numel() == 0
+        # Landmarks move by a whole number of heatmap pixels: the patch origin.
+        origin = (whole["landmarks"] - cut["landmarks"]) / patched.train_set.stride
+        assert torch.equal(origin, origin.round()) and (origin == origin[:1]).all()
+        for k in (0, 30, 67):
+            x0, y0 = (int(v) for v in origin[0, k])
+            window = whole["backbone_heatmaps"][:, k, y0 : y0 + 12, x0 : x0 + 12]
+            assert torch.equal(cut["backbone_heatmaps"][:, k], window)
+    # Validation keeps whole maps; patches need the precomputed heatmaps.
+    assert patched.val_set[0]["backbone_heatmaps"].shape[-2:] == (64, 64)
+    with pytest.raises(ValueError, match="train_patch needs precomputed_heatmaps"):
+        UnlabelledVideoDataModule(**settings, train_patch=12, precomputed_heatmaps=False)
 
 
 def test_experiment_goals() -> None:
