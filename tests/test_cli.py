@@ -141,3 +141,41 @@ def test_fast_dev_run(tmp_path) -> None:
 def test_unknown_command_is_rejected(capsys) -> None:
     assert main(["frobnicate"]) == 2
     assert "unknown command" in capsys.readouterr().err
+
+
+def _experiment(*parts: str) -> str:
+    return str(REPO_ROOT / "experiments" / Path(*parts))
+
+
+# What users compose (Makefile: base + backbone + data [+ trainer]; the unlabelled route): each
+# must still parse against the current class signatures.
+COMPOSITIONS = {
+    **{
+        f"hrnet+{data}": ("backbone/hrnet.yaml", f"data/{data}.yaml")
+        for data in ("300w", "wflw", "cofw", "aflw", "300vw", "synthetic")
+    },
+    **{
+        f"{backbone}+300w": (f"backbone/{backbone}.yaml", "data/300w.yaml")
+        for backbone in ("hrnet_lite", "hourglass", "cpm")
+    },
+    **{
+        f"hrnet+300w+{trainer}": (
+            "backbone/hrnet.yaml",
+            "data/300w.yaml",
+            f"trainer/{trainer}.yaml",
+        )
+        for trainer in ("cpu-debug", "gpu-bf16", "ddp", "slurm")
+    },
+    "unlabelled": ("unlabelled.yaml",),
+}
+
+
+@pytest.mark.parametrize("parts", COMPOSITIONS.values(), ids=COMPOSITIONS.keys())
+def test_experiment_configs_compose(parts, capsys) -> None:
+    configs = [arg for part in ("base.yaml", *parts) for arg in ("--config", _experiment(part))]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", *configs, "--print_config"])
+    assert exit_info.value.code in (0, None)
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["class_path"].endswith("StableAlignmentModule")
+    assert printed["data"]["class_path"]
