@@ -264,9 +264,10 @@ class UnlabelledWindows(Dataset):
         video = self.videos[index]
         frames = slice(first, first + length)
         labels = video["labels"][frames]
-        crops = torch.from_numpy(np.ascontiguousarray(video["crops"][frames])).permute(0, 3, 1, 2)
+        # Patches replace what the frames would give (the heatmaps), so they skip the copy.
+        crops = video["crops"][frames, :0, :0] if self.patch else video["crops"][frames]
         sample = {
-            "frames": crops,
+            "frames": torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2),
             "landmarks": torch.from_numpy(labels.astype(np.float32)),
             "affine": torch.from_numpy(video["affines"][frames].astype(np.float32)),
             "valid": torch.from_numpy(video["detected"][frames].copy()),
@@ -279,23 +280,19 @@ class UnlabelledWindows(Dataset):
             confidence = video.get("detector_confidence")
             if confidence is not None:
                 confidence = torch.from_numpy(confidence[frames])
-            height, width = (side // self.stride for side in crops.shape[-2:])
+            height, width = (side // self.stride for side in video["crops"].shape[1:3])
             with torch.no_grad():
                 sample["backbone_heatmaps"] = self.render(points, height, width, confidence)
         if self.patch is not None:
-            self._cut_patches(sample, item)
+            # Each landmark's own patch of its map, the landmarks moved into it.
+            sample["backbone_heatmaps"], sample["landmarks"] = landmark_patches(
+                sample["backbone_heatmaps"],
+                sample["landmarks"],
+                self.stride,
+                self.patch,
+                np.random.default_rng((self.seed, item)),
+            )
         return sample
-
-    def _cut_patches(self, sample: dict[str, torch.Tensor], item: int) -> None:
-        """Keep each landmark's own patch of the heatmaps (landmarks moved into it) and drop
-        the frames: a landmark-wise ConvLSTM trains on a fraction of the pixels."""
-        rng = np.random.default_rng((self.seed, item))
-        # Up to 2 heatmap pixels off-centre: the peak is not always in the middle.
-        shift = torch.from_numpy(rng.integers(-2, 3, (sample["landmarks"].shape[1], 2)))
-        sample["backbone_heatmaps"], sample["landmarks"] = landmark_patches(
-            sample["backbone_heatmaps"], sample["landmarks"], self.stride, self.patch, shift
-        )
-        sample["frames"] = sample["frames"][..., :0, :0]
 
 
 class UnlabelledVideoDataModule(L.LightningDataModule):

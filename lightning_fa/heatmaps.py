@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -270,13 +271,20 @@ def crop_to_heatmap(coords: Tensor, stride: float) -> Tensor:
 
 
 def landmark_patches(
-    heatmaps: Tensor, landmarks: Tensor, stride: float, size: int, shift: Tensor | None = None
+    heatmaps: Tensor,
+    landmarks: Tensor,
+    stride: float,
+    size: int,
+    rng: np.random.Generator | None = None,
+    max_shift: int = 2,
 ) -> tuple[Tensor, Tensor]:
     """Each landmark's own ``size`` x ``size`` window of (T, L, H, W) heatmaps, for training a
     landmark-wise temporal model on a fraction of the pixels.
 
     Landmark k's window is centred on its mean position over the T frames (``landmarks``
-    (T, L, 2), crop pixels) plus ``shift`` (L, 2) heatmap pixels, rounded and kept inside the map.
+    (T, L, 2), crop pixels), rounded and kept inside the map; with ``rng``, moved by a whole
+    number of heatmap pixels drawn from -max_shift..max_shift per axis, so that the peak is not
+    always in the middle of its patch.
     Returns the (T, L, size, size) patches and the landmarks in *patch-crop* pixels (the crop
     pixels that the window's heatmap pixels map to), so heatmap_to_crop / crop_to_heatmap keep
     their meaning inside every patch.
@@ -291,8 +299,9 @@ def landmark_patches(
     if not 1 <= size <= min(height, width):
         raise ValueError(f"size must be in 1..{min(height, width)} (the heatmap side), got {size}")
     centre = crop_to_heatmap(landmarks, stride).mean(dim=0)  # (L, 2) x, y
-    if shift is not None:
-        centre = centre + shift.to(centre.dtype)
+    if rng is not None:
+        shift = rng.integers(-max_shift, max_shift + 1, tuple(centre.shape))
+        centre = centre + torch.from_numpy(shift).to(centre)
     origin = torch.round(centre - size / 2).long()
     origin[:, 0].clamp_(0, width - size)
     origin[:, 1].clamp_(0, height - size)

@@ -535,11 +535,7 @@ class HeatmapWindows(torch.utils.data.Dataset):
         window = slice(start, start + self.seq_len)
         heatmaps, landmarks = self.heatmaps[video, window], self.landmarks[video, window]
         if self.crop is not None:
-            # Up to 2 heatmap pixels off-centre: the peak is not always in the middle.
-            shift = torch.from_numpy(rng.integers(-2, 3, (landmarks.shape[1], 2)))
-            heatmaps, landmarks = landmark_patches(
-                heatmaps, landmarks, self.stride, self.crop, shift
-            )
+            heatmaps, landmarks = landmark_patches(heatmaps, landmarks, self.stride, self.crop, rng)
         return {
             "frames": torch.zeros((self.seq_len, 3, 0, 0), dtype=torch.uint8),
             "landmarks": landmarks,

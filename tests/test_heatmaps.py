@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -361,7 +362,8 @@ def test_landmark_patches_keep_each_peak_where_the_moved_landmark_says():
     truth = torch.tensor([[10.3, 20.7], [2.2, 3.9], [29.6, 30.1]])  # heatmap px; two near borders
     maps = render_gaussian(truth[None], 32, 32, sigma=1.5).expand(5, -1, -1, -1)
     landmarks = heatmap_to_crop(truth, stride)[None].expand(5, -1, -1)
-    patches, moved = landmark_patches(maps, landmarks, stride, size, torch.tensor([[1, -2]] * 3))
+    rng = np.random.default_rng(0)
+    patches, moved = landmark_patches(maps, landmarks, stride, size, rng, max_shift=2)
     assert patches.shape == (5, 3, size, size)
     # A patch decodes where its moved landmark lies, up to the whole map's own decoding error
     # (the border Gaussians are cut off alike in the map and in their clamped patches).
@@ -370,6 +372,9 @@ def test_landmark_patches_keep_each_peak_where_the_moved_landmark_says():
     torch.testing.assert_close(decode(patches[0], "pdc"), in_patch + full_error)
     assert (in_patch >= 0).all() and (in_patch <= size - 1).all()
     assert (moved[1:] == moved[:1]).all()
+    # Without rng each window is centred on its landmark (up to rounding and the map border).
+    _, centred = landmark_patches(maps, landmarks, stride, size)
+    assert (crop_to_heatmap(centred[0, 0], stride) - (size / 2)).abs().max() <= 0.5
 
 
 def test_landmark_patches_reject_bad_shapes_and_sizes():
