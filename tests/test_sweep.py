@@ -20,6 +20,11 @@ THETA_KEY = "model.init_args.loss.init_args.theta"
 PDC_KEY = "model.init_args.pdc_threshold"
 
 
+def wandb_fit_command(config: str) -> list[str]:
+    """A W&B sweep `command` that runs `lightning-fa fit --config CONFIG` with the point's args."""
+    return ["${env}", "python", "-m", "lightning_fa", "fit", "--config", config, "${args}"]
+
+
 def printed_config(args: list[str], capsys) -> dict:
     with pytest.raises(SystemExit) as exit_info:
         cli_main([*args, "--print_config"])
@@ -74,16 +79,7 @@ def test_grid_order_and_single_values(tmp_path) -> None:
                     "b": {"value": "x"},
                     "c": {"values": [3, 4]},
                 },
-                "command": [
-                    "${env}",
-                    "python",
-                    "-m",
-                    "lightning_fa",
-                    "fit",
-                    "--config",
-                    "b.yaml",
-                    "${args}",
-                ],
+                "command": wandb_fit_command("b.yaml"),
             },
             sort_keys=False,
         )
@@ -140,16 +136,7 @@ def tiny_sweep(tmp_path: Path) -> tuple[Path, Path]:
                     "model.init_args.tbptt_chunk": {"values": [2, 0]},
                     PDC_KEY: {"values": [0.1, 0.3]},
                 },
-                "command": [
-                    "${env}",
-                    "python",
-                    "-m",
-                    "lightning_fa",
-                    "fit",
-                    "--config",
-                    "unused.yaml",
-                    "${args}",
-                ],
+                "command": wandb_fit_command("unused.yaml"),
             },
             sort_keys=False,
         )
