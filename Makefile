@@ -24,7 +24,7 @@ SWEEP_OUT ?=
 # when the checkpoint stores the backbone weights.
 BACKBONE_CKPT ?=
 
-.PHONY: help install test test-fast lint format bench pretrain finetune evaluate report sweep sweep-local clean
+.PHONY: help install test test-fast lint format bench pretrain finetune evaluate report sweep sweep-local gpu-check clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -50,6 +50,11 @@ format: ## Apply ruff formatting and autofixes
 
 bench: ## Speed/memory figures side by side, written to $(BENCH_OUT)
 	$(PY) -m lightning_fa bench --out $(BENCH_OUT)
+
+gpu-check: ## On a CUDA machine: GPU tests, a bf16 fine-tuning smoke run, `bench --device cuda` (-> $(BENCH_OUT))
+	$(PY) -m pytest -q -m gpu
+	$(PY) -m lightning_fa fit --config experiments/base.yaml --config experiments/backbone/hrnet.yaml --config experiments/data/synthetic.yaml --config experiments/trainer/gpu-bf16.yaml --config experiments/gpu-smoke.yaml $(ARGS)
+	$(PY) -m lightning_fa bench --device cuda --out $(BENCH_OUT)
 
 pretrain: ## Pretrain the backbone on synthetic face images (cached in cache/backbones; RETRAIN=1 forces)
 ifeq ($(DATA),synthetic)

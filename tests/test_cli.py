@@ -167,6 +167,12 @@ COMPOSITIONS = {
         for trainer in ("cpu-debug", "gpu-bf16", "ddp", "slurm")
     },
     "unlabelled": ("unlabelled.yaml",),
+    "gpu-smoke": (
+        "backbone/hrnet.yaml",
+        "data/synthetic.yaml",
+        "trainer/gpu-bf16.yaml",
+        "gpu-smoke.yaml",
+    ),
 }
 
 

@@ -25,6 +25,16 @@ def make_module(channels_last: bool = False) -> StableAlignmentModule:
     return module.eval()
 
 
+def assert_bf16_close(fast: torch.Tensor, exact: torch.Tensor) -> None:
+    """(N, L, 2) coordinates decoded after bf16 vs fp32. An untrained backbone's maps are nearly
+    flat: where two cells are almost equal, bf16 rounding can move a landmark's peak across the
+    map, so the check is on the bulk of the landmarks, not the worst one."""
+    assert fast.dtype == torch.float32 and torch.isfinite(fast).all()
+    error = (fast - exact).abs().amax(-1)
+    assert error.median() < 0.1
+    assert (error < 1.0).float().mean() > 0.9, f"{(error >= 1.0).sum()} of {error.numel()} moved"
+
+
 def frames(n: int, seed: int) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     return torch.randint(0, 256, (n, 3, SIZE, SIZE), generator=generator, dtype=torch.uint8)
@@ -75,9 +85,7 @@ def test_bf16_autocast_on_cpu_runs_and_stays_close() -> None:
     clip = frames(2, 6)
     exact = MultiStreamInference(module).step(clip, [0, 1])[1]
     bf16 = MultiStreamInference(module, precision="bf16").step(clip, [0, 1])[1]
-    assert bf16.dtype == torch.float32 and torch.isfinite(bf16).all()
-    # Raw PDC coordinates of a random backbone move by at most a few heatmap pixels in bf16.
-    assert (bf16 - exact).abs().max() < 8.0
+    assert_bf16_close(bf16, exact)
 
 
 def test_compile_falls_back_to_eager_when_unavailable(monkeypatch) -> None:
@@ -115,4 +123,4 @@ def test_cuda_multistream_bf16_channels_last_compile_matches_fp32() -> None:
     ids = list(range(8))
     exact = MultiStreamInference(module).step(clip, ids)[0]
     fast = MultiStreamInference(module, precision="bf16", channels_last=True, compile=True)
-    assert (fast.step(clip, ids)[0] - exact).abs().max() < 8.0
+    assert_bf16_close(fast.step(clip, ids)[0], exact)
