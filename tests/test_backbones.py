@@ -348,6 +348,21 @@ def test_dlib_backbone_near_labels_on_real_faces(shared_data: Path) -> None:
         assert error < 0.10, f"{name}: NME {100 * error:.1f}%"
 
 
+def test_dlib_backbone_survives_deepcopy_and_pickle() -> None:
+    # Weight-averaging callbacks deep-copy the LightningModule; spawn-based DDP pickles it.
+    pytest.importorskip("dlib")
+    pytest.importorskip("face_recognition_models")
+    import copy
+    import pickle
+
+    backbone = create_backbone("dlib", 68).eval()
+    images = torch.randint(0, 256, (1, 3, 256, 256), generator=torch.Generator().manual_seed(0))
+    expected = backbone(backbone.preprocess(images.to(torch.uint8)))
+    for clone in (copy.deepcopy(backbone), pickle.loads(pickle.dumps(backbone))):
+        assert clone.detector._predictor is not backbone.detector._predictor
+        torch.testing.assert_close(clone(clone.preprocess(images.to(torch.uint8))), expected)
+
+
 def test_dlib_backbone_needs_68_points() -> None:
     pytest.importorskip("dlib")
     pytest.importorskip("face_recognition_models")

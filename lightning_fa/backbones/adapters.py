@@ -175,7 +175,13 @@ class DlibShapePredictor:
         self._dlib = dlib
         self._predictor = dlib.shape_predictor(str(path))
         self._face_detector = dlib.get_frontal_face_detector() if detect_in_crop else None
+        self.predictor_path = path
         self.inset = inset
+
+    def __reduce__(self) -> tuple[type, tuple[Path, float, bool]]:
+        # dlib's objects neither pickle nor deep-copy (weight-averaging callbacks deep-copy the
+        # whole LightningModule, spawn-based DDP pickles it): rebuild from the model file.
+        return type(self), (self.predictor_path, self.inset, self._face_detector is not None)
 
     def _face_box(self, image: np.ndarray) -> Any:
         height, width = image.shape[:2]
