@@ -947,14 +947,7 @@ def bench_tracker(ctx: BenchContext) -> Figures:
     x1, y1 = landmarks[0].min(0)
     x2, y2 = landmarks[0].max(0)
     detector = FixedBoxDetector([x1, y1, x2, y2, 1.0], tracking.BoxCalibration(0.0, 1.0))
-    backbone = create_backbone(backbone_name, 68).to(ctx.device).eval()
-    crop = torch.randint(0, 256, (1, 3, *backbone.input_size), dtype=torch.uint8, device=ctx.device)
-
-    def bare_backbone() -> None:
-        with torch.inference_mode():
-            backbone(backbone.preprocess(crop))
-
-    workloads: dict[str, Callable[[], Any]] = {"bare_backbone": bare_backbone}
+    workloads: dict[str, Callable[[], Any]] = {}
     figures: Figures = {"backbone": backbone_name, "frame_size": [video_size, video_size],
                         "detector": "fixed box (detection cost excluded)", "engines": {}}  # fmt: skip
     trackers = {}
@@ -974,10 +967,24 @@ def bench_tracker(ctx: BenchContext) -> Figures:
         )
         trackers[engine] = tracker
         figures["engines"][engine] = {"load_s": round(time.perf_counter() - start, 2)}
-        counter = iter(range(10**9))
-        workloads[f"tracker_{engine}"] = lambda tracker=tracker, counter=counter: tracker.step(
-            frames[next(counter) % len(frames)]
-        )
+        workloads[f"tracker_{engine}"] = _tracker_workload(ctx, tracker, frames)
+    # The reference: the torch tracker's own backbone on the crop the tracker cuts from the
+    # first frame (an untrained network's CPU speed depends on its weights and input).
+    if "torch" in trackers:
+        reference = trackers["torch"]
+        backbone = reference.step_fn.module.backbone
+        centre, side = reference._detector_crops(detector(frames[0]))[0]
+        crop = torch.from_numpy(reference._crop(frames[0], centre, side)[0].copy())[None]
+    else:
+        backbone = create_backbone(backbone_name, 68).eval()
+        crop = torch.randint(0, 256, (1, 3, *backbone.input_size), dtype=torch.uint8)
+    backbone, crop = backbone.to(ctx.device), crop.to(ctx.device)
+
+    def bare_backbone() -> None:
+        with torch.inference_mode():
+            backbone(backbone.preprocess(crop))
+
+    workloads["bare_backbone"] = bare_backbone
     timings = time_interleaved(ctx, workloads, repeats=ctx.pick(2, 30, 100), warmup=2)
     figures["bare_backbone"] = {**timings["bare_backbone"],
                                 "frames_per_s": per_second(1, timings["bare_backbone"])}  # fmt: skip
@@ -991,7 +998,55 @@ def bench_tracker(ctx: BenchContext) -> Figures:
                 "tracks_at_end": len(tracker.tracks),
             }
         )
+    if "torch" in trackers:
+        figures["engines"]["torch"]["overhead_vs_backbone_in_step"] = _in_step_overhead(
+            workloads["tracker_torch"]
+        )
     return figures
+
+
+def _tracker_workload(ctx: BenchContext, tracker: Any, frames: list[np.ndarray]) -> Callable:
+    """`tracker.step` on the frames in turn. With the torch engine it also records, per call,
+    the whole step's seconds and those spent inside the backbone's forward (hooks), so that
+    the overhead is measured on the very frames and weights of the step itself."""
+    counter = iter(range(10**9))
+    calls: list[tuple[float, float]] = []
+    module = getattr(tracker.step_fn, "module", None)
+    inside: list[float] = []
+    if module is not None:
+        starts: list[float] = []
+
+        def before(*_: Any) -> None:
+            ctx.sync()
+            starts.append(time.perf_counter())
+
+        def after(*_: Any) -> None:
+            ctx.sync()
+            inside.append(time.perf_counter() - starts.pop())
+
+        module.backbone.register_forward_pre_hook(before)
+        module.backbone.register_forward_hook(after)
+
+    def run() -> None:
+        inside.clear()
+        start = time.perf_counter()
+        tracker.step(frames[next(counter) % len(frames)])
+        ctx.sync()
+        calls.append((time.perf_counter() - start, sum(inside)))
+
+    run.calls = calls  # type: ignore[attr-defined]
+    return run
+
+
+def _in_step_overhead(workload: Callable) -> Figures:
+    """Median over steps of (step - backbone forward inside it) / backbone forward."""
+    calls = [(total, inside) for total, inside in workload.calls if inside > 0]
+    overhead = [(total - inside) / inside for total, inside in calls]
+    return {
+        "median_ratio": round(float(np.median(overhead)), 4),
+        "median_overhead_ms": round(1000 * float(np.median([t - i for t, i in calls])), 3),
+        "steps": len(calls),
+    }
 
 
 def random_face_video(num_frames: int, size: int) -> tuple[list[np.ndarray], np.ndarray]:

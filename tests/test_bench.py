@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -77,6 +78,46 @@ def test_missing_component_is_skipped_not_a_crash(tmp_path, monkeypatch):
     assert results["tracker"]["skipped"].startswith("tracker not available")
     assert "no_such_component" in results["needs_missing_part"]["skipped"]
     assert "cuda" in results["gpu_path"]["skipped"]
+
+
+def test_smoke_tracker_reports_both_engines_and_the_in_step_overhead(tmp_path):
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "bench.json"
+    assert bench.main(["--smoke", "--only", "tracker", "--out", str(out)]) == 0
+    tracker = json.loads(out.read_text())["benchmarks"]["tracker"]
+    assert TIMING_KEYS <= set(tracker["bare_backbone"])
+    for engine in ("torch", "onnx"):
+        figures = tracker["engines"][engine]
+        assert figures["frames_per_s"] > 0 and figures["tracks_at_end"] == 1
+    in_step = tracker["engines"]["torch"]["overhead_vs_backbone_in_step"]
+    assert in_step["steps"] == 4  # 2 warm-up + 2 timed steps, each ran the backbone once
+    assert in_step["median_ratio"] > 0
+
+
+def test_in_step_overhead_separates_the_backbone_from_the_rest() -> None:
+    # A stand-in tracker: the "backbone" sleeps 40 ms inside each step, the rest 10 ms.
+    class Sleeper(torch.nn.Module):
+        def forward(self, x):
+            time.sleep(0.040)
+            return x
+
+    class FakeTracker:
+        def __init__(self) -> None:
+            self.step_fn = type("Step", (), {"module": type("M", (), {"backbone": Sleeper()})()})
+
+        def step(self, frame):
+            time.sleep(0.010)
+            return self.step_fn.module.backbone(torch.zeros(1))
+
+    ctx = bench.BenchContext(device=torch.device("cpu"))
+    run = bench._tracker_workload(ctx, FakeTracker(), [np.zeros((2, 2, 3), np.uint8)])
+    for _ in range(3):
+        run()
+    figures = bench._in_step_overhead(run)
+    assert figures["steps"] == 3
+    # Sleeps only ever overrun: 10 ms of 40 ms is 0.25, a loaded machine stretches both.
+    assert 0.1 <= figures["median_ratio"] < 1.0
+    assert figures["median_overhead_ms"] >= 10.0
 
 
 def test_failing_benchmark_is_recorded_and_sets_exit_code(tmp_path, monkeypatch):
