@@ -1028,7 +1028,7 @@ def _tracker_workload(ctx: BenchContext, tracker: Any, frames: list[np.ndarray])
         module.backbone.register_forward_hook(after)
 
     def run() -> None:
-        inside.clear()
+        inside.clear()  # drops what the hooks saw outside a step (the bare reference forward)
         start = time.perf_counter()
         tracker.step(frames[next(counter) % len(frames)])
         ctx.sync()
