@@ -51,7 +51,7 @@ from lightning_fa.backbones import (
     create_backbone,
     dlib_face_detector,
 )
-from lightning_fa.heatmaps import decode, heatmap_to_crop, landmark_patches
+from lightning_fa.heatmaps import augment_patches, decode, heatmap_to_crop, landmark_patches
 from lightning_fa.temporal.filters import zero_phase_smooth
 
 log = logging.getLogger(__name__)
@@ -237,9 +237,12 @@ class UnlabelledWindows(Dataset):
         stride: int = 4,
         patch: int | None = None,
         seed: int = 0,
+        augment: bool = False,
     ) -> None:
         if patch is not None and render is None:
             raise ValueError("patch needs the precomputed heatmaps (a render function)")
+        if augment and patch is None:
+            raise ValueError("augment needs patch (it acts on landmark patches)")
         self.videos = videos
         self.id_offset = id_offset  # keeps validation video ids apart from training ones
         self.windows = windows  # (video index, first frame, length)
@@ -248,6 +251,7 @@ class UnlabelledWindows(Dataset):
         self.stride = stride
         self.patch = patch
         self.seed = seed
+        self.augment = augment
 
     def __len__(self) -> int:
         return len(self.windows)
@@ -262,7 +266,15 @@ class UnlabelledWindows(Dataset):
     def __getitem__(self, item: int) -> dict[str, torch.Tensor]:
         index, first, length = self.windows[item]
         video = self.videos[index]
-        frames = slice(first, first + length)
+        frames = np.arange(first, first + length)
+        # Drawn from torch's generator, which Lightning seeds and DataLoader workers re-seed
+        # every epoch: each epoch sees a new augmentation of a window.
+        augmentation = (
+            np.random.default_rng(int(torch.randint(2**62, ()))) if self.augment else None
+        )
+        if augmentation is not None and augmentation.random() < 0.5:
+            # Backwards in time: the zero-phase pseudo labels stay valid, the motion reverses.
+            frames = frames[::-1].copy()
         labels = video["labels"][frames]
         # Patches replace what the frames would give (the heatmaps), so they skip the copy.
         crops = video["crops"][frames, :0, :0] if self.patch else video["crops"][frames]
@@ -273,7 +285,7 @@ class UnlabelledWindows(Dataset):
             "valid": torch.from_numpy(video["detected"][frames].copy()),
             "norm_size": torch.from_numpy(self._norm_size(labels).astype(np.float32)),
             "video_id": torch.tensor(self.id_offset + index, dtype=torch.int64),
-            "frame_index": torch.arange(first, first + length, dtype=torch.int64),
+            "frame_index": torch.from_numpy(frames),
         }
         if self.render is not None:
             points = torch.from_numpy(video["detector_points"][frames])
@@ -291,6 +303,10 @@ class UnlabelledWindows(Dataset):
                 self.stride,
                 self.patch,
                 np.random.default_rng((self.seed, item)),
+            )
+        if augmentation is not None:
+            sample["backbone_heatmaps"], sample["landmarks"] = augment_patches(
+                sample["backbone_heatmaps"], sample["landmarks"], self.stride, augmentation
             )
         return sample
 
@@ -319,6 +335,9 @@ class UnlabelledVideoDataModule(L.LightningDataModule):
             drop its frames: for a landmark-wise ConvLSTM, which sees one map at a time, this
             is the same task on ~(train_patch / heatmap side)^2 of the pixels. Validation
             streams whole maps. Needs precomputed_heatmaps.
+        augment: train on random symmetries of the patches (`augment_patches`: mirrors and
+            axis swaps, per landmark) and on windows run backwards in time (half of them).
+            Needs train_patch.
         max_frames: use at most this many frames of each video (quick runs).
     """
 
@@ -344,6 +363,7 @@ class UnlabelledVideoDataModule(L.LightningDataModule):
         max_frames: int | None = None,
         precomputed_heatmaps: bool = True,
         train_patch: int | None = None,
+        augment: bool = False,
         batch_size: int = 4,
         num_workers: int = 0,
         seed: int = 0,
@@ -356,6 +376,8 @@ class UnlabelledVideoDataModule(L.LightningDataModule):
             )
         if train_patch is not None and not precomputed_heatmaps:
             raise ValueError("train_patch needs precomputed_heatmaps: true")
+        if augment and train_patch is None:
+            raise ValueError("augment needs train_patch (it acts on landmark patches)")
         self.save_hyperparameters()
         self.train_paths = list_videos(videos)
         self.val_paths = list_videos(val_videos) if val_videos else []
@@ -460,6 +482,7 @@ class UnlabelledVideoDataModule(L.LightningDataModule):
         windows: list[tuple[int, int, int]],
         offset: int,
         patch: int | None = None,
+        augment: bool = False,
     ) -> UnlabelledWindows:
         render, stride = None, 4
         if self.hparams.precomputed_heatmaps:
@@ -471,14 +494,18 @@ class UnlabelledVideoDataModule(L.LightningDataModule):
                 )
             render, stride = backbone.render, backbone.stride
         return UnlabelledWindows(
-            videos, windows, self.spec, offset, render, stride, patch, self.hparams.seed
+            videos, windows, self.spec, offset, render, stride, patch, self.hparams.seed, augment
         )
 
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit") and self.train_set is None:
             videos = [self.load_video(p) for p in self.train_paths]
             self.train_set = self._windows(
-                videos, self._train_windows(videos), 0, self.hparams.train_patch
+                videos,
+                self._train_windows(videos),
+                0,
+                self.hparams.train_patch,
+                self.hparams.augment,
             )
         if self.val_paths and self.val_set is None:
             videos = [self.load_video(p) for p in self.val_paths]

@@ -313,6 +313,37 @@ def landmark_patches(
     return heatmaps[:, channels, rows, cols], landmarks - stride * origin.to(landmarks.dtype)
 
 
+def augment_patches(
+    patches: Tensor, landmarks: Tensor, stride: float, rng: np.random.Generator
+) -> tuple[Tensor, Tensor]:
+    """A random symmetry of landmark patches (`landmark_patches`' output), for training a
+    landmark-wise temporal model on more varied motion than a few clips hold.
+
+    Each landmark's (T, S, S) sequence gets its own element of the square's 8 symmetries
+    (mirror x, mirror y, swap the axes), so one window shows the shared cell eight motion
+    directions (a coordinate detector's maps are isotropic Gaussians, so the mirrored sequences
+    are as real as the originals). ``landmarks`` (T, L, 2) are patch-crop pixels and move with
+    their maps. Returns new tensors; the inputs are not changed.
+    """
+    _check_stride(stride)
+    if patches.ndim != 4 or patches.shape[-1] != patches.shape[-2]:
+        raise ValueError(f"patches must be (T, L, S, S); got {tuple(patches.shape)}")
+    if tuple(landmarks.shape) != (*patches.shape[:2], 2):
+        raise ValueError(
+            f"landmarks must be (T, L, 2) = {(*patches.shape[:2], 2)}; got {tuple(landmarks.shape)}"
+        )
+    last = patches.shape[-1] - 1  # a mirror maps heatmap pixel x to last - x
+    out, coords = patches.clone(), crop_to_heatmap(landmarks, stride).clone()
+    mirror_x, mirror_y, swap = torch.from_numpy(rng.integers(0, 2, (3, patches.shape[1])) == 1)
+    out[:, mirror_x] = out[:, mirror_x].flip(-1)
+    coords[:, mirror_x, 0] = last - coords[:, mirror_x, 0]
+    out[:, mirror_y] = out[:, mirror_y].flip(-2)
+    coords[:, mirror_y, 1] = last - coords[:, mirror_y, 1]
+    out[:, swap] = out[:, swap].transpose(-1, -2)
+    coords[:, swap] = coords[:, swap].flip(-1)
+    return out, heatmap_to_crop(coords, stride)
+
+
 def _check_affine(matrix: Tensor, name: str = "matrix") -> None:
     if matrix.ndim < 2 or tuple(matrix.shape[-2:]) != (2, 3):
         raise ValueError(f"{name} must have shape (..., 2, 3); got {tuple(matrix.shape)}")

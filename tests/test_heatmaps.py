@@ -15,6 +15,7 @@ from lightning_fa.heatmaps import (
     apply_affine,
     argmax,
     argmax_quarter,
+    augment_patches,
     crop_to_frame,
     crop_to_heatmap,
     decode,
@@ -375,6 +376,48 @@ def test_landmark_patches_keep_each_peak_where_the_moved_landmark_says():
     # Without rng each window is centred on its landmark (up to rounding and the map border).
     _, centred = landmark_patches(maps, landmarks, stride, size)
     assert (crop_to_heatmap(centred[0, 0], stride) - (size / 2)).abs().max() <= 0.5
+
+
+def _symmetries(square: torch.Tensor) -> list[torch.Tensor]:
+    """The 8 images of a (..., S, S) square under rotations by 90 degrees and a mirror."""
+    rotations = [torch.rot90(square, k, dims=(-2, -1)) for k in range(4)]
+    return rotations + [r.flip(-1) for r in rotations]
+
+
+def test_augment_patches_moves_every_landmark_with_its_map():
+    stride, size, sigma = 4.0, 12, 1.5
+    rng = np.random.default_rng(5)
+    truth = torch.from_numpy(rng.uniform(2, size - 3, (6, 40, 2))).float()  # heatmap px
+    maps = render_gaussian(truth, size, size, sigma)
+    landmarks = heatmap_to_crop(truth, stride)
+    # A marked copy (asymmetric content) tells which symmetry each landmark got; the draws do
+    # not depend on the content, so equal seeds give both calls the same symmetries.
+    marked = maps.clone()
+    marked[..., 0, 1] = 5.0
+    before = marked.clone()
+    out_marked, moved_marked = augment_patches(marked, landmarks, stride, np.random.default_rng(0))
+    out, moved = augment_patches(maps, landmarks, stride, np.random.default_rng(0))
+    assert torch.equal(marked, before)  # the inputs are left alone
+    assert torch.equal(moved, moved_marked)
+    drawn = set()
+    for k in range(40):
+        # Each landmark's whole sequence is one symmetry of the square, the same in every frame.
+        images = _symmetries(marked[:, k])
+        matches = [i for i, image in enumerate(images) if torch.equal(image, out_marked[:, k])]
+        assert len(matches) == 1
+        drawn.add(matches[0])
+    assert drawn == set(range(8))  # 40 draws: every symmetry occurs
+    # The moved landmark is where the moved Gaussian lies: drawing one there gives the output
+    # (a wrong coordinate bookkeeping would put the peak elsewhere).
+    redrawn = render_gaussian(crop_to_heatmap(moved, stride), size, size, sigma)
+    torch.testing.assert_close(redrawn, out, atol=1e-5, rtol=0)
+
+
+def test_augment_patches_reject_bad_shapes():
+    with pytest.raises(ValueError, match=r"\(T, L, S, S\)"):
+        augment_patches(torch.zeros(2, 3, 8, 6), torch.zeros(2, 3, 2), 4.0, np.random.default_rng())
+    with pytest.raises(ValueError, match="landmarks must be"):
+        augment_patches(torch.zeros(2, 3, 8, 8), torch.zeros(2, 4, 2), 4.0, np.random.default_rng())
 
 
 def test_landmark_patches_reject_bad_shapes_and_sizes():

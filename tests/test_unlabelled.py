@@ -12,10 +12,12 @@ import torch
 from data_modules import unlabelled
 from data_modules.unlabelled import (
     UnlabelledVideoDataModule,
+    UnlabelledWindows,
     list_videos,
     pseudo_labels,
     smooth_boxes,
 )
+from lightning_fa.heatmaps import crop_to_heatmap, decode, render_gaussian
 
 CLIP = "videos/liveportrait_d0.mp4"
 
@@ -77,6 +79,56 @@ def test_list_videos_errors(tmp_path: Path) -> None:
     (tmp_path / "a.avi").write_bytes(b"")
     (tmp_path / "notes.txt").write_text("")
     assert [p.name for p in list_videos(str(tmp_path))] == ["a.avi", "b.mp4"]
+
+
+def _moving_video(frames: int = 24, size: int = 64, stride: int = 4) -> dict[str, np.ndarray]:
+    """A processed video whose backbone points equal its labels, moving every frame."""
+    rng = np.random.default_rng(0)
+    start = rng.uniform(0.3 * size * stride, 0.7 * size * stride, (1, 68, 2))
+    drift = rng.uniform(-3, 3, (1, 68, 2)) * np.arange(frames)[:, None, None] ** 1.2
+    labels = (start + drift).astype(np.float32)
+    return {
+        "labels": labels,
+        "detector_points": labels.copy(),
+        "crops": np.zeros((frames, size * stride, size * stride, 3), np.uint8),
+        "affines": np.tile(np.eye(2, 3, dtype=np.float32), (frames, 1, 1)),
+        "detected": np.ones(frames, bool),
+    }
+
+
+def test_augmented_windows_keep_maps_landmarks_and_frames_together(tmp_path: Path) -> None:
+    video = _moving_video()
+    (tmp_path / "clip.mp4").write_bytes(b"")
+    datamodule = UnlabelledVideoDataModule(
+        videos=str(tmp_path), seq_len=4, window_step=2, train_patch=12, augment=True
+    )
+    windows = datamodule._train_windows([video])
+    expected = [list(range(first, first + length)) for _, first, length in windows]
+
+    def render(points, height, width, confidence):
+        return render_gaussian(crop_to_heatmap(points, 4), height, width, 1.5)
+
+    dataset = UnlabelledWindows([video], windows, None, render=render, patch=12, augment=True)
+    torch.manual_seed(0)
+    reversed_count = 0
+    for item in range(len(dataset)):
+        sample = dataset[item]
+        frames = sample["frame_index"].tolist()
+        reversed_count += frames == expected[item][::-1]
+        assert frames in (expected[item], expected[item][::-1])  # forwards or backwards
+        # The maps' peaks are where the (moved) landmarks say, frame by frame, so the maps, the
+        # landmarks and the frame order were transformed together.
+        peaks = decode(sample["backbone_heatmaps"], "pdc")
+        inside = ((peaks > 3) & (peaks < 8)).all(dim=-1)  # Gaussians (nearly) whole in the patch
+        error = (peaks - crop_to_heatmap(sample["landmarks"], 4)).norm(dim=-1)[inside]
+        assert inside.sum() >= 20 and error.max() < 0.2  # PDC on a cut Gaussian
+        # Symmetries keep distances: each landmark's step lengths are those of its labels.
+        steps = sample["landmarks"].diff(dim=0).norm(dim=-1)
+        truth = torch.from_numpy(video["labels"][frames]).diff(dim=0).norm(dim=-1)
+        torch.testing.assert_close(steps, truth, atol=1e-3, rtol=0)
+    assert 0.2 < reversed_count / len(dataset) < 0.8
+    with pytest.raises(ValueError, match="augment needs train_patch"):
+        UnlabelledVideoDataModule(videos=str(tmp_path), augment=True)
 
 
 @pytest.mark.slow
