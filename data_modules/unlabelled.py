@@ -266,7 +266,8 @@ class UnlabelledWindows(Dataset):
     def __getitem__(self, item: int) -> dict[str, torch.Tensor]:
         index, first, length = self.windows[item]
         video = self.videos[index]
-        frames = np.arange(first, first + length)
+        frames: slice | np.ndarray = slice(first, first + length)  # a view: no copy
+        frame_index = torch.arange(first, first + length, dtype=torch.int64)
         # Drawn from torch's generator, which Lightning seeds and DataLoader workers re-seed
         # every epoch: each epoch sees a new augmentation of a window.
         augmentation = (
@@ -274,7 +275,9 @@ class UnlabelledWindows(Dataset):
         )
         if augmentation is not None and augmentation.random() < 0.5:
             # Backwards in time: the zero-phase pseudo labels stay valid, the motion reverses.
-            frames = frames[::-1].copy()
+            # An index array (not a negative-step view, which torch.from_numpy refuses).
+            frame_index = frame_index.flip(0)
+            frames = frame_index.numpy()
         labels = video["labels"][frames]
         # Patches replace what the frames would give (the heatmaps), so they skip the copy.
         crops = video["crops"][frames, :0, :0] if self.patch else video["crops"][frames]
@@ -285,7 +288,7 @@ class UnlabelledWindows(Dataset):
             "valid": torch.from_numpy(video["detected"][frames].copy()),
             "norm_size": torch.from_numpy(self._norm_size(labels).astype(np.float32)),
             "video_id": torch.tensor(self.id_offset + index, dtype=torch.int64),
-            "frame_index": torch.from_numpy(frames),
+            "frame_index": frame_index,
         }
         if self.render is not None:
             points = torch.from_numpy(video["detector_points"][frames])
