@@ -57,7 +57,14 @@ class StreamingStep(nn.Module):
             self.input_size[0] // backbone.stride,
             self.input_size[1] // backbone.stride,
         )
-        self.num_layers = len(module.temporal.init_state(1, 1, 1))
+        num_pairs = len(module.temporal.init_state(1, 1, 1))
+        # ConvLSTM names its state tensors; any other stage gets h0, c0, h1, c1, ...
+        names = getattr(module.temporal, "state_names", None)
+        self.state_names = (
+            names()
+            if names is not None
+            else [f"{kind}{k}" for k in range(num_pairs) for kind in ("h", "c")]
+        )
 
     def init_state(self, batch: int, device: torch.device | str | None = None) -> list[Tensor]:
         """Zero state (flat) for `batch` new tracks."""
@@ -82,10 +89,6 @@ def _threshold_symbolic(g: Any, x: Any, threshold: Any, value: Any) -> Any:
     return g.op("Where", g.op("Greater", x, t), x, g.op("CastLike", value, x))
 
 
-def state_names(num_layers: int, suffix: str = "") -> list[str]:
-    return [f"{kind}{k}{suffix}" for k in range(num_layers) for kind in ("h", "c")]
-
-
 def export_onnx(module: nn.Module, path: str | Path, opset: int = DEFAULT_OPSET) -> Path:
     """Export the streaming step of `module` (a StableAlignmentModule) to ONNX at `path`.
 
@@ -99,8 +102,8 @@ def export_onnx(module: nn.Module, path: str | Path, opset: int = DEFAULT_OPSET)
     height, width = step.input_size
     images = torch.zeros(1, 3, height, width, dtype=torch.uint8)
     state = step.init_state(1)
-    inputs = ["images", *state_names(step.num_layers)]
-    outputs = ["coords", "raw_coords", "confidence", *state_names(step.num_layers, "_out")]
+    inputs = ["images", *step.state_names]
+    outputs = ["coords", "raw_coords", "confidence", *(f"{n}_out" for n in step.state_names)]
     with warnings.catch_warnings():
         # The trace fixes shapes and the PDC threshold constant; that is what we export.
         warnings.simplefilter("ignore", torch.jit.TracerWarning)

@@ -220,6 +220,11 @@ class JitterLoss(nn.Module):
     With targets a fraction of a pixel from the backbone's, the heatmap loss is dominated by map
     shape, not position; this term acts on the position itself. `coord_loss` picks rho: "l1" (the
     distance) or "geman_mcclure" (d^2 / (d^2 + coord_theta^2)). coord_weight = 0 is the paper's loss.
+
+    Beyond the paper: `pixel_weight` > 0 weights every frame's pixel loss by `Psi + pixel_weight`.
+    Psi is small wherever the truth moves much more than the error changes, so in Eq. 2 a steady
+    lag behind a fast move costs almost nothing; the floor makes a stage that smooths by
+    remembering past frames pay for that lag. pixel_weight = 0 is the paper's loss.
     """
 
     def __init__(
@@ -232,12 +237,14 @@ class JitterLoss(nn.Module):
         coord_weight: float = 0.0,
         coord_loss: Literal["l1", "geman_mcclure"] = "l1",
         coord_theta: float = 1.0,
+        pixel_weight: float = 0.0,
     ) -> None:
         super().__init__()
         _check_theta(theta)
         _check_positive(xi=xi, coord_theta=coord_theta)
-        if not coord_weight >= 0:
-            raise ValueError(f"coord_weight must be >= 0; got {coord_weight}")
+        for name, weight in (("coord_weight", coord_weight), ("pixel_weight", pixel_weight)):
+            if not weight >= 0:
+                raise ValueError(f"{name} must be >= 0; got {weight}")
         if coord_loss not in ("l1", "geman_mcclure"):
             raise ValueError(f"coord_loss must be 'l1' or 'geman_mcclure'; got {coord_loss!r}")
         self.theta = theta
@@ -248,6 +255,7 @@ class JitterLoss(nn.Module):
         self.coord_weight = coord_weight
         self.coord_loss = coord_loss
         self.coord_theta = coord_theta
+        self.pixel_weight = pixel_weight
 
     def _coordinate_loss(self, coords: Tensor, target_coords: Tensor) -> Tensor:
         """rho of the decoded-to-target distance, (B, T, L, 2) -> (B, T, L)."""
@@ -306,6 +314,8 @@ class JitterLoss(nn.Module):
         if self.detach_modulation:
             psi = psi.detach()
         loss = (psi * pixel).mean()
+        if self.pixel_weight > 0:  # skipped at 0 so the paper's loss stays bit-identical
+            loss = loss + self.pixel_weight * pixel.mean()
         if self.coord_weight > 0:  # skipped at 0 so the paper's loss stays bit-identical
             loss = (
                 loss

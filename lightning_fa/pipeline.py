@@ -104,7 +104,12 @@ class FinetuneConfig:
     kernel_size: int = 3
     input_proj: int | None = None
     landmark_wise: bool = True
+    gated_blend: bool = False
+    slowed_fraction: float = 0.0
+    slowed_motion: tuple[float, float] = (0.02, 0.25)
     theta: float = 1.0
+    xi: float = 1e-3
+    pixel_weight: float = 0.0
     pdc_threshold: float = 0.2
     sigma: float = 1.5
     seed: int = 100
@@ -120,6 +125,11 @@ class FinetuneConfig:
             raise ValueError(
                 f"FinetuneConfig.video_frames ({self.video_frames}) must be >= seq_len "
                 f"({self.seq_len})"
+            )
+        if not 0.0 <= self.slowed_fraction <= 1.0:
+            raise ValueError(
+                f"FinetuneConfig.slowed_fraction is a share of the training videos, in [0, 1]; "
+                f"got {self.slowed_fraction}"
             )
 
 
@@ -557,7 +567,12 @@ def training_videos(config: PipelineConfig) -> list[SyntheticVideo]:
             seed=f.seed + i,
         )
         videos += [ds.video(k) for k in range(per_set)]
-    return videos[: f.train_videos]
+    videos = videos[: f.train_videos]
+    # Every other video (so each preset gets its share) becomes a nearly still talking head.
+    slowed = round(f.slowed_fraction * len(videos))
+    for i in np.linspace(0, len(videos) - 1, slowed).round().astype(int) if slowed else ():
+        videos[i] = slow_video(videos[i], *f.slowed_motion)
+    return videos
 
 
 @torch.no_grad()
@@ -585,11 +600,14 @@ def finetune(config: PipelineConfig, backbone_path: Path, run_dir: Path) -> Stab
         kernel_size=f.kernel_size,
         input_proj=f.input_proj,
         landmark_wise=f.landmark_wise,
+        gated_blend=f.gated_blend,
     )
     module = StableAlignmentModule(
         backbone=build_backbone(p),
         temporal=temporal,
-        loss=JitterLoss(theta=f.theta, threshold=f.pdc_threshold),
+        loss=JitterLoss(
+            theta=f.theta, xi=f.xi, threshold=f.pdc_threshold, pixel_weight=f.pixel_weight
+        ),
         backbone_checkpoint=str(backbone_path),
         store_backbone_weights=True,
         pdc_threshold=f.pdc_threshold,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -13,7 +15,10 @@ VARIANTS = {
     "direct": {"input_proj": None},
     "squeezed": {"input_proj": 3},
     "landmark_wise": {"input_proj": None, "landmark_wise": True},
+    "gated_blend": {"input_proj": None, "landmark_wise": True, "gated_blend": True},
 }
+# The variants the exporters must handle (the squeezed default and both landmark-wise forms).
+EXPORTED = ("squeezed", "landmark_wise", "gated_blend")
 
 
 def _trained_like(model: ConvLSTM) -> ConvLSTM:
@@ -21,6 +26,8 @@ def _trained_like(model: ConvLSTM) -> ConvLSTM:
     with torch.no_grad():
         model.proj.weight.normal_(0.0, 0.5)
         model.proj.bias.normal_(0.0, 0.1)
+        if model.gated_blend:
+            model.blend_strength.fill_(0.8)
     return model
 
 
@@ -155,10 +162,9 @@ def test_channels_last_input_gives_same_output():
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.trace:DeprecationWarning")
-@pytest.mark.parametrize("landmark_wise", [False, True])
-def test_jit_trace_with_explicit_state_matches_eager(landmark_wise):
-    kwargs = {"input_proj": None, "landmark_wise": True} if landmark_wise else {}
-    model = _trained_like(ConvLSTM(L, 4, num_layers=2, peephole=True, **kwargs)).eval()
+@pytest.mark.parametrize("variant", EXPORTED)
+def test_jit_trace_with_explicit_state_matches_eager(variant):
+    model = _trained_like(ConvLSTM(L, 4, num_layers=2, peephole=True, **VARIANTS[variant])).eval()
     x = torch.randn(1, L, H, W)
     state = model.init_state(1, H, W)
     traced = torch.jit.trace(model, (x, state))
@@ -170,10 +176,9 @@ def test_jit_trace_with_explicit_state_matches_eager(landmark_wise):
     torch.testing.assert_close(got_state[1][1], eager_state[1][1])
 
 
-@pytest.mark.parametrize("landmark_wise", [False, True])
-def test_torch_export_with_explicit_state_matches_eager(landmark_wise):
-    kwargs = {"input_proj": None, "landmark_wise": True} if landmark_wise else {}
-    model = _trained_like(ConvLSTM(L, 4, **kwargs)).eval()
+@pytest.mark.parametrize("variant", EXPORTED)
+def test_torch_export_with_explicit_state_matches_eager(variant):
+    model = _trained_like(ConvLSTM(L, 4, **VARIANTS[variant])).eval()
     x = torch.randn(1, L, H, W)
     state = model.init_state(1, H, W)
     exported = torch.export.export(model, (x, state))
@@ -220,6 +225,7 @@ def test_bad_state_raises():
         {"num_layers": 0},
         {"input_proj": 0},
         {"landmark_wise": True},  # with the default input_proj=16
+        {"gated_blend": True, "input_proj": None},  # without landmark_wise
     ],
 )
 def test_bad_constructor_arguments_raise(kwargs):
@@ -228,12 +234,11 @@ def test_bad_constructor_arguments_raise(kwargs):
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
-@pytest.mark.parametrize("landmark_wise", [False, True])
-def test_onnx_export_with_explicit_state_matches_eager(tmp_path, landmark_wise):
+@pytest.mark.parametrize("variant", EXPORTED)
+def test_onnx_export_with_explicit_state_matches_eager(tmp_path, variant):
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
-    kwargs = {"input_proj": None, "landmark_wise": True} if landmark_wise else {}
-    model = _trained_like(ConvLSTM(L, 4, num_layers=2, peephole=True, **kwargs)).eval()
+    model = _trained_like(ConvLSTM(L, 4, num_layers=2, peephole=True, **VARIANTS[variant])).eval()
     x = torch.randn(1, L, H, W)
     state = model.init_state(1, H, W)
     path = tmp_path / "convlstm.onnx"
@@ -302,3 +307,96 @@ def test_landmark_wise_config_rebuilds_the_same_model():
     rebuilt.load_state_dict(model.state_dict())
     x = torch.randn(1, L, H, W)
     torch.testing.assert_close(rebuilt(x)[0], model(x)[0])
+
+
+def _blend(strength: float = 0.8, num_layers: int = 1) -> ConvLSTM:
+    model = ConvLSTM(
+        L, 3, num_layers=num_layers, input_proj=None, landmark_wise=True, gated_blend=True
+    )
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.normal_(0.0, 0.5)
+        model.blend_strength.fill_(strength)
+    return model
+
+
+def test_gated_blend_with_a_constant_gate_is_an_exponential_smoother():
+    """A read-out with zero weights gives the same logit b at every pixel, so the gate is
+    strength * sigmoid(b) on every map: s_t = (1 - a) o_t + a s_{t-1}, s_0 = o_0."""
+    model = _blend(strength=0.9)
+    with torch.no_grad():
+        model.proj.weight.zero_()
+        model.proj.bias.fill_(0.4)
+    a = 0.9 / (1.0 + math.exp(-0.4))
+    seq = torch.rand(2, 6, L, H, W)
+    out, _ = model.forward_sequence(seq)
+    smoothed = seq[:, 0]
+    torch.testing.assert_close(out[:, 0], smoothed)
+    for t in range(1, seq.shape[1]):
+        smoothed = (1 - a) * seq[:, t] + a * smoothed
+        torch.testing.assert_close(out[:, t], smoothed)
+
+
+def _centre_literal(heatmap: torch.Tensor) -> torch.Tensor:
+    """(x, y) centre of mass of the pixels at or above 20 % of the map's peak, pixel by pixel."""
+    peak = float(heatmap.max())
+    total = sx = sy = 0.0
+    for y in range(heatmap.shape[0]):
+        for x in range(heatmap.shape[1]):
+            value = float(heatmap[y, x])
+            if value >= 0.2 * peak:
+                total, sx, sy = total + value, sx + value * x, sy + value * y
+    return torch.tensor([sx / total, sy / total])
+
+
+def test_gated_blend_matches_a_literal_per_landmark_loop():
+    """Each map: its cell sees (o_t, s_{t-1}, |centre(o_t) - centre(s_{t-1})| everywhere), the
+    read-out logit is averaged with o_t's mass as weights, a_t = strength * sigmoid(that mean),
+    s_t = o_t + a_t (s_{t-1} - o_t)."""
+    model = _blend(strength=0.7)
+    seq = torch.rand(1, 5, L, H, W)
+    with torch.no_grad():
+        out, _ = model.forward_sequence(seq)
+        _check_literal_blend(model, seq, out)
+
+
+def _check_literal_blend(model: ConvLSTM, seq: torch.Tensor, out: torch.Tensor) -> None:
+    cell, read_out = model.cells[0], model.proj
+    for k in range(L):
+        h = c = torch.zeros(1, 3, H, W)
+        previous = seq[:, 0, k : k + 1]
+        for t in range(seq.shape[1]):
+            o = seq[:, t, k : k + 1]
+            shift = _centre_literal(o[0, 0]) - _centre_literal(previous[0, 0])
+            motion = torch.full_like(o, float(shift.norm()))
+            h, c = _cell_step_literal(cell, torch.cat([o, previous, motion], 1), h, c)
+            logit = read_out(h)
+            pooled = float((logit * o).sum() / o.sum())
+            gate = 0.7 / (1.0 + math.exp(-pooled))
+            previous = o + gate * (previous - o)
+            torch.testing.assert_close(out[:, t, k : k + 1], previous)
+
+
+def test_gated_blend_starts_every_sequence_from_its_first_frame():
+    model = _blend()
+    x = torch.rand(2, L, H, W)
+    first, state = model(x)
+    torch.testing.assert_close(first, x, rtol=0, atol=0)  # nothing before it to blend with
+    y = torch.rand(2, L, H, W)
+    second, _ = model(y, state)
+    assert not torch.allclose(second, y)  # the second frame did blend with the first
+    zeros, _ = model(x, model.init_state(2, H, W))
+    torch.testing.assert_close(zeros, first, rtol=0, atol=0)
+
+
+def test_gated_blend_state_is_checked():
+    model = _blend()
+    x = torch.rand(2, L, H, W)
+    (h, c), (previous, started) = model.init_state(2, H, W)
+    with pytest.raises(ValueError, match="previous, started"):
+        model(x, ((h, c),))
+    with pytest.raises(ValueError, match="previous must have shape"):
+        model(x, ((h, c), (previous[:, :1], started)))
+    with pytest.raises(ValueError, match="started must have shape"):
+        model(x, ((h, c), (previous, started[:1])))
+    assert model.state_names() == ["h0", "c0", "previous", "started"]

@@ -10,12 +10,12 @@ from lightning_fa.backbones import create_backbone
 from lightning_fa.export import OnnxStep, StreamingStep, export_onnx, heatmap_confidence
 from lightning_fa.heatmaps import heatmap_to_crop, pdc
 from lightning_fa.systems.finetune import StableAlignmentModule
+from lightning_fa.temporal import ConvLSTM
 
 pytest.importorskip("onnxruntime")
 
 
-@pytest.fixture(scope="module")
-def module() -> StableAlignmentModule:
+def _module(temporal: ConvLSTM | None = None) -> StableAlignmentModule:
     torch.manual_seed(0)
     backbone = create_backbone("hrnet_lite", 68)  # 128 x 128 input, random weights
     with torch.no_grad():
@@ -23,10 +23,25 @@ def module() -> StableAlignmentModule:
         # threshold, so no comparison hinges on a value within float rounding of theta_pdc.
         heads = [m for m in backbone.modules() if getattr(m, "out_channels", None) == 68]
         heads[-1].bias.add_(1.0)
-    module = StableAlignmentModule(backbone=backbone).eval()
+    module = StableAlignmentModule(backbone=backbone, temporal=temporal).eval()
     with torch.no_grad():  # a non-trivial ConvLSTM, so the carried state matters
         for parameter in module.temporal.parameters():
             parameter.normal_(0.0, 0.1)
+    return module
+
+
+@pytest.fixture(scope="module")
+def module() -> StableAlignmentModule:
+    return _module()
+
+
+@pytest.fixture(scope="module")
+def blend_module() -> StableAlignmentModule:
+    """The landmark-wise gated blend: its state carries the previous output maps."""
+    temporal = ConvLSTM(68, 4, input_proj=None, landmark_wise=True, gated_blend=True)
+    module = _module(temporal)
+    with torch.no_grad():
+        module.temporal.blend_strength.fill_(0.8)
     return module
 
 
@@ -45,10 +60,12 @@ def test_streaming_step_is_backbone_convlstm_pdc(module: StableAlignmentModule) 
     torch.testing.assert_close(state[0], expected_state[0][0])
 
 
-@pytest.mark.parametrize("frames", [5, pytest.param(30, marks=pytest.mark.slow)])
-def test_onnx_matches_pytorch_over_stream(
-    module: StableAlignmentModule, tmp_path, frames: int
-) -> None:
+@pytest.mark.parametrize(
+    ("fixture", "frames"),
+    [("module", 5), ("blend_module", 5), pytest.param("module", 30, marks=pytest.mark.slow)],
+)
+def test_onnx_matches_pytorch_over_stream(request, tmp_path, fixture: str, frames: int) -> None:
+    module = request.getfixturevalue(fixture)
     path = export_onnx(module, tmp_path / "step.onnx")
     runtime = OnnxStep(path)
     step = StreamingStep(module).eval()

@@ -48,8 +48,10 @@ def literal_jitter_loss(
     coord_weight=0.0,
     coord_loss="l1",
     coord_theta=1.0,
+    pixel_weight=0.0,
 ) -> float:
-    """Eq. 2 with Eq. 7 pixel loss (+ coord_weight * Psi * rho(||u - g||)), as plain loops.
+    """Eq. 2 with Eq. 7 pixel loss (+ coord_weight * Psi * rho(||u - g||), + pixel_weight * the
+    pixel loss unmodulated), as plain loops.
 
     Coordinates u_t come from `pdc`, which test_heatmaps checks against Algorithm 1.
     """
@@ -87,7 +89,7 @@ def literal_jitter_loss(
                 else:
                     psi = 1.0
                 rho = literal_coordinate_rho(coords[b][t][k], gt[b][t][k], coord_loss, coord_theta)
-                total += psi * (pixel + coord_weight * rho)
+                total += psi * (pixel + coord_weight * rho) + pixel_weight * pixel
     return total / (batch * frames * landmarks)
 
 
@@ -157,6 +159,37 @@ def test_coordinate_term_matches_literal_loop(
         pred, target, target_coords, 1.0, 1e-3, 0.2, prev, coord_weight, coord_loss, coord_theta
     )
     assert loss.item() == pytest.approx(expected, rel=1e-10)
+
+
+@pytest.mark.parametrize("pixel_weight", [0.5, 2.0])
+@pytest.mark.parametrize("continued", [False, True])
+def test_pixel_weight_matches_literal_loop(pixel_weight: float, continued: bool) -> None:
+    pred, target, target_coords = _sequence(frames=3)
+    prev = (target_coords[:, 0] + 0.3, target_coords[:, 0] - 0.2) if continued else None
+    loss = JitterLoss(theta=0.8, xi=0.01, pixel_weight=pixel_weight)(
+        pred, target, target_coords, *(prev or ())
+    )
+    expected = literal_jitter_loss(
+        pred, target, target_coords, 0.8, 0.01, 0.2, prev, pixel_weight=pixel_weight
+    )
+    assert loss.item() == pytest.approx(expected, rel=1e-10)
+
+
+def test_pixel_weight_charges_a_steady_lag_that_psi_ignores() -> None:
+    """A prediction that trails a fast move by a constant offset: its error does not change, so
+    Psi is 0 on every frame after the first and Eq. 2 barely sees the lag; the floor does."""
+    frames, size = 6, 24
+    # Whole-pixel centres well inside the map: PDC decodes each Gaussian exactly.
+    truth = torch.stack([torch.tensor([5.0 + 2.0 * t, 12.0]) for t in range(frames)])
+    truth = truth.view(1, frames, 1, 2).double()
+    lagging = truth - torch.tensor([2.0, 0.0], dtype=torch.float64)
+    target = render_gaussian(truth, size, size, sigma=1.0)
+    pred = render_gaussian(lagging, size, size, sigma=1.0)
+    paper = JitterLoss()(pred, target, truth)
+    floored = JitterLoss(pixel_weight=1.0)(pred, target, truth)
+    frame_loss = geman_mcclure(pred, target, 1.0).mean((-2, -1))  # (1, T, 1), equal over t
+    assert paper.item() == pytest.approx(frame_loss.mean().item() / frames, rel=1e-6)
+    assert floored.item() == pytest.approx(paper.item() + frame_loss.mean().item(), rel=1e-9)
 
 
 def test_zero_coordinate_weight_is_the_paper_loss_bit_for_bit() -> None:

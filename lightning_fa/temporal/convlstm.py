@@ -11,10 +11,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from lightning_fa.heatmaps import pdc
+
 LayerState = tuple[Tensor, Tensor]
 """(h, c) of one layer, each (B, hidden, h, w)."""
 State = tuple[LayerState, ...]
-"""One (h, c) pair per layer, bottom layer first."""
+"""One (h, c) pair per layer, bottom layer first; with ``gated_blend`` one more pair
+(previous output (B, L, h, w), started (B, 1, 1, 1)). Every tensor is batch first and all zeros
+means a new sequence."""
 
 
 def detach_state(state: State | None) -> State | None:
@@ -118,6 +122,16 @@ class ConvLSTM(nn.Module):
             Costlier per frame (every map runs the cell): at L=68, 64x64, batch 1,
             hidden 4, kernel 3 it is about 200 MMAC (measured 84 ms against 420 ms for the
             HRNet-W18 forward, one loaded CPU thread); at 32x32 about 50 MMAC.
+        gated_blend: beyond the paper, needs ``landmark_wise``. The output becomes
+            ``s_t = o_t + a_t (s_{t-1} - o_t)``: each landmark's cell sees its previous output
+            s_{t-1} and a motion cue (the distance between the centres of o_t and s_{t-1},
+            relative PDC, broadcast over the map) beside o_t, and its top hidden state gives one
+            blend weight a_t per heatmap
+            (a 1x1 read-out averaged under the mass of o_t, so a 12x12 training patch and a full
+            map give the same gate), times a learnable strength in [0, 1] that starts at 0 so the
+            untrained stage is still exactly the backbone. A recurrent blend of whole heatmaps is
+            an exponential smoother whose memory the cell sets frame by frame; the residual
+            read-out has to rebuild the smoothed map from 4 bounded channels instead.
     """
 
     def __init__(
@@ -129,6 +143,7 @@ class ConvLSTM(nn.Module):
         peephole: bool = False,
         input_proj: int | None = 16,
         landmark_wise: bool = False,
+        gated_blend: bool = False,
     ) -> None:
         super().__init__()
         _check_positive(num_landmarks=num_landmarks, num_layers=num_layers)
@@ -139,10 +154,15 @@ class ConvLSTM(nn.Module):
                 "landmark_wise=True feeds every heatmap to its own cell, so there is nothing to "
                 f"squeeze: pass input_proj=None (got input_proj={input_proj})"
             )
+        if gated_blend and not landmark_wise:
+            raise ValueError(
+                "gated_blend=True gates each landmark's own heatmap, so it needs landmark_wise=True"
+            )
         self.num_landmarks = num_landmarks
         self.hidden_channels = hidden_channels
         self.num_layers = num_layers
         self.landmark_wise = landmark_wise
+        self.gated_blend = gated_blend
         # Landmark-wise cells run on (B * L, c, h, w); everything outside them sees (B, L * c, h, w).
         self._groups = num_landmarks if landmark_wise else 1
         # Constructor arguments, saved with fine-tuned checkpoints to rebuild the stage.
@@ -154,20 +174,28 @@ class ConvLSTM(nn.Module):
             "peephole": peephole,
             "input_proj": input_proj,
             "landmark_wise": landmark_wise,
+            "gated_blend": gated_blend,
         }
         self.input_proj = (
             nn.Conv2d(num_landmarks, input_proj, 1) if input_proj is not None else nn.Identity()
         )
         first_in = input_proj if input_proj is not None else num_landmarks // self._groups
+        if gated_blend:
+            first_in += 2  # the previous output s_{t-1} and the motion cue
         self.cells = nn.ModuleList(
             ConvLSTMCell(
                 first_in if k == 0 else hidden_channels, hidden_channels, kernel_size, peephole
             )
             for k in range(num_layers)
         )
-        self.proj = nn.Conv2d(hidden_channels, num_landmarks // self._groups, 1)
+        # The read-out: the heatmap residual, or the blend gate's logit (one per landmark).
+        self.proj = nn.Conv2d(
+            hidden_channels, 1 if gated_blend else num_landmarks // self._groups, 1
+        )
         nn.init.zeros_(self.proj.weight)
         nn.init.zeros_(self.proj.bias)
+        if gated_blend:
+            self.blend_strength = nn.Parameter(torch.zeros(()))
 
     detach_state = staticmethod(detach_state)
 
@@ -193,13 +221,23 @@ class ConvLSTM(nn.Module):
     ) -> State:
         """Zero state for a new sequence (what ``state=None`` means), for exporters that need
         the state as explicit tensors."""
-        return tuple(
+        layers = tuple(
             tuple(
                 self._from_cells(t)
                 for t in cell.init_state(batch * self._groups, height, width, device, dtype)
             )
             for cell in self.cells
         )
+        if not self.gated_blend:
+            return layers
+        previous = torch.zeros(batch, self.num_landmarks, height, width, device=device, dtype=dtype)
+        started = torch.zeros(batch, 1, 1, 1, device=device, dtype=dtype)
+        return (*layers, (previous, started))
+
+    def state_names(self) -> list[str]:
+        """Names of the flattened state tensors, in order (the exported graph's inputs)."""
+        names = [f"{kind}{k}" for k in range(self.num_layers) for kind in ("h", "c")]
+        return [*names, "previous", "started"] if self.gated_blend else names
 
     def _check_heatmaps(self, heatmaps: Tensor, ndim: int, layout: str) -> None:
         # A trace fixes the shapes anyway; checking them there only emits TracerWarnings.
@@ -214,19 +252,31 @@ class ConvLSTM(nn.Module):
     def _check_state(self, state: State, batch: int, height: int, width: int) -> None:
         if torch.jit.is_tracing():
             return
-        expected = (batch, self.hidden_channels * self._groups, height, width)
-        if not isinstance(state, (tuple, list)) or len(state) != self.num_layers:
+        hidden = (batch, self.hidden_channels * self._groups, height, width)
+        pairs = self.num_layers + int(self.gated_blend)
+        what = f"{self.num_layers} (h, c) pairs" + (
+            " and the (previous, started) pair" if self.gated_blend else ""
+        )
+        if not isinstance(state, (tuple, list)) or len(state) != pairs:
             raise ValueError(
-                f"state must be a tuple of {self.num_layers} (h, c) pairs, got {type(state).__name__}"
+                f"state must be a tuple of {what}, got {type(state).__name__}"
                 f" of length {len(state) if isinstance(state, (tuple, list)) else 'n/a'}"
             )
+        blend = {
+            "previous": ((batch, self.num_landmarks, height, width), "batch, L, h, w"),
+            "started": ((batch, 1, 1, 1), "batch, 1, 1, 1"),
+        }
         for k, layer in enumerate(state):
             if len(layer) != 2:
-                raise ValueError(f"state[{k}] must be an (h, c) pair, got {len(layer)} tensors")
-            for name, tensor in zip(("h", "c"), layer):
+                raise ValueError(f"state[{k}] must be a pair, got {len(layer)} tensors")
+            if k < self.num_layers:
+                named = {"h": (hidden, "batch, hidden, h, w"), "c": (hidden, "batch, hidden, h, w")}
+            else:
+                named = blend
+            for (name, (expected, layout)), tensor in zip(named.items(), layer):
                 if tuple(tensor.shape) != expected:
                     raise ValueError(
-                        f"state[{k}] {name} must have shape {expected} (batch, hidden, h, w), "
+                        f"state[{k}] {name} must have shape {expected} ({layout}), "
                         f"got {tuple(tensor.shape)}"
                     )
 
@@ -254,23 +304,53 @@ class ConvLSTM(nn.Module):
         """Top hidden state (N, hidden [* L], h, w) -> heatmap residual (N, L, h, w)."""
         return self._from_cells(self.proj(self._to_cells(top)))
 
+    def _blend_step(self, heatmaps: Tensor, state: State) -> tuple[Tensor, State]:
+        """One ``gated_blend`` step: s_t = o_t + a_t (s_{t-1} - o_t), a_t from the cell."""
+        layers, (previous, started) = state[:-1], state[-1]
+        # A new sequence (started = 0) has no previous output: it blends with its own frame.
+        previous = heatmaps + started * (previous - heatmaps)
+        # The motion cue: how far the new map's centre lies from the previous output's, in
+        # heatmap pixels (relative PDC: the same on a training patch and on a full map).
+        motion = (pdc(heatmaps, relative=True) - pdc(previous, relative=True)).norm(dim=-1)
+        motion = motion[..., None, None].expand_as(heatmaps).to(heatmaps.dtype)
+        cell_input = torch.stack([heatmaps, previous, motion], dim=2).flatten(1, 2)
+        top, layers = self._recur(cell_input, layers)
+        logit = self.proj(self._to_cells(top)).reshape(heatmaps.shape)
+        mass = heatmaps.clamp_min(0)
+        pooled = (logit * mass).sum((-2, -1), keepdim=True) / mass.sum(
+            (-2, -1), keepdim=True
+        ).clamp_min(1e-6)
+        gate = self.blend_strength.clamp(0, 1) * torch.sigmoid(pooled)
+        out = heatmaps + gate * (previous - heatmaps)
+        return out, (*layers, (out, torch.ones_like(started)))
+
     def forward(self, heatmaps: Tensor, state: State | None = None) -> tuple[Tensor, State]:
         """One step: heatmaps o_t (B, L, h, w), state or ``None`` (new sequence) ->
         (stabilised s_t (B, L, h, w), new state)."""
         self._check_heatmaps(heatmaps, 4, "(B, L, h, w)")
-        top, state = self._recur(self.input_proj(heatmaps), self._start(heatmaps, state))
+        state = self._start(heatmaps, state)
+        if self.gated_blend:
+            return self._blend_step(heatmaps, state)
+        top, state = self._recur(self.input_proj(heatmaps), state)
         return heatmaps + self._readout(top), state
 
     def forward_sequence(
         self, heatmaps: Tensor, state: State | None = None
     ) -> tuple[Tensor, State]:
         """A clip: heatmaps (B, T, L, h, w) -> (outputs (B, T, L, h, w), state after the last
-        frame). The 1x1 convolutions at both ends run once over all frames."""
+        frame). Without ``gated_blend`` the 1x1 convolutions at both ends run once over all
+        frames."""
         self._check_heatmaps(heatmaps, 5, "(B, T, L, h, w)")
         batch, steps = heatmaps.shape[:2]
         if steps == 0:
             raise ValueError("heatmaps must hold at least one frame (T >= 1), got T=0")
         state = self._start(heatmaps, state)
+        if self.gated_blend:
+            outs = []
+            for t in range(steps):
+                out, state = self._blend_step(heatmaps[:, t], state)
+                outs.append(out)
+            return torch.stack(outs, dim=1), state
         frames = heatmaps.flatten(0, 1)
         x = self.input_proj(frames).unflatten(0, (batch, steps))
         tops = []
