@@ -83,9 +83,15 @@ class FinetuneConfig:
 
     The frozen backbone runs once over the training videos (heatmaps kept as float16); the
     ConvLSTM then trains for ``epochs`` of ``windows_per_epoch`` windows of those heatmaps,
-    drawn afresh each epoch, so the many optimizer steps it needs cost no backbone passes. ``crop``: with a landmark-wise
-    ConvLSTM each landmark's window is cut to a crop x crop patch around it (the cell sees each
-    map alone, and the rest of the map is empty), about 7x fewer pixels per step at 12 of 32.
+    drawn afresh each epoch, so the many optimizer steps it needs cost no backbone passes.
+    ``crop``: with a landmark-wise ConvLSTM each landmark's window is cut to a crop x crop patch
+    around it (the cell sees each map alone, and the rest of the map is empty), about 7x fewer
+    pixels per step at 12 of 32. ``gated_blend`` / ``max_blend``: the stage blends its previous
+    output into each new map, gated by the cell (`ConvLSTM`). ``slowed_fraction`` of the training
+    videos become nearly still talking heads (`slow_video` with ``slowed_motion`` = head pose and
+    expression scales), so the stage sees faces that hold still as well as faces that move.
+    ``pixel_weight``: `JitterLoss`'s unmodulated share of the pixel loss, which makes a lag
+    behind a move cost something.
     """
 
     train_videos: int = 32
@@ -104,12 +110,13 @@ class FinetuneConfig:
     kernel_size: int = 3
     input_proj: int | None = None
     landmark_wise: bool = True
-    gated_blend: bool = False
-    slowed_fraction: float = 0.0
+    gated_blend: bool = True
+    max_blend: float = 0.95
+    slowed_fraction: float = 0.5
     slowed_motion: tuple[float, float] = (0.02, 0.25)
     theta: float = 1.0
     xi: float = 1e-3
-    pixel_weight: float = 0.0
+    pixel_weight: float = 1.0
     pdc_threshold: float = 0.2
     sigma: float = 1.5
     seed: int = 100
@@ -601,6 +608,7 @@ def finetune(config: PipelineConfig, backbone_path: Path, run_dir: Path) -> Stab
         input_proj=f.input_proj,
         landmark_wise=f.landmark_wise,
         gated_blend=f.gated_blend,
+        max_blend=f.max_blend,
     )
     module = StableAlignmentModule(
         backbone=build_backbone(p),

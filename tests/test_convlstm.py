@@ -226,6 +226,8 @@ def test_bad_state_raises():
         {"input_proj": 0},
         {"landmark_wise": True},  # with the default input_proj=16
         {"gated_blend": True, "input_proj": None},  # without landmark_wise
+        {"max_blend": 0.0},
+        {"max_blend": 1.5},
     ],
 )
 def test_bad_constructor_arguments_raise(kwargs):
@@ -347,6 +349,19 @@ def _centre_literal(heatmap: torch.Tensor) -> torch.Tensor:
             if value >= 0.2 * peak:
                 total, sx, sy = total + value, sx + value * x, sy + value * y
     return torch.tensor([sx / total, sy / total])
+
+
+def test_gated_blend_never_keeps_more_than_max_blend_of_the_past():
+    """A saturated gate (strength and logit far above 1) still lets max_blend of the previous
+    output through, no more: every frame brings at least 1 - max_blend of the new map."""
+    model = ConvLSTM(L, 3, input_proj=None, landmark_wise=True, gated_blend=True, max_blend=0.75)
+    with torch.no_grad():
+        model.blend_strength.fill_(5.0)
+        model.proj.bias.fill_(30.0)
+    first, step = torch.rand(1, L, H, W), torch.rand(1, L, H, W)
+    _, state = model(first)
+    out, _ = model(step, state)
+    torch.testing.assert_close(out, 0.25 * step + 0.75 * first)
 
 
 def test_gated_blend_matches_a_literal_per_landmark_loop():

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from lightning_fa.metrics import LandmarkAccuracy, VideoStability
@@ -170,6 +170,7 @@ def test_nme_properties(scale, shift, error_scale, seed):
 
 @settings(max_examples=40, deadline=None)
 @given(nmes=st.lists(st.floats(0.0, 0.5), min_size=1, max_size=30), tau=st.floats(0.01, 0.3))
+@example(nmes=[0.0], tau=0.1904269537679833)  # 100 * tau / tau rounded to 100.00000000000001
 def test_fr_auc_ranges_and_monotonic(nmes, tau):
     nmes = torch.tensor(nmes, dtype=torch.float64)
     assert 0.0 <= F.auc(nmes, tau).item() <= 100.0

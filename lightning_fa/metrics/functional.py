@@ -132,7 +132,8 @@ def auc(nmes: Tensor, threshold: float = 0.10) -> Tensor:
     Integrating the step CED(e) = mean_i [nme_i <= e] gives exactly mean_i max(0, tau - nme_i).
     """
     _check_nmes(nmes, threshold)
-    return 100.0 * (threshold - nmes).clamp(min=0).mean() / threshold
+    # Dividing each term by tau before the mean keeps a perfect score exactly 100 (tau / tau = 1).
+    return 100.0 * ((threshold - nmes).clamp(min=0) / threshold).mean()
 
 
 def nrmse(

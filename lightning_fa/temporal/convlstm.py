@@ -123,15 +123,20 @@ class ConvLSTM(nn.Module):
             hidden 4, kernel 3 it is about 200 MMAC (measured 84 ms against 420 ms for the
             HRNet-W18 forward, one loaded CPU thread); at 32x32 about 50 MMAC.
         gated_blend: beyond the paper, needs ``landmark_wise``. The output becomes
-            ``s_t = o_t + a_t (s_{t-1} - o_t)``: each landmark's cell sees its previous output
-            s_{t-1} and a motion cue (the distance between the centres of o_t and s_{t-1},
-            relative PDC, broadcast over the map) beside o_t, and its top hidden state gives one
-            blend weight a_t per heatmap
-            (a 1x1 read-out averaged under the mass of o_t, so a 12x12 training patch and a full
-            map give the same gate), times a learnable strength in [0, 1] that starts at 0 so the
-            untrained stage is still exactly the backbone. A recurrent blend of whole heatmaps is
-            an exponential smoother whose memory the cell sets frame by frame; the residual
-            read-out has to rebuild the smoothed map from 4 bounded channels instead.
+            ``s_t = o_t + a_t (s_{t-1} - o_t)``: each landmark's cell sees o_t, its previous
+            output s_{t-1} and a motion cue (the distance between the centres of o_t and
+            s_{t-1}, relative PDC, broadcast over the map); its top hidden state gives one blend
+            weight a_t per heatmap (a 1x1 read-out averaged under the mass of o_t, so a 12x12
+            training patch and a full map give the same gate), times a learnable strength in
+            [0, 1] that starts at 0 so the untrained stage is still exactly the backbone, capped
+            at ``max_blend``.
+            A recurrent blend of whole maps is an exponential smoother whose memory the cell sets
+            frame by frame (long on a still face, short on a move); the residual read-out would
+            have to rebuild the smoothed map from a few bounded channels instead.
+        max_blend: the largest share a_t of the previous output (``gated_blend`` only). At 0.9
+            every frame brings at least 10 % of its own map, so the memory of a still face stays
+            near 10 frames (a first-order low-pass near 0.5 Hz at 30 fps) and never freezes on an
+            early estimate.
     """
 
     def __init__(
@@ -144,6 +149,7 @@ class ConvLSTM(nn.Module):
         input_proj: int | None = 16,
         landmark_wise: bool = False,
         gated_blend: bool = False,
+        max_blend: float = 0.9,
     ) -> None:
         super().__init__()
         _check_positive(num_landmarks=num_landmarks, num_layers=num_layers)
@@ -154,6 +160,8 @@ class ConvLSTM(nn.Module):
                 "landmark_wise=True feeds every heatmap to its own cell, so there is nothing to "
                 f"squeeze: pass input_proj=None (got input_proj={input_proj})"
             )
+        if not 0.0 < max_blend <= 1.0:
+            raise ValueError(f"max_blend must be in (0, 1], got {max_blend}")
         if gated_blend and not landmark_wise:
             raise ValueError(
                 "gated_blend=True gates each landmark's own heatmap, so it needs landmark_wise=True"
@@ -163,6 +171,7 @@ class ConvLSTM(nn.Module):
         self.num_layers = num_layers
         self.landmark_wise = landmark_wise
         self.gated_blend = gated_blend
+        self.max_blend = max_blend
         # Landmark-wise cells run on (B * L, c, h, w); everything outside them sees (B, L * c, h, w).
         self._groups = num_landmarks if landmark_wise else 1
         # Constructor arguments, saved with fine-tuned checkpoints to rebuild the stage.
@@ -175,6 +184,7 @@ class ConvLSTM(nn.Module):
             "input_proj": input_proj,
             "landmark_wise": landmark_wise,
             "gated_blend": gated_blend,
+            "max_blend": max_blend,
         }
         self.input_proj = (
             nn.Conv2d(num_landmarks, input_proj, 1) if input_proj is not None else nn.Identity()
@@ -320,7 +330,7 @@ class ConvLSTM(nn.Module):
         pooled = (logit * mass).sum((-2, -1), keepdim=True) / mass.sum(
             (-2, -1), keepdim=True
         ).clamp_min(1e-6)
-        gate = self.blend_strength.clamp(0, 1) * torch.sigmoid(pooled)
+        gate = (self.blend_strength.clamp(0, 1) * torch.sigmoid(pooled)).clamp(max=self.max_blend)
         out = heatmaps + gate * (previous - heatmaps)
         return out, (*layers, (out, torch.ones_like(started)))
 
