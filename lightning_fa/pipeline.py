@@ -2,7 +2,8 @@
 
 1. Pretrain a small HRNet on synthetic face *images* (cached under ``cache/backbones/<hash>.pth``,
    keyed by the pretraining config, so later runs skip it).
-2. Fine-tune the ConvLSTM with the Jitter loss on degraded synthetic *sequences* (frozen backbone).
+2. Fine-tune the ConvLSTM (a landmark-wise gated blend) with the Jitter loss plus the pixel loss
+   on every frame, on degraded synthetic *sequences*, half of them nearly still (frozen backbone).
 3. Evaluate on held-out synthetic videos (clean, degraded, still faces): the raw backbone with
    three decoders, the raw PDC track under each classical filter, the fine-tuned model, and the
    fine-tuned model under One Euro; filter parameter sweeps; MCV against noise / blur level;

@@ -133,10 +133,10 @@ class ConvLSTM(nn.Module):
             A recurrent blend of whole maps is an exponential smoother whose memory the cell sets
             frame by frame (long on a still face, short on a move); the residual read-out would
             have to rebuild the smoothed map from a few bounded channels instead.
-        max_blend: the largest share a_t of the previous output (``gated_blend`` only). At 0.9
-            every frame brings at least 10 % of its own map, so the memory of a still face stays
-            near 10 frames (a first-order low-pass near 0.5 Hz at 30 fps) and never freezes on an
-            early estimate.
+        max_blend: the largest share a_t of the previous output (``gated_blend`` only). At 0.95
+            every frame brings at least 5 % of its own map, so the memory of a still face stays
+            within about 20 frames; uncapped, the embedded run's stage learned to freeze still
+            faces on an early estimate (MCV down, NRMSE up; docs/embedded-default.md).
     """
 
     def __init__(
@@ -149,7 +149,7 @@ class ConvLSTM(nn.Module):
         input_proj: int | None = 16,
         landmark_wise: bool = False,
         gated_blend: bool = False,
-        max_blend: float = 0.9,
+        max_blend: float = 0.95,
     ) -> None:
         super().__init__()
         _check_positive(num_landmarks=num_landmarks, num_layers=num_layers)
