@@ -57,14 +57,12 @@ class StreamingStep(nn.Module):
             self.input_size[0] // backbone.stride,
             self.input_size[1] // backbone.stride,
         )
-        num_pairs = len(module.temporal.init_state(1, 1, 1))
         # ConvLSTM names its state tensors; any other stage gets h0, c0, h1, c1, ...
-        names = getattr(module.temporal, "state_names", None)
-        self.state_names = (
-            names()
-            if names is not None
-            else [f"{kind}{k}" for k in range(num_pairs) for kind in ("h", "c")]
-        )
+        if hasattr(module.temporal, "state_names"):
+            self.state_names = module.temporal.state_names()
+        else:
+            pairs = len(module.temporal.init_state(1, 1, 1))
+            self.state_names = [f"{kind}{k}" for k in range(pairs) for kind in ("h", "c")]
 
     def init_state(self, batch: int, device: torch.device | str | None = None) -> list[Tensor]:
         """Zero state (flat) for `batch` new tracks."""

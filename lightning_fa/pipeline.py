@@ -576,9 +576,9 @@ def training_videos(config: PipelineConfig) -> list[SyntheticVideo]:
         )
         videos += [ds.video(k) for k in range(per_set)]
     videos = videos[: f.train_videos]
-    # Every other video (so each preset gets its share) becomes a nearly still talking head.
+    # The nearly still talking heads are spread evenly over the list, so each preset gets its share.
     slowed = round(f.slowed_fraction * len(videos))
-    for i in np.linspace(0, len(videos) - 1, slowed).round().astype(int) if slowed else ():
+    for i in np.linspace(0, len(videos) - 1, slowed).round().astype(int):
         videos[i] = slow_video(videos[i], *f.slowed_motion)
     return videos
 

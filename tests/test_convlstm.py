@@ -256,9 +256,17 @@ def test_onnx_export_with_explicit_state_matches_eager(tmp_path, variant):
     torch.testing.assert_close(torch.from_numpy(new_state[-1]), ref_state[-1][1].detach())
 
 
-def _landmark_wise(peephole: bool = True, num_layers: int = 2) -> ConvLSTM:
+def _landmark_wise(
+    peephole: bool = True, num_layers: int = 2, gated_blend: bool = False
+) -> ConvLSTM:
     model = ConvLSTM(
-        L, 3, num_layers=num_layers, peephole=peephole, input_proj=None, landmark_wise=True
+        L,
+        3,
+        num_layers=num_layers,
+        peephole=peephole,
+        input_proj=None,
+        landmark_wise=True,
+        gated_blend=gated_blend,
     )
     with torch.no_grad():
         for parameter in model.parameters():
@@ -311,13 +319,9 @@ def test_landmark_wise_config_rebuilds_the_same_model():
     torch.testing.assert_close(rebuilt(x)[0], model(x)[0])
 
 
-def _blend(strength: float = 0.8, num_layers: int = 1) -> ConvLSTM:
-    model = ConvLSTM(
-        L, 3, num_layers=num_layers, input_proj=None, landmark_wise=True, gated_blend=True
-    )
+def _blend(strength: float = 0.8) -> ConvLSTM:
+    model = _landmark_wise(peephole=False, num_layers=1, gated_blend=True)
     with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.normal_(0.0, 0.5)
         model.blend_strength.fill_(strength)
     return model
 

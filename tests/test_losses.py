@@ -385,6 +385,8 @@ def test_jitter_loss_rejects_bad_input() -> None:
         JitterLoss(theta=-0.5)
     with pytest.raises(ValueError, match="coord_weight"):
         JitterLoss(coord_weight=-1.0)
+    with pytest.raises(ValueError, match="pixel_weight"):
+        JitterLoss(pixel_weight=-0.5)
     with pytest.raises(ValueError, match="coord_loss"):
         JitterLoss(coord_loss="l2")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="coord_theta"):

@@ -262,27 +262,29 @@ class ConvLSTM(nn.Module):
     def _check_state(self, state: State, batch: int, height: int, width: int) -> None:
         if torch.jit.is_tracing():
             return
-        hidden = (batch, self.hidden_channels * self._groups, height, width)
-        pairs = self.num_layers + int(self.gated_blend)
-        what = f"{self.num_layers} (h, c) pairs" + (
-            " and the (previous, started) pair" if self.gated_blend else ""
+        hidden = (
+            (batch, self.hidden_channels * self._groups, height, width),
+            "batch, hidden, h, w",
         )
-        if not isinstance(state, (tuple, list)) or len(state) != pairs:
+        # Expected (name: (shape, layout)) of each pair, bottom layer first.
+        pairs = [{"h": hidden, "c": hidden}] * self.num_layers
+        what = f"{self.num_layers} (h, c) pairs"
+        if self.gated_blend:
+            pairs.append(
+                {
+                    "previous": ((batch, self.num_landmarks, height, width), "batch, L, h, w"),
+                    "started": ((batch, 1, 1, 1), "batch, 1, 1, 1"),
+                }
+            )
+            what += " and the (previous, started) pair"
+        if not isinstance(state, (tuple, list)) or len(state) != len(pairs):
             raise ValueError(
                 f"state must be a tuple of {what}, got {type(state).__name__}"
                 f" of length {len(state) if isinstance(state, (tuple, list)) else 'n/a'}"
             )
-        blend = {
-            "previous": ((batch, self.num_landmarks, height, width), "batch, L, h, w"),
-            "started": ((batch, 1, 1, 1), "batch, 1, 1, 1"),
-        }
-        for k, layer in enumerate(state):
+        for k, (layer, named) in enumerate(zip(state, pairs)):
             if len(layer) != 2:
                 raise ValueError(f"state[{k}] must be a pair, got {len(layer)} tensors")
-            if k < self.num_layers:
-                named = {"h": (hidden, "batch, hidden, h, w"), "c": (hidden, "batch, hidden, h, w")}
-            else:
-                named = blend
             for (name, (expected, layout)), tensor in zip(named.items(), layer):
                 if tuple(tensor.shape) != expected:
                     raise ValueError(
