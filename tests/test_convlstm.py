@@ -328,12 +328,12 @@ def _blend(strength: float = 0.8) -> ConvLSTM:
 
 def test_gated_blend_with_a_constant_gate_is_an_exponential_smoother():
     """A read-out with zero weights gives the same logit b at every pixel, so the gate is
-    strength * sigmoid(b) on every map: s_t = (1 - a) o_t + a s_{t-1}, s_0 = o_0."""
+    max_blend * strength * sigmoid(b) on every map: s_t = (1 - a) o_t + a s_{t-1}, s_0 = o_0."""
     model = _blend(strength=0.9)
     with torch.no_grad():
         model.proj.weight.zero_()
         model.proj.bias.fill_(0.4)
-    a = 0.9 / (1.0 + math.exp(-0.4))
+    a = 0.95 * 0.9 / (1.0 + math.exp(-0.4))
     seq = torch.rand(2, 6, L, H, W)
     out, _ = model.forward_sequence(seq)
     smoothed = seq[:, 0]
@@ -368,9 +368,22 @@ def test_gated_blend_never_keeps_more_than_max_blend_of_the_past():
     torch.testing.assert_close(out, 0.25 * step + 0.75 * first)
 
 
+def test_gated_blend_gate_keeps_its_gradient_near_max_blend():
+    """A gate whose unscaled value lies above max_blend still learns: the cap scales the gate
+    rather than clipping it, since a clipped gate would get no gradient and stay stuck."""
+    model = ConvLSTM(L, 3, input_proj=None, landmark_wise=True, gated_blend=True, max_blend=0.5)
+    with torch.no_grad():
+        model.blend_strength.fill_(1.0)
+        model.proj.bias.fill_(2.0)  # sigmoid 0.88: a clamp at 0.5 would cut the gradient
+    out, _ = model.forward_sequence(torch.rand(1, 3, L, H, W))
+    out.sum().backward()
+    assert model.proj.bias.grad.abs() > 0
+
+
 def test_gated_blend_matches_a_literal_per_landmark_loop():
     """Each map: its cell sees (o_t, s_{t-1}, |centre(o_t) - centre(s_{t-1})| everywhere), the
-    read-out logit is averaged with o_t's mass as weights, a_t = strength * sigmoid(that mean),
+    read-out logit is averaged with o_t's mass as weights,
+    a_t = max_blend * strength * sigmoid(that mean),
     s_t = o_t + a_t (s_{t-1} - o_t)."""
     model = _blend(strength=0.7)
     seq = torch.rand(1, 5, L, H, W)
@@ -391,7 +404,7 @@ def _check_literal_blend(model: ConvLSTM, seq: torch.Tensor, out: torch.Tensor) 
             h, c = _cell_step_literal(cell, torch.cat([o, previous, motion], 1), h, c)
             logit = read_out(h)
             pooled = float((logit * o).sum() / o.sum())
-            gate = 0.7 / (1.0 + math.exp(-pooled))
+            gate = 0.95 * 0.7 / (1.0 + math.exp(-pooled))
             previous = o + gate * (previous - o)
             torch.testing.assert_close(out[:, t, k : k + 1], previous)
 

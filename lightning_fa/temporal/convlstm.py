@@ -128,8 +128,8 @@ class ConvLSTM(nn.Module):
             s_{t-1}, relative PDC, broadcast over the map); its top hidden state gives one blend
             weight a_t per heatmap (a 1x1 read-out averaged under the mass of o_t, so a 12x12
             training patch and a full map give the same gate), times a learnable strength in
-            [0, 1] that starts at 0 so the untrained stage is still exactly the backbone, capped
-            at ``max_blend``.
+            [0, 1] that starts at 0 so the untrained stage is still exactly the backbone, times
+            ``max_blend`` (a scale, not a clip, so a gate near the cap still learns).
             A recurrent blend of whole maps is an exponential smoother whose memory the cell sets
             frame by frame (long on a still face, short on a move); the residual read-out would
             have to rebuild the smoothed map from a few bounded channels instead.
@@ -332,7 +332,9 @@ class ConvLSTM(nn.Module):
         pooled = (logit * mass).sum((-2, -1), keepdim=True) / mass.sum(
             (-2, -1), keepdim=True
         ).clamp_min(1e-6)
-        gate = (self.blend_strength.clamp(0, 1) * torch.sigmoid(pooled)).clamp(max=self.max_blend)
+        # Scaled, not clamped, to max_blend: a clamp has no gradient, so a gate that once
+        # overshot it would stay there for the rest of training.
+        gate = self.max_blend * self.blend_strength.clamp(0, 1) * torch.sigmoid(pooled)
         out = heatmaps + gate * (previous - heatmaps)
         return out, (*layers, (out, torch.ones_like(started)))
 
