@@ -36,8 +36,10 @@ def flatten_state(state: State) -> list[Tensor]:
     return [tensor for layer in state for tensor in layer]
 
 
-def unflatten_state(flat: list[Tensor] | tuple[Tensor, ...]) -> State:
-    return tuple((flat[k], flat[k + 1]) for k in range(0, len(flat), 2))
+def unflatten_state(flat: list[Tensor] | tuple[Tensor, ...], sizes: list[int]) -> State:
+    """Regroup flat tensors into the state's groups of ``sizes`` tensors each."""
+    ends = [sum(sizes[: k + 1]) for k in range(len(sizes))]
+    return tuple(tuple(flat[end - size : end]) for size, end in zip(sizes, ends))
 
 
 class StreamingStep(nn.Module):
@@ -57,12 +59,15 @@ class StreamingStep(nn.Module):
             self.input_size[0] // backbone.stride,
             self.input_size[1] // backbone.stride,
         )
+        # How the flat state tensors group (layers' (h, c), the blend's group).
+        self.state_sizes = [len(group) for group in module.temporal.init_state(1, 1, 1)]
         # ConvLSTM names its state tensors; any other stage gets h0, c0, h1, c1, ...
         if hasattr(module.temporal, "state_names"):
             self.state_names = module.temporal.state_names()
         else:
-            pairs = len(module.temporal.init_state(1, 1, 1))
-            self.state_names = [f"{kind}{k}" for k in range(pairs) for kind in ("h", "c")]
+            self.state_names = [
+                f"{kind}{k}" for k in range(len(self.state_sizes)) for kind in ("h", "c")
+            ]
 
     def init_state(self, batch: int, device: torch.device | str | None = None) -> list[Tensor]:
         """Zero state (flat) for `batch` new tracks."""
@@ -71,7 +76,7 @@ class StreamingStep(nn.Module):
     @torch.no_grad()
     def forward(self, images: Tensor, *state: Tensor) -> tuple[Tensor, ...]:
         raw = self.module.backbone(self.module.backbone.preprocess(images)).float()
-        stabilised, new_state = self.module.temporal(raw, unflatten_state(state))
+        stabilised, new_state = self.module.temporal(raw, unflatten_state(state, self.state_sizes))
         return (
             self.module.decode(stabilised),
             self.module.decode(raw),

@@ -87,8 +87,8 @@ class FinetuneConfig:
     drawn afresh each epoch, so the many optimizer steps it needs cost no backbone passes.
     ``crop``: with a landmark-wise ConvLSTM each landmark's window is cut to a crop x crop patch
     around it (the cell sees each map alone, and the rest of the map is empty), about 7x fewer
-    pixels per step at 12 of 32. ``gated_blend`` / ``max_blend``: the stage blends its previous
-    output into each new map, gated by the cell (`ConvLSTM`). ``slowed_fraction`` of the training
+    pixels per step at 12 of 32. ``gated_blend`` / ``max_blend`` / ``motion_smoothing``: the
+    stage blends its previous output into each new map, gated by the cell (`ConvLSTM`). ``slowed_fraction`` of the training
     videos become nearly still talking heads (`slow_video` with ``slowed_motion`` = head pose and
     expression scales), so the stage sees faces that hold still as well as faces that move.
     ``pixel_weight``: `JitterLoss`'s unmodulated share of the pixel loss, which makes a lag
@@ -112,7 +112,8 @@ class FinetuneConfig:
     input_proj: int | None = None
     landmark_wise: bool = True
     gated_blend: bool = True
-    max_blend: float = 0.95
+    max_blend: float = 0.98
+    motion_smoothing: float = 0.2
     slowed_fraction: float = 0.5
     slowed_motion: tuple[float, float] = (0.02, 0.25)
     theta: float = 1.0
@@ -610,6 +611,7 @@ def finetune(config: PipelineConfig, backbone_path: Path, run_dir: Path) -> Stab
         landmark_wise=f.landmark_wise,
         gated_blend=f.gated_blend,
         max_blend=f.max_blend,
+        motion_smoothing=f.motion_smoothing,
     )
     module = StableAlignmentModule(
         backbone=build_backbone(p),

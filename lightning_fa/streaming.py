@@ -2,7 +2,7 @@
 
 A server with hundreds of camera streams (or a tracker with several faces) steps every stream
 that has a new frame in one batched forward: the backbone, the ConvLSTM step and PDC run once for
-all of them, and each stream's (h, c) rows are gathered before the step and scattered back after.
+all of them, and each stream's state rows are gathered before the step and scattered back after.
 """
 
 from __future__ import annotations
@@ -88,12 +88,12 @@ class MultiStreamInference:
         fresh = self.module.temporal.init_state(1, height, width, self.device)
         rows = [self._states.get(i, fresh) for i in stream_ids]
         state = tuple(
-            (torch.cat([r[k][0] for r in rows]), torch.cat([r[k][1] for r in rows]))
-            for k in range(len(fresh))
+            tuple(torch.cat([r[k][j] for r in rows]) for j in range(len(group)))
+            for k, group in enumerate(fresh)
         )
         coords, raw, state = self._step(frames, state)
         for n, stream in enumerate(stream_ids):
-            self._states[stream] = tuple((h[n : n + 1], c[n : n + 1]) for h, c in state)
+            self._states[stream] = tuple(tuple(t[n : n + 1] for t in group) for group in state)
         return coords, raw
 
     def end(self, stream_id: Hashable) -> None:

@@ -99,9 +99,9 @@ def test_sequence_equals_stepping_with_state(variant):
     for t in range(seq.shape[1]):
         step, state = model(seq[:, t], state)
         torch.testing.assert_close(out[:, t], step)
-    for (h1, c1), (h2, c2) in zip(final, state):
-        torch.testing.assert_close(h1, h2)
-        torch.testing.assert_close(c1, c2)
+    for group_sequence, group_steps in zip(final, state, strict=True):
+        for from_sequence, from_steps in zip(group_sequence, group_steps, strict=True):
+            torch.testing.assert_close(from_sequence, from_steps)
     # The recurrence matters: frame 2 alone differs from frame 2 after frame 1.
     fresh, _ = model(seq[:, 1])
     assert not torch.allclose(fresh, out[:, 1])
@@ -253,7 +253,9 @@ def test_onnx_export_with_explicit_state_matches_eager(tmp_path, variant):
     out, *new_state = session.run(None, feeds)
     ref, ref_state = model(x, state)
     torch.testing.assert_close(torch.from_numpy(out), ref.detach())
-    torch.testing.assert_close(torch.from_numpy(new_state[-1]), ref_state[-1][1].detach())
+    reference = [t.detach() for group in ref_state for t in group]
+    for exported, expected in zip(new_state, reference, strict=True):
+        torch.testing.assert_close(torch.from_numpy(exported), expected)
 
 
 def _landmark_wise(
@@ -381,7 +383,8 @@ def test_gated_blend_gate_keeps_its_gradient_near_max_blend():
 
 
 def test_gated_blend_matches_a_literal_per_landmark_loop():
-    """Each map: its cell sees (o_t, s_{t-1}, |centre(o_t) - centre(s_{t-1})| everywhere), the
+    """Each map: its cell sees (o_t, s_{t-1}, |d_t| everywhere) with d_t the running average
+    d_t = d_{t-1} + 0.2 (centre(o_t) - centre(s_{t-1}) - d_{t-1}), d_{-1} = 0; the
     read-out logit is averaged with o_t's mass as weights,
     a_t = max_blend * strength * sigmoid(that mean),
     s_t = o_t + a_t (s_{t-1} - o_t)."""
@@ -397,16 +400,44 @@ def _check_literal_blend(model: ConvLSTM, seq: torch.Tensor, out: torch.Tensor) 
     for k in range(L):
         h = c = torch.zeros(1, 3, H, W)
         previous = seq[:, 0, k : k + 1]
+        drift = torch.zeros(2)
         for t in range(seq.shape[1]):
             o = seq[:, t, k : k + 1]
             shift = _centre_literal(o[0, 0]) - _centre_literal(previous[0, 0])
-            motion = torch.full_like(o, float(shift.norm()))
+            drift = drift + 0.2 * (shift - drift)
+            motion = torch.full_like(o, float(drift.norm()))
             h, c = _cell_step_literal(cell, torch.cat([o, previous, motion], 1), h, c)
             logit = read_out(h)
             pooled = float((logit * o).sum() / o.sum())
             gate = 0.95 * 0.7 / (1.0 + math.exp(-pooled))
             previous = o + gate * (previous - o)
             torch.testing.assert_close(out[:, t, k : k + 1], previous)
+
+
+def _blob(x: float, y: float) -> torch.Tensor:
+    """(1, L, H, W) Gaussian maps (sigma 1) centred at (x, y) on every landmark."""
+    ys, xs = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
+    blob = torch.exp(-((xs - x) ** 2 + (ys - y) ** 2) / 2.0)
+    return blob.expand(1, L, H, W).clone()
+
+
+def test_gated_blend_motion_cue_averages_offsets_over_frames():
+    """With a closed gate (strength 0) s_{t-1} = o_{t-1}, so the offsets are the map's moves and
+    the drift is their running average with weight 0.2: a move that persists builds it up as
+    d (1 - 0.8^n); a one-frame jump and its return leave only 0.2 d - 0.2 (0.2 d + d)."""
+    model = _blend(strength=0.0)
+    step = torch.tensor([1.0, 1.0])  # whole pixels: symmetric blobs, exact centres
+
+    def drift_after(centres: list[torch.Tensor]) -> torch.Tensor:
+        seq = torch.cat([_blob(*(torch.tensor([2.0, 2.0]) + c).tolist()) for c in centres])
+        _, state = model.forward_sequence(seq[None])
+        return state[-1][1][0, 0]  # the first landmark's drift (all maps are the same)
+
+    with torch.no_grad():
+        moving = drift_after([n * step for n in range(4)])
+        jump = drift_after([0 * step, step, 0 * step])
+    torch.testing.assert_close(moving, step * (1 - 0.8**3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(jump, 0.2 * step - 0.2 * (0.2 * step + step), atol=1e-5, rtol=0)
 
 
 def test_gated_blend_starts_every_sequence_from_its_first_frame():
@@ -424,11 +455,15 @@ def test_gated_blend_starts_every_sequence_from_its_first_frame():
 def test_gated_blend_state_is_checked():
     model = _blend()
     x = torch.rand(2, L, H, W)
-    (h, c), (previous, started) = model.init_state(2, H, W)
-    with pytest.raises(ValueError, match="previous, started"):
+    (h, c), (previous, drift, started) = model.init_state(2, H, W)
+    with pytest.raises(ValueError, match="previous, drift, started"):
         model(x, ((h, c),))
+    with pytest.raises(ValueError, match=r"state\[1\] must hold 3 tensors"):
+        model(x, ((h, c), (previous, started)))
     with pytest.raises(ValueError, match="previous must have shape"):
-        model(x, ((h, c), (previous[:, :1], started)))
+        model(x, ((h, c), (previous[:, :1], drift, started)))
+    with pytest.raises(ValueError, match="drift must have shape"):
+        model(x, ((h, c), (previous, drift[..., :1], started)))
     with pytest.raises(ValueError, match="started must have shape"):
-        model(x, ((h, c), (previous, started[:1])))
-    assert model.state_names() == ["h0", "c0", "previous", "started"]
+        model(x, ((h, c), (previous, drift, started[:1])))
+    assert model.state_names() == ["h0", "c0", "previous", "drift", "started"]

@@ -15,17 +15,17 @@ from lightning_fa.heatmaps import pdc
 
 LayerState = tuple[Tensor, Tensor]
 """(h, c) of one layer, each (B, hidden, h, w)."""
-State = tuple[LayerState, ...]
-"""One (h, c) pair per layer, bottom layer first; with ``gated_blend`` one more pair
-(previous output (B, L, h, w), started (B, 1, 1, 1)). Every tensor is batch first and all zeros
-means a new sequence."""
+State = tuple[tuple[Tensor, ...], ...]
+"""One (h, c) pair per layer, bottom layer first; with ``gated_blend`` one more group
+(previous output (B, L, h, w), drift (B, L, 2), started (B, 1, 1, 1)). Every tensor is batch
+first and all zeros means a new sequence."""
 
 
 def detach_state(state: State | None) -> State | None:
     """Cut the autograd graph behind ``state`` (truncated BPTT); ``None`` stays ``None``."""
     if state is None:
         return None
-    return tuple((h.detach(), c.detach()) for h, c in state)
+    return tuple(tuple(tensor.detach() for tensor in group) for group in state)
 
 
 def _check_positive(**values: int) -> None:
@@ -124,8 +124,9 @@ class ConvLSTM(nn.Module):
             HRNet-W18 forward, one loaded CPU thread); at 32x32 about 50 MMAC.
         gated_blend: beyond the paper, needs ``landmark_wise``. The output becomes
             ``s_t = o_t + a_t (s_{t-1} - o_t)``: each landmark's cell sees o_t, its previous
-            output s_{t-1} and a motion cue (the distance between the centres of o_t and
-            s_{t-1}, relative PDC, broadcast over the map); its top hidden state gives one blend
+            output s_{t-1} and a motion cue (the length of the running average, see
+            ``motion_smoothing``, of the offset between the centres of o_t and s_{t-1}, relative
+            PDC, broadcast over the map); its top hidden state gives one blend
             weight a_t per heatmap (a 1x1 read-out averaged under the mass of o_t, so a 12x12
             training patch and a full map give the same gate), times a learnable strength in
             [0, 1] that starts at 0 so the untrained stage is still exactly the backbone, times
@@ -137,6 +138,11 @@ class ConvLSTM(nn.Module):
             every frame brings at least 5 % of its own map, so the memory of a still face stays
             within about 20 frames; uncapped, the embedded run's stage learned to freeze still
             faces on an early estimate (MCV down, NRMSE up; docs/embedded-default.md).
+        motion_smoothing: the weight of the newest offset in the motion cue's running average
+            (``gated_blend`` only), as One Euro smooths its derivative. 1 is the instantaneous
+            offset, which opens the gate on the noisiest frames and lets their noise through;
+            0.2 (about a 5-frame average) cut the slow-set MCV a further 2 points in the
+            embedded run (docs/embedded-default.md).
     """
 
     def __init__(
@@ -150,6 +156,7 @@ class ConvLSTM(nn.Module):
         landmark_wise: bool = False,
         gated_blend: bool = False,
         max_blend: float = 0.95,
+        motion_smoothing: float = 0.2,
     ) -> None:
         super().__init__()
         _check_positive(num_landmarks=num_landmarks, num_layers=num_layers)
@@ -162,6 +169,8 @@ class ConvLSTM(nn.Module):
             )
         if not 0.0 < max_blend <= 1.0:
             raise ValueError(f"max_blend must be in (0, 1], got {max_blend}")
+        if not 0.0 < motion_smoothing <= 1.0:
+            raise ValueError(f"motion_smoothing must be in (0, 1], got {motion_smoothing}")
         if gated_blend and not landmark_wise:
             raise ValueError(
                 "gated_blend=True gates each landmark's own heatmap, so it needs landmark_wise=True"
@@ -172,6 +181,7 @@ class ConvLSTM(nn.Module):
         self.landmark_wise = landmark_wise
         self.gated_blend = gated_blend
         self.max_blend = max_blend
+        self.motion_smoothing = motion_smoothing
         # Landmark-wise cells run on (B * L, c, h, w); everything outside them sees (B, L * c, h, w).
         self._groups = num_landmarks if landmark_wise else 1
         # Constructor arguments, saved with fine-tuned checkpoints to rebuild the stage.
@@ -185,6 +195,7 @@ class ConvLSTM(nn.Module):
             "landmark_wise": landmark_wise,
             "gated_blend": gated_blend,
             "max_blend": max_blend,
+            "motion_smoothing": motion_smoothing,
         }
         self.input_proj = (
             nn.Conv2d(num_landmarks, input_proj, 1) if input_proj is not None else nn.Identity()
@@ -241,13 +252,14 @@ class ConvLSTM(nn.Module):
         if not self.gated_blend:
             return layers
         previous = torch.zeros(batch, self.num_landmarks, height, width, device=device, dtype=dtype)
+        drift = torch.zeros(batch, self.num_landmarks, 2, device=device, dtype=dtype)
         started = torch.zeros(batch, 1, 1, 1, device=device, dtype=dtype)
-        return (*layers, (previous, started))
+        return (*layers, (previous, drift, started))
 
     def state_names(self) -> list[str]:
         """Names of the flattened state tensors, in order (the exported graph's inputs)."""
         names = [f"{kind}{k}" for k in range(self.num_layers) for kind in ("h", "c")]
-        return [*names, "previous", "started"] if self.gated_blend else names
+        return [*names, "previous", "drift", "started"] if self.gated_blend else names
 
     def _check_heatmaps(self, heatmaps: Tensor, ndim: int, layout: str) -> None:
         # A trace fixes the shapes anyway; checking them there only emits TracerWarnings.
@@ -266,26 +278,30 @@ class ConvLSTM(nn.Module):
             (batch, self.hidden_channels * self._groups, height, width),
             "batch, hidden, h, w",
         )
-        # Expected (name: (shape, layout)) of each pair, bottom layer first.
-        pairs = [{"h": hidden, "c": hidden}] * self.num_layers
+        # Expected (name: (shape, layout)) of each group, bottom layer first.
+        groups = [{"h": hidden, "c": hidden}] * self.num_layers
         what = f"{self.num_layers} (h, c) pairs"
         if self.gated_blend:
-            pairs.append(
+            groups.append(
                 {
                     "previous": ((batch, self.num_landmarks, height, width), "batch, L, h, w"),
+                    "drift": ((batch, self.num_landmarks, 2), "batch, L, 2"),
                     "started": ((batch, 1, 1, 1), "batch, 1, 1, 1"),
                 }
             )
-            what += " and the (previous, started) pair"
-        if not isinstance(state, (tuple, list)) or len(state) != len(pairs):
+            what += " and the (previous, drift, started) group"
+        if not isinstance(state, (tuple, list)) or len(state) != len(groups):
             raise ValueError(
                 f"state must be a tuple of {what}, got {type(state).__name__}"
                 f" of length {len(state) if isinstance(state, (tuple, list)) else 'n/a'}"
             )
-        for k, (layer, named) in enumerate(zip(state, pairs)):
-            if len(layer) != 2:
-                raise ValueError(f"state[{k}] must be a pair, got {len(layer)} tensors")
-            for (name, (expected, layout)), tensor in zip(named.items(), layer):
+        for k, (group, named) in enumerate(zip(state, groups)):
+            if len(group) != len(named):
+                raise ValueError(
+                    f"state[{k}] must hold {len(named)} tensors ({', '.join(named)}), "
+                    f"got {len(group)}"
+                )
+            for (name, (expected, layout)), tensor in zip(named.items(), group):
                 if tuple(tensor.shape) != expected:
                     raise ValueError(
                         f"state[{k}] {name} must have shape {expected} ({layout}), "
@@ -318,13 +334,18 @@ class ConvLSTM(nn.Module):
 
     def _blend_step(self, heatmaps: Tensor, state: State) -> tuple[Tensor, State]:
         """One ``gated_blend`` step: s_t = o_t + a_t (s_{t-1} - o_t), a_t from the cell."""
-        layers, (previous, started) = state[:-1], state[-1]
+        layers, (previous, drift, started) = state[:-1], state[-1]
         # A new sequence (started = 0) has no previous output: it blends with its own frame.
         previous = heatmaps + started * (previous - heatmaps)
-        # The motion cue: how far the new map's centre lies from the previous output's, in
-        # heatmap pixels (relative PDC: the same on a training patch and on a full map).
-        motion = (pdc(heatmaps, relative=True) - pdc(previous, relative=True)).norm(dim=-1)
-        motion = motion[..., None, None].expand_as(heatmaps).to(heatmaps.dtype)
+        # The motion cue: the running average of how far the new map's centre lies from the
+        # previous output's (heatmap pixels; relative PDC: the same on a training patch and on
+        # a full map). Averaged like One Euro's derivative, so that one noisy frame far from the
+        # output does not open the gate and pass its noise through, while a move that persists
+        # does. Only an input: no gradient flows back through the decoder.
+        offset = (pdc(heatmaps, relative=True) - pdc(previous, relative=True)).detach()
+        drift = started[..., 0] * drift  # (B, 1, 1) * (B, L, 2): zero on a new sequence
+        drift = drift + self.motion_smoothing * (offset.to(drift.dtype) - drift)
+        motion = drift.norm(dim=-1)[..., None, None].expand_as(heatmaps).to(heatmaps.dtype)
         cell_input = torch.stack([heatmaps, previous, motion], dim=2).flatten(1, 2)
         top, layers = self._recur(cell_input, layers)
         logit = self.proj(self._to_cells(top)).reshape(heatmaps.shape)
@@ -336,7 +357,7 @@ class ConvLSTM(nn.Module):
         # overshot it would stay there for the rest of training.
         gate = self.max_blend * self.blend_strength.clamp(0, 1) * torch.sigmoid(pooled)
         out = heatmaps + gate * (previous - heatmaps)
-        return out, (*layers, (out, torch.ones_like(started)))
+        return out, (*layers, (out, drift, torch.ones_like(started)))
 
     def forward(self, heatmaps: Tensor, state: State | None = None) -> tuple[Tensor, State]:
         """One step: heatmaps o_t (B, L, h, w), state or ``None`` (new sequence) ->
