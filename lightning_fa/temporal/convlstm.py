@@ -136,13 +136,15 @@ class ConvLSTM(nn.Module):
             have to rebuild the smoothed map from a few bounded channels instead.
         max_blend: the largest share a_t of the previous output (``gated_blend`` only). At 0.95
             every frame brings at least 5 % of its own map, so the memory of a still face stays
-            within about 20 frames; uncapped, the embedded run's stage learned to freeze still
-            faces on an early estimate (MCV down, NRMSE up; docs/embedded-default.md).
+            within about 20 frames (the embedded run uses 0.98, with a smoothed motion cue);
+            uncapped, the embedded run's stage learned to freeze still faces on an early
+            estimate (MCV down, NRMSE up; docs/embedded-default.md).
         motion_smoothing: the weight of the newest offset in the motion cue's running average
             (``gated_blend`` only), as One Euro smooths its derivative. 1 is the instantaneous
-            offset, which opens the gate on the noisiest frames and lets their noise through;
-            0.2 (about a 5-frame average) cut the slow-set MCV a further 2 points in the
-            embedded run (docs/embedded-default.md).
+            offset, which opens the gate on the noisiest frames and lets their noise through.
+            With 0.2 (about a 5-frame average) the gate stays closed on still faces, so the
+            cap binds there; the embedded run raises it to 0.98 and its slow-set MCV cut went
+            from 35 to 41 % (docs/embedded-default.md).
     """
 
     def __init__(
