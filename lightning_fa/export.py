@@ -61,12 +61,17 @@ class StreamingStep(nn.Module):
         )
         # How the flat state tensors group (layers' (h, c), the blend's group).
         self.state_sizes = [len(group) for group in module.temporal.init_state(1, 1, 1)]
-        # ConvLSTM names its state tensors; any other stage gets h0, c0, h1, c1, ...
+        # ConvLSTM names its state tensors; any other stage gets h0, c0, h1, c1, ... for pairs
+        # and state<k>_<j> for groups of another size.
         if hasattr(module.temporal, "state_names"):
             self.state_names = module.temporal.state_names()
         else:
             self.state_names = [
-                f"{kind}{k}" for k in range(len(self.state_sizes)) for kind in ("h", "c")
+                name
+                for k, size in enumerate(self.state_sizes)
+                for name in (
+                    [f"h{k}", f"c{k}"] if size == 2 else [f"state{k}_{j}" for j in range(size)]
+                )
             ]
 
     def init_state(self, batch: int, device: torch.device | str | None = None) -> list[Tensor]:

@@ -88,9 +88,10 @@ class FinetuneConfig:
     ``crop``: with a landmark-wise ConvLSTM each landmark's window is cut to a crop x crop patch
     around it (the cell sees each map alone, and the rest of the map is empty), about 7x fewer
     pixels per step at 12 of 32. ``gated_blend`` / ``max_blend`` / ``motion_smoothing``: the
-    stage blends its previous output into each new map, gated by the cell (`ConvLSTM`). ``slowed_fraction`` of the training
-    videos become nearly still talking heads (`slow_video` with ``slowed_motion`` = head pose and
-    expression scales), so the stage sees faces that hold still as well as faces that move.
+    stage blends its previous output into each new map, gated by the cell (`ConvLSTM`).
+    ``slowed_fraction`` of the training videos become nearly still talking heads (`slow_video`
+    with ``slowed_motion`` = head pose and expression scales), so the stage sees faces that hold
+    still as well as faces that move.
     ``pixel_weight``: `JitterLoss`'s unmodulated share of the pixel loss, which makes a lag
     behind a move cost something.
     """

@@ -102,3 +102,29 @@ def test_onnx_step_rejects_missing_and_foreign_files(tmp_path) -> None:
     bad.write_text("not a model")
     with pytest.raises(ValueError, match="cannot load ONNX model"):
         OnnxStep(bad)
+
+
+class _GroupedStage(torch.nn.Module):
+    """A third-party stage without `state_names`: an (h, c) pair and a group of three."""
+
+    def init_state(self, batch, height, width, device=None, dtype=None):
+        zeros = [torch.zeros(batch, 1, height, width, device=device) for _ in range(5)]
+        return ((zeros[0], zeros[1]), (zeros[2], zeros[3], zeros[4]))
+
+    def forward(self, heatmaps, state=None):
+        if state is None:
+            state = self.init_state(heatmaps.shape[0], *heatmaps.shape[-2:], heatmaps.device)
+        # Each group gets its own increment, so a misgrouped state would show.
+        return heatmaps, tuple(tuple(t + k + 1 for t in group) for k, group in enumerate(state))
+
+
+def test_streaming_step_names_and_regroups_a_stage_without_state_names() -> None:
+    module = StableAlignmentModule(
+        backbone=create_backbone("hrnet_lite", 68), temporal=_GroupedStage()
+    )
+    step = StreamingStep(module.eval()).eval()
+    assert step.state_names == ["h0", "c0", "state1_0", "state1_1", "state1_2"]
+    images = torch.randint(0, 256, (1, 3, 128, 128), dtype=torch.uint8)
+    *_, h, c, a, b, last = step(images, *step.init_state(1))
+    for tensor, frames in ((h, 1), (c, 1), (a, 2), (b, 2), (last, 2)):
+        assert torch.all(tensor == frames)
