@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +39,16 @@ def flatten_state(state: State) -> list[Tensor]:
 
 def unflatten_state(flat: list[Tensor] | tuple[Tensor, ...], sizes: list[int]) -> State:
     """Regroup flat tensors into the state's groups of ``sizes`` tensors each."""
-    ends = [sum(sizes[: k + 1]) for k in range(len(sizes))]
-    return tuple(tuple(flat[end - size : end]) for size, end in zip(sizes, ends))
+    tensors = iter(flat)
+    return tuple(tuple(islice(tensors, size)) for size in sizes)
+
+
+def _fallback_state_names(sizes: list[int]) -> list[str]:
+    """h0, c0, h1, c1, ... for (h, c) pairs; state<k>_<j> for groups of another size."""
+    names: list[str] = []
+    for k, size in enumerate(sizes):
+        names += [f"h{k}", f"c{k}"] if size == 2 else [f"state{k}_{j}" for j in range(size)]
+    return names
 
 
 class StreamingStep(nn.Module):
@@ -61,18 +70,11 @@ class StreamingStep(nn.Module):
         )
         # How the flat state tensors group (layers' (h, c), the blend's group).
         self.state_sizes = [len(group) for group in module.temporal.init_state(1, 1, 1)]
-        # ConvLSTM names its state tensors; any other stage gets h0, c0, h1, c1, ... for pairs
-        # and state<k>_<j> for groups of another size.
+        # ConvLSTM names its state tensors; any other stage gets generic names.
         if hasattr(module.temporal, "state_names"):
             self.state_names = module.temporal.state_names()
         else:
-            self.state_names = [
-                name
-                for k, size in enumerate(self.state_sizes)
-                for name in (
-                    [f"h{k}", f"c{k}"] if size == 2 else [f"state{k}_{j}" for j in range(size)]
-                )
-            ]
+            self.state_names = _fallback_state_names(self.state_sizes)
 
     def init_state(self, batch: int, device: torch.device | str | None = None) -> list[Tensor]:
         """Zero state (flat) for `batch` new tracks."""

@@ -353,10 +353,10 @@ def still_video(videos: SyntheticFaceVideos, index: int) -> SyntheticVideo:
 def slow_video(
     video: SyntheticVideo, head_motion: float, expression: float = 1.0
 ) -> SyntheticVideo:
-    """``video`` with its head pose (scale, translation, rotations) pulled towards its mean pose,
-    every excursion scaled by ``head_motion``, and its expressions (mouth, smile, brows) by
-    ``expression``; blinks unchanged. Mean and frames lie in the generator's convex admissible
-    sets, so every blend does too."""
+    """``video`` (changed in place and returned) with its head pose (scale, translation,
+    rotations) pulled towards its mean pose, every excursion scaled by ``head_motion``, and its
+    expressions (mouth, smile, brows) by ``expression``; blinks unchanged. Mean and frames lie in
+    the generator's convex admissible sets, so every blend does too."""
     for name, value in (("head_motion", head_motion), ("expression", expression)):
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"{name} must be in [0, 1], got {value}")
