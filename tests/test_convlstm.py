@@ -228,6 +228,8 @@ def test_bad_state_raises():
         {"gated_blend": True, "input_proj": None},  # without landmark_wise
         {"max_blend": 0.0},
         {"max_blend": 1.5},
+        {"motion_smoothing": 0.0},
+        {"motion_smoothing": 1.2},
     ],
 )
 def test_bad_constructor_arguments_raise(kwargs):
