@@ -1,7 +1,7 @@
 """`lightning-fa`: LightningCLI for fit / validate / test / predict, plus the project's tools.
 
     lightning-fa fit --config experiments/base.yaml --config experiments/backbone/hrnet.yaml ...
-    lightning-fa predict CKPT --video-root DIR      (no training config: rebuilt from the checkpoint)
+    lightning-fa predict CKPT --data DATA.yaml      (no training config: rebuilt from the checkpoint)
     lightning-fa <tool> --help                      (report, track, evaluate-video, bench, ...)
 
 Configs are parsed with OmegaConf, so experiment YAMLs can interpolate (`${...}`).
@@ -15,19 +15,40 @@ import sys
 from jsonargparse import set_parsing_settings
 from lightning.pytorch.cli import LightningCLI
 
+from lightning_fa.errors import DEBUG_FLAG, run_command
+
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 
-# name -> "module:function(argv) -> int"; imported only when called, so `--help` stays fast.
-TOOLS: dict[str, str] = {
-    "bench": "lightning_fa.bench:main",
-    "predict-ckpt": "lightning_fa.predict:main",
-    "track": "lightning_fa.tracking:main",
-    "evaluate-video": "lightning_fa.video_eval:main",
-    "export": "lightning_fa.export:main",
-    "report": "lightning_fa.report:main",
-    "demo": "lightning_fa.pipeline:main",
-    "sweep-local": "lightning_fa.sweep:main",
-    "unlabelled-experiment": "lightning_fa.unlabelled_experiment:main",
+# name -> ("module:function(argv) -> int", one-line description); imported only when called, so
+# `--help` stays fast.
+TOOLS: dict[str, tuple[str, str]] = {
+    "track": ("lightning_fa.tracking:main", "stable landmarks on a video file or camera"),
+    "evaluate-video": (
+        "lightning_fa.video_eval:main",
+        "stability of raw, filtered and fine-tuned tracks on unlabelled videos",
+    ),
+    "export": ("lightning_fa.export:main", "export a checkpoint's streaming step to ONNX"),
+    "predict-ckpt": (
+        "lightning_fa.predict:main",
+        "predictions from a checkpoint alone (`predict CKPT --data DATA.yaml`)",
+    ),
+    "report": ("lightning_fa.report:main", "tables, figures and overlay video of a run folder"),
+    "demo": ("lightning_fa.pipeline:main", "the embedded end-to-end benchmark (`make finetune`)"),
+    "bench": ("lightning_fa.bench:main", "speed and memory figures side by side, as JSON"),
+    "sweep-local": (
+        "lightning_fa.sweep:main",
+        "run a W&B sweep grid here, one point after another",
+    ),
+    "unlabelled-experiment": (
+        "lightning_fa.unlabelled_experiment:main",
+        "leave-one-out training on unlabelled real clips",
+    ),
+}
+LIGHTNING_DESCRIPTIONS = {
+    "fit": "fine-tune through the Lightning CLI (`--config ...`)",
+    "validate": "validate a checkpoint through the Lightning CLI",
+    "test": "test a checkpoint through the Lightning CLI",
+    "predict": "predict through the Lightning CLI (or `predict CKPT --data DATA.yaml`)",
 }
 
 
@@ -78,16 +99,28 @@ def _is_checkpoint_predict(argv: list[str]) -> bool:
     )
 
 
+def usage() -> str:
+    rows = {**LIGHTNING_DESCRIPTIONS, **{name: text for name, (_, text) in TOOLS.items()}}
+    rows.pop("predict-ckpt")
+    width = max(map(len, rows))
+    lines = [f"  {name:<{width}}  {text}" for name, text in rows.items()]
+    return "\n".join(
+        [__doc__.strip(), "", "commands:", *lines, "", f"Add {DEBUG_FLAG} for full tracebacks."]
+    )
+
+
 def main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__)
-        print("commands:", ", ".join([*LIGHTNING_COMMANDS, *sorted(TOOLS)]))
+        print(usage())
         return 0
     if _is_checkpoint_predict(argv):
         argv = ["predict-ckpt", *argv[1:]]
     if argv[0] in TOOLS:
-        module_name, function_name = TOOLS[argv[0]].split(":")
-        return int(getattr(importlib.import_module(module_name), function_name)(argv[1:]) or 0)
+        target, _ = TOOLS[argv[0]]
+        module_name, function_name = target.split(":")
+        prog = "lightning-fa " + argv[0].removesuffix("-ckpt")
+        body = getattr(importlib.import_module(module_name), function_name)
+        return run_command(prog, body, argv[1:])
     if argv[0] in LIGHTNING_COMMANDS:
         run_lightning_cli(argv)
         return 0
