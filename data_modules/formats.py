@@ -1,12 +1,16 @@
 """Readers for the landmark annotation formats (300W .pts, WFLW lists, COFW .mat, HRNet CSV).
 
 Every reader returns plain ``LandmarkRecord`` objects with 0-based (x, y) landmarks. Malformed
-input raises ``ValueError`` naming the file, the line (where there is one) and the expected form.
+input raises ``ValueError`` naming the file, the line (where there is one) and the expected form;
+that includes a binary or non-UTF-8 file and any number that is not finite (NaN, inf), which would
+otherwise turn the sample's landmarks, crop and normaliser into NaN. Readers with ``on_error``
+turn such a record into a skipped one (the message goes to ``problems``) instead.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +54,46 @@ def _all_visible(num: int) -> np.ndarray:
     return np.ones(num, dtype=bool)
 
 
+def read_text_lines(path: Path) -> list[str]:
+    """The lines of a UTF-8 text file (a leading BOM is dropped); ValueError naming the file
+    when it is binary or not UTF-8, instead of a bare UnicodeDecodeError without the path."""
+    data = path.read_bytes()
+    if b"\0" in data:
+        raise ValueError(f"{path}: not a text file (it holds NUL bytes: an image or archive?)")
+    try:
+        return data.decode("utf-8-sig").splitlines()
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"{path}: not UTF-8 text (byte 0x{data[err.start]:02x} at byte {err.start})"
+        ) from None
+
+
+def parse_finite(fields: Sequence[str], where: str, name: Callable[[int], str]) -> np.ndarray:
+    """``fields`` as float64; ValueError ``"<where>: <name(i)> is '<text>' (not a finite
+    number)"`` for the first field that does not parse or is NaN / inf."""
+    try:
+        values = np.array(fields, dtype=np.float64)
+        if np.isfinite(values).all():
+            return values
+    except ValueError:
+        pass
+    # Only a bad record gets here: walk it to name the first offending field.
+    values = np.empty(len(fields))
+    for i, text in enumerate(fields):
+        try:
+            values[i] = float(text)
+        except ValueError:
+            values[i] = math.nan
+        if not math.isfinite(values[i]):
+            raise ValueError(f"{where}: {name(i)} is {text!r} (not a finite number)")
+    return values
+
+
+def _coordinate_name(index: int) -> str:
+    """Name of entry ``index`` of a flat x0 y0 x1 y1 ... list (landmarks 0-based)."""
+    return f"landmark {index // 2} {'xy'[index % 2]}"
+
+
 # ----------------------------------------------------------------------------- 300W .pts
 
 
@@ -57,12 +101,13 @@ def read_pts(path: str | Path, expected_points: int | None = None) -> np.ndarray
     """Read an iBUG ``.pts`` file -> (N, 2) float32 0-based landmarks (the file is 1-based).
 
     Form: ``version: 1`` / ``n_points: N`` / ``{`` / N lines ``x y`` / ``}``. The header's
-    n_points must match the number of lines and ``expected_points`` when given.
+    n_points must match the number of lines and ``expected_points`` when given. Every
+    coordinate must be a finite number (NaN / inf raise, naming the line).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"landmark file not found: {path}")
-    lines = path.read_text().splitlines()
+    lines = read_text_lines(path)
     n_points: int | None = None
     points: list[tuple[float, float]] = []
     inside = False
@@ -91,14 +136,14 @@ def read_pts(path: str | Path, expected_points: int | None = None) -> np.ndarray
             closed = True
             break
         parts = line.split()
-        try:
-            if len(parts) != 2:
-                raise ValueError
-            points.append((float(parts[0]), float(parts[1])))
-        except ValueError:
+        if len(parts) != 2:
             raise ValueError(
                 f"{path}:{lineno}: expected a point line 'x y' (two numbers), got {raw!r}"
-            ) from None
+            )
+        x, y = parse_finite(
+            parts, f"{path}:{lineno}", lambda axis: f"landmark {len(points)} {'xy'[axis]}"
+        )
+        points.append((x, y))
     if not inside or not closed:
         raise ValueError(f"{path}: expected the points between a '{{' line and a '}}' line")
     if n_points is None:
@@ -181,27 +226,32 @@ def read_wflw_list(
     """Read a WFLW annotation list (``list_98pt_rect_attr_{train,test}.txt``).
 
     Each line: 196 coordinates (x0 y0 ... x97 y97), 4 box values (x_min y_min x_max y_max),
-    6 attribute flags (pose expression illumination makeup occlusion blur), image name.
+    6 attribute flags (pose expression illumination makeup occlusion blur), image name. A line
+    with a wrong field count or a value that is not a finite number raises, or with
+    ``on_error="skip"`` is left out and described (file:line) in the problems.
     """
     path, image_root = Path(path), Path(image_root)
     if not path.is_file():
         raise FileNotFoundError(f"WFLW list not found: {path}")
     expected = 2 * WFLW_POINTS + 4 + len(WFLW_ATTRIBUTES) + 1
 
+    def field_name(index: int) -> str:
+        if index < 2 * WFLW_POINTS:
+            return _coordinate_name(index)
+        if index < 2 * WFLW_POINTS + 4:
+            return f"box value {index - 2 * WFLW_POINTS}"
+        return f"attribute {WFLW_ATTRIBUTES[index - 2 * WFLW_POINTS - 4]!r}"
+
     def one(numbered: tuple[int, str]) -> LandmarkRecord:
         lineno, line = numbered
         parts = line.split()
         if len(parts) != expected:
             raise ValueError(
-                f"{path}:{lineno}: expected {expected} fields (196 coordinates, 4 box values, "
-                f"6 attribute flags, image name), got {len(parts)}"
+                f"{path}:{lineno}: expected {expected} fields ({WFLW_POINTS} landmarks = "
+                f"{2 * WFLW_POINTS} coordinates, 4 box values, 6 attribute flags, image name), "
+                f"got {len(parts)}"
             )
-        try:
-            values = np.array(parts[:-1], dtype=np.float64)
-        except ValueError:
-            raise ValueError(
-                f"{path}:{lineno}: expected numbers before the image name, got {line[:80]!r}..."
-            ) from None
+        values = parse_finite(parts[:-1], f"{path}:{lineno}", field_name)
         landmarks = values[: 2 * WFLW_POINTS].reshape(-1, 2).astype(np.float32)
         box = tuple(float(v) for v in values[2 * WFLW_POINTS : 2 * WFLW_POINTS + 4])
         flags = values[2 * WFLW_POINTS + 4 :].astype(int)
@@ -213,7 +263,7 @@ def read_wflw_list(
             {name: bool(flag) for name, flag in zip(WFLW_ATTRIBUTES, flags, strict=True)},
         )
 
-    lines = [(n, text) for n, text in enumerate(path.read_text().splitlines(), 1) if text.strip()]
+    lines = [(n, text) for n, text in enumerate(read_text_lines(path), 1) if text.strip()]
     return collect(lines, one, on_error)
 
 
@@ -236,7 +286,9 @@ def read_cofw_mat(
 
     Keys ``IsTr/phisTr/bboxesTr`` (train) or ``IsT/phisT/bboxesT`` (test). Images are object
     references to uint8 arrays (stored transposed by MATLAB); each phis row holds 29 x, 29 y and
-    29 occlusion flags (1 = occluded), 1-based; boxes are (x, y, w, h), 1-based.
+    29 occlusion flags (1 = occluded), 1-based; boxes are (x, y, w, h), 1-based. A NaN / inf in
+    a phis or box row raises, naming the file and the sample index (there is no skip mode: the
+    file is one unit).
     """
     import h5py
 
@@ -269,6 +321,13 @@ def read_cofw_mat(
                 f"{path}: {len(refs)} images in {image_key} but {len(phis)} rows in {phis_key}"
             )
         boxes = np.asarray(mat[box_key], dtype=np.float64).T if box_key in mat else None
+        for key, table in ((phis_key, phis), (box_key, boxes)):
+            if table is not None and not np.isfinite(table).all():
+                sample, column = np.argwhere(~np.isfinite(table))[0]
+                raise ValueError(
+                    f"{path}: sample {sample}: {key} column {column} is {table[sample, column]} "
+                    "(not a finite number)"
+                )
         records = []
         for i, (ref, row) in enumerate(zip(refs, phis, strict=True)):
             image = np.asarray(mat[ref], dtype=np.uint8).T  # undo MATLAB's transposition
@@ -307,7 +366,9 @@ def read_hrnet_csv(
     Columns: ``path, scale, [box_size,] center_w, center_h, x0, y0, ...`` with ``scale`` = box
     side / 200 (the 1.25 enlargement is applied at crop time) and ``box_size`` only in AFLW.
     Coordinates are taken as 0-based, as the HRNet loaders treat them. The record's box is the
-    square of side ``scale * 200`` around the centre; ``box_size`` goes to the attributes.
+    square of side ``scale * 200`` around the centre; ``box_size`` goes to the attributes. A line
+    with a wrong column count or a value that is not a finite number raises, or with
+    ``on_error="skip"`` is left out and described (file:line) in the problems.
     """
     path, image_root = Path(path), Path(image_root)
     if not path.is_file():
@@ -317,6 +378,12 @@ def read_hrnet_csv(
     form = (
         "path, scale, " + ("box_size, " if has_box_size else "") + "center_w, center_h, x0, y0, ..."
     )
+    leading_names = ("scale", *(("box_size",) if has_box_size else ()), "center_w", "center_h")
+
+    def column_name(index: int) -> str:  # index into the columns after the image path
+        if index < len(leading_names):
+            return leading_names[index]
+        return _coordinate_name(index - len(leading_names))
 
     def one(numbered: tuple[int, str]) -> LandmarkRecord:
         lineno, line = numbered
@@ -326,12 +393,7 @@ def read_hrnet_csv(
                 f"{path}:{lineno}: expected {expected} columns ({form} for {num_landmarks} "
                 f"points), got {len(parts)}"
             )
-        try:
-            values = np.array(parts[1:], dtype=np.float64)
-        except ValueError:
-            raise ValueError(
-                f"{path}:{lineno}: expected numbers after the image path ({form})"
-            ) from None
+        values = parse_finite(parts[1:], f"{path}:{lineno}", column_name)
         scale = values[0]
         attributes: dict[str, Any] = {}
         if has_box_size:
@@ -346,7 +408,7 @@ def read_hrnet_csv(
             attributes,
         )
 
-    lines = path.read_text().splitlines()
+    lines = read_text_lines(path)
     body = [(n, text) for n, text in enumerate(lines, 1) if n > 1 and text.strip()]
     return collect(body, one, on_error)
 

@@ -7,6 +7,7 @@ whatever device its inputs live on.
 
 from __future__ import annotations
 
+import math
 import threading
 
 import numpy as np
@@ -83,8 +84,8 @@ def render_gaussian(coords: Tensor, height: int, width: int, sigma: float) -> Te
     _check_coords(coords)
     if height <= 0 or width <= 0:
         raise ValueError(f"height and width must be positive; got height={height}, width={width}")
-    if not sigma > 0:
-        raise ValueError(f"sigma must be positive (heatmap pixels); got {sigma}")
+    if not 0 < sigma < math.inf:
+        raise ValueError(f"sigma must be positive and finite (heatmap pixels); got {sigma}")
     dtype = _coord_dtype(coords.dtype) if coords.is_floating_point() else torch.float32
     coords = coords.to(dtype)
     finite = torch.isfinite(coords).all(-1, keepdim=True)  # (..., L, 1)
@@ -184,6 +185,12 @@ def _threshold_below(heatmaps: Tensor, threshold: float) -> Tensor:
     return torch.threshold(heatmaps.contiguous(), just_below, 0.0, out=buffer)
 
 
+def _check_threshold(threshold: float) -> None:
+    # A plain float check: a tensor op here would sync with the device on every decode.
+    if not math.isfinite(threshold):
+        raise ValueError(f"threshold must be a finite number; got {threshold!r}")
+
+
 def pdc(
     heatmaps: Tensor,
     threshold: float = 0.2,
@@ -198,6 +205,7 @@ def pdc(
     bool mask, True where PDC was used. Differentiable w.r.t. the heatmaps (the threshold mask
     is a constant).
     """
+    _check_threshold(threshold)
     _check_heatmaps(heatmaps)
     heatmaps = heatmaps.to(_coord_dtype(heatmaps.dtype))
     height, width = heatmaps.shape[-2:]
@@ -239,6 +247,7 @@ def decode(
     relative: bool = False,
 ) -> Tensor:
     """Heatmaps (..., L, H, W) -> (..., L, 2) heatmap-pixel (x, y) with the named decoder."""
+    _check_threshold(threshold)  # also for the decoders that ignore it: the setting is wrong
     if method == "pdc":
         return pdc(heatmaps, threshold=threshold, relative=relative)
     if method == "argmax":

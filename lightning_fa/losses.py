@@ -240,6 +240,17 @@ class JitterLoss(nn.Module):
         pixel_weight: float = 0.0,
     ) -> None:
         super().__init__()
+        settings = {
+            "theta": theta,
+            "xi": xi,
+            "threshold": threshold,
+            "coord_weight": coord_weight,
+            "coord_theta": coord_theta,
+            "pixel_weight": pixel_weight,
+        }
+        for name, value in settings.items():
+            if not math.isfinite(value):  # plain floats: no tensor op, no device sync
+                raise ValueError(f"JitterLoss: {name} must be a finite number; got {value!r}")
         _check_theta(theta)
         _check_positive(xi=xi, coord_theta=coord_theta)
         for name, weight in (("coord_weight", coord_weight), ("pixel_weight", pixel_weight)):

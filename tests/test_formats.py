@@ -53,6 +53,9 @@ def test_write_pts_round_trip(tmp_path: Path) -> None:
 def test_read_pts_malformed_line_names_file_and_line(tmp_path: Path) -> None:
     path = tmp_path / "bad.pts"
     path.write_text("version: 1\nn_points: 3\n{\n1 2\n3 x\n5 6\n}\n")
+    with pytest.raises(ValueError, match=r"bad\.pts:5: landmark 1 y is 'x' \(not a finite"):
+        read_pts(path)
+    path.write_text("version: 1\nn_points: 3\n{\n1 2\n3 4 5\n5 6\n}\n")
     with pytest.raises(ValueError, match=r"bad\.pts:5: expected a point line 'x y'"):
         read_pts(path)
 

@@ -40,8 +40,8 @@ def _check_points(name: str, points: Tensor, ndim: int = 3) -> None:
 
 
 def _check_finite(name: str, values: Tensor) -> None:
-    if torch.isnan(values).any():
-        raise ValueError(f"{name}: contains NaN")
+    if not torch.isfinite(values).all():
+        raise ValueError(f"{name}: contains NaN or inf")
 
 
 def _check_mask(name: str, mask: Tensor, shape: tuple[int, ...]) -> Tensor:
@@ -153,11 +153,17 @@ def nrmse(
 def _check_videos(
     name: str, videos: Sequence[Tensor], min_frames: int, scales: Sequence[float] | Tensor | None
 ) -> list[Tensor]:
-    """Validate a list of (T, L, 2) videos and return them divided by their scales."""
+    """Validate a list of (T, L, 2) videos, all with the landmark count of the first, and
+    return them divided by their scales."""
     if isinstance(videos, Tensor) or len(videos) == 0:
         raise ValueError(f"{name}: expected a non-empty list of (T, L, 2) tensors")
     for i, video in enumerate(videos):
         _check_points(f"{name}[{i}]", video)
+        if video.shape[1] != videos[0].shape[1]:
+            raise ValueError(
+                f"{name}[{i}]: {video.shape[1]} landmarks, but {name}[0] has "
+                f"{videos[0].shape[1]} (every video needs the same landmark count)"
+            )
         if video.shape[0] < min_frames:
             raise ValueError(
                 f"{name}[{i}]: needs at least {min_frames} frames, got {video.shape[0]}"

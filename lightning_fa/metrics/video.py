@@ -31,7 +31,7 @@ class VideoStability(SampleListMetric):
     pixels. `valid` False marks a broken annotation: the frame still counts for the prediction
     metrics (mcv, mav, accel: the stream saw it) but not for the label-based ones (nrmse,
     error_jitter). `norm_size` is the per-frame normaliser; by default the distance between the
-    target points `norm_indices`.
+    target points `norm_indices`. Every frame must have the same L: compute() refuses a mix.
 
     compute() drops repeated (video_id, frame_index) rows (DistributedSampler padding), orders
     frames by (video_id, frame_index) and returns, in the units of SPEC 5:
@@ -54,6 +54,8 @@ class VideoStability(SampleListMetric):
             ("target", None),
             ("valid", torch.bool),
             ("norm_size", None),
+            # Per frame: the flattened pred / target states cannot tell 68 from 98 landmarks.
+            ("num_landmarks", torch.long),
         ):
             self.add_sample_state(name, dtype)
 
@@ -91,12 +93,23 @@ class VideoStability(SampleListMetric):
         self.append_sample("target", target)
         self.append_sample("valid", valid)
         self.append_sample("norm_size", norm_size)
+        self.append_sample(
+            "num_landmarks",
+            torch.full((num_frames,), pred.shape[1], dtype=torch.long, device=pred.device),
+        )
 
     def compute(self) -> dict[str, Tensor]:
         video_id = self.sample_state("video_id")
         frame_index = self.sample_state("frame_index")
         rows = F.first_occurrences(torch.stack([video_id, frame_index], dim=1))
         num_frames = video_id.numel()
+        landmark_counts = torch.unique(self.sample_state("num_landmarks")).tolist()
+        if len(landmark_counts) > 1:
+            raise ValueError(
+                f"VideoStability: frames with {landmark_counts[0]} and {landmark_counts[1]} "
+                "landmarks were given (update calls or ranks mixed them); one metric takes one "
+                "landmark count"
+            )
         nan = torch.tensor(float("nan"), dtype=torch.float64, device=self.device)
         if num_frames == 0:
             return dict.fromkeys(_KEYS, nan)
