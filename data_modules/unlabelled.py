@@ -27,6 +27,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import sys
+import zipfile
+import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,6 +39,7 @@ import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
 
 from data_modules.landmarks import DatasetSpec, get_spec
 from data_modules.transforms import (
@@ -52,12 +56,15 @@ from lightning_fa.backbones import (
     dlib_face_detector,
 )
 from lightning_fa.heatmaps import augment_patches, decode, heatmap_to_crop, landmark_patches
+from lightning_fa.outputs import atomic_output
 from lightning_fa.temporal.filters import zero_phase_smooth
 
 log = logging.getLogger(__name__)
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 CACHE_VERSION = 2  # 2: landmark-box framing, crop_points stored
+# What every cache entry holds (a coordinate detector adds its own points and confidences).
+CACHED_ARRAYS = ("fps", "crops", "affines", "raw", "detected")
 
 
 def list_videos(videos: str | Path | Sequence[str | Path]) -> list[Path]:
@@ -184,10 +191,15 @@ def process_video(
     """Detect, crop with smoothed boxes and run the backbone over one video (see module doc)."""
     capture = cv2.VideoCapture(str(path))
     fps = float(capture.get(cv2.CAP_PROP_FPS) or 0.0) or 25.0
+    total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0) or None
     capture.release()
+    if total is not None and max_frames is not None:
+        total = min(total, max_frames)
     detector = dlib_face_detector()
     boxes = []
-    for frame in read_rgb_frames(path, max_frames):
+    # The face detector on every full frame is the slow part of caching a video.
+    frames = read_rgb_frames(path, max_frames)
+    for frame in tqdm(frames, total=total, desc=f"faces in {path.name}", unit="frame"):
         faces = detector(frame, detect_upsample)
         if len(faces):
             face = max(faces, key=lambda r: r.area())
@@ -217,6 +229,28 @@ def process_video(
     raw[~detected] = np.nan  # no face box: the backbone saw an interpolated crop
     return {"fps": np.float64(fps), "crops": crops, "affines": affines, "raw": raw,
             "detected": detected, **detector_outputs}  # fmt: skip
+
+
+def read_cache(path: Path) -> dict[str, np.ndarray] | None:
+    """The processed video cached in ``path``, or None after one line on stderr naming the file
+    when it cannot be used (truncated by a crash, emptied, written by something else, arrays
+    missing or of different lengths): the caller processes the video again and replaces it."""
+    try:
+        with np.load(path) as stored:
+            video = {k: stored[k] for k in stored.files}
+    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, OSError) as error:
+        problem = f"unreadable ({type(error).__name__}: {error})"
+    else:
+        missing = [name for name in CACHED_ARRAYS if name not in video]
+        lengths = {len(video[name]) for name in CACHED_ARRAYS[1:] if name not in missing}
+        if missing:
+            problem = f"arrays missing: {', '.join(missing)}"
+        elif len(lengths) > 1:
+            problem = f"arrays of different lengths {sorted(lengths)}"
+        else:
+            return video
+    print(f"unlabelled cache {path} is {problem}; processing the video again", file=sys.stderr)
+    return None
 
 
 class UnlabelledWindows(Dataset):
@@ -431,10 +465,8 @@ class UnlabelledVideoDataModule(L.LightningDataModule):
         """The processed video (from the cache when present) with its pseudo labels."""
         hp = self.hparams
         cache = self.cache_path(path)
-        if cache.is_file():
-            with np.load(cache) as stored:
-                video = {k: stored[k] for k in stored.files}
-        else:
+        video = read_cache(cache) if cache.is_file() else None
+        if video is None:
             log.info("processing %s (detector + backbone on every frame)", path)
             video = process_video(
                 path,
@@ -447,8 +479,8 @@ class UnlabelledVideoDataModule(L.LightningDataModule):
                 hp.max_frames,
                 hp.detector_enlarge,
             )
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            np.savez_compressed(cache, **video)
+            with atomic_output(cache) as partial:
+                np.savez_compressed(partial, **video)
         labels = pseudo_labels(video["raw"], float(video["fps"]), hp.cutoff_hz)
         video["labels"] = np.stack(
             [transform_points(p, a) for p, a in zip(labels, video["affines"])]

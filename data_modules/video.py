@@ -140,22 +140,50 @@ class FrameStore:
         folder = self._cache_folder(video_path)
         marker = folder / "complete.json"
         if marker.is_file():
-            return int(json.loads(marker.read_text())["frames"])
+            try:
+                return int(json.loads(marker.read_text())["frames"])
+            except (ValueError, KeyError, TypeError) as error:
+                self._discard(folder, f"{marker} is unreadable ({error!r})")
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
         count = 0
-        for count, frame in enumerate(read_video_frames(video_path), start=1):
-            target = _frame_file(tmp, count, self.cache_format)
-            if self.cache_format == "jpg":
-                cv2.imwrite(str(target), frame[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 95])
-            else:
-                np.save(target, frame)
-        (tmp / "complete.json").write_text(json.dumps({"frames": count, "source": str(video_path)}))
+        try:
+            for count, frame in enumerate(read_video_frames(video_path), start=1):
+                target = _frame_file(tmp, count, self.cache_format)
+                if self.cache_format == "jpg":
+                    cv2.imwrite(str(target), frame[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 95])
+                else:
+                    np.save(target, frame)
+            marker_text = json.dumps({"frames": count, "source": str(video_path)})
+            (tmp / "complete.json").write_text(marker_text)
+        except BaseException:  # an interrupted decode leaves no half-written folder behind
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         try:
             os.replace(tmp, folder)
         except OSError:  # another process finished first
             shutil.rmtree(tmp, ignore_errors=True)
         return count
+
+    @staticmethod
+    def _discard(folder: Path, reason: str) -> None:
+        log.warning("%s; decoding the video into %s again", reason, folder)
+        shutil.rmtree(folder, ignore_errors=True)
+
+    def _read_cached(self, folder: Path, start: int, stop: int) -> list[np.ndarray]:
+        out = []
+        for n in range(start + 1, stop + 1):
+            path = _frame_file(folder, n, self.cache_format)
+            try:
+                frame = np.load(path) if self.cache_format == "npy" else cv2.imread(str(path))
+            except (OSError, ValueError, EOFError) as error:
+                raise ValueError(f"frame cache file {path} is unreadable ({error})") from error
+            if frame is None or frame.ndim != 3:  # imread gives None for a missing / bad file
+                raise ValueError(f"frame cache file {path} is unreadable (not an image)")
+            if self.cache_format == "jpg":
+                frame = frame[..., ::-1]  # OpenCV reads BGR
+            out.append(np.ascontiguousarray(frame))
+        return out
 
     def frames(self, video_path: Path, start: int, stop: int) -> list[np.ndarray]:
         """Frames ``start`` (inclusive) to ``stop`` (exclusive), 0-based, as RGB uint8."""
@@ -164,16 +192,14 @@ class FrameStore:
             if stop > available:
                 raise ValueError(f"{video_path}: asked for frame {stop}, the video has {available}")
             folder = self._cache_folder(video_path)
-            out = []
-            for n in range(start + 1, stop + 1):
-                path = _frame_file(folder, n, self.cache_format)
-                frame = (
-                    np.load(path)
-                    if self.cache_format == "npy"
-                    else cv2.imread(str(path))[..., ::-1]
-                )
-                out.append(np.ascontiguousarray(frame))
-            return out
+            try:
+                return self._read_cached(folder, start, stop)
+            except ValueError as error:
+                # A frame damaged after the cache was completed (disk trouble, a killed copy):
+                # decode the video again; a second failure is reported with the file's name.
+                self._discard(folder, str(error))
+                self.ensure_cached(video_path)
+                return self._read_cached(folder, start, stop)
         if self._memory is None or self._memory[0] != video_path:
             self._memory = (video_path, list(read_video_frames(video_path)))
         decoded = self._memory[1]

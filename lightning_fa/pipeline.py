@@ -42,10 +42,11 @@ from data_modules.synthetic import (
     SyntheticVideo,
     project,
 )
-from lightning_fa.backbones import create_backbone
+from lightning_fa.backbones import create_backbone, load_checkpoint
 from lightning_fa.heatmaps import decode, heatmap_to_crop, landmark_patches
 from lightning_fa.losses import JitterLoss
 from lightning_fa.metrics import functional as F
+from lightning_fa.outputs import atomic_output, check_writable, claim_outputs
 from lightning_fa.systems.finetune import StableAlignmentModule
 from lightning_fa.systems.pretrain import BackbonePretrainModule
 from lightning_fa.temporal import ConvLSTM, apply_filter, make_filter
@@ -53,6 +54,8 @@ from lightning_fa.temporal import ConvLSTM, apply_filter, make_filter
 NORM_INDICES = (36, 45)
 # Bump when the meaning of a cached backbone changes without its config changing.
 CACHE_VERSION = 1
+# What a run writes into its folder (the report adds its own files); locked while it runs.
+RUN_OUTPUTS = ("metrics.json", "tracks.npz", "finetuned.ckpt", "backbone.pth")
 
 
 # --------------------------------------------------------------------------- configuration
@@ -463,8 +466,16 @@ def pretrain_backbone(
     p = config.pretrain
     path = cache_dir / f"{p.cache_key()}.pth"
     if path.is_file() and not retrain:
-        print(f"[demo] pretraining skipped: cached backbone {path}")
-        return path, True
+        try:
+            # A truncated or foreign entry (a crash of an older version, a copied file) is
+            # rebuilt rather than failing every later run.
+            load_checkpoint(build_backbone(p), path)
+        except ValueError as error:
+            print(f"[demo] cached backbone {path} is unusable, pretraining it again: {error}")
+        else:
+            print(f"[demo] pretraining skipped: cached backbone {path}")
+            return path, True
+    check_writable(path, "--cache-dir entry")
     print(f"[demo] pretraining {p.backbone} on synthetic images -> {path}")
     pl.seed_everything(p.seed, workers=True)
     per_set = -(-p.images_per_epoch // len(p.degradations))
@@ -490,11 +501,8 @@ def pretrain_backbone(
         backbone, loss=p.loss, lr=p.lr, sigma=p.sigma, lr_milestones=milestones
     )
     _trainer(run_dir, "pretrain", max_epochs=p.epochs).fit(module, loader)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    # Write then rename: an interrupted run never leaves a truncated cache entry.
-    partial = path.with_suffix(".partial")
-    torch.save(backbone.state_dict(), partial)
-    partial.replace(path)
+    with atomic_output(path) as partial:
+        torch.save(backbone.state_dict(), partial)
     return path, False
 
 
@@ -649,7 +657,8 @@ def finetune(config: PipelineConfig, backbone_path: Path, run_dir: Path) -> Stab
     )
     trainer = _trainer(run_dir, "finetune", max_epochs=f.epochs)
     trainer.fit(module, loader)
-    trainer.save_checkpoint(run_dir / "finetuned.ckpt")
+    with atomic_output(run_dir / "finetuned.ckpt") as partial:
+        trainer.save_checkpoint(partial)
     return module.eval()
 
 
@@ -819,14 +828,27 @@ def run(
     retrain: bool = False,
     report: bool = True,
 ) -> dict[str, Any]:
-    """The whole embedded run; returns what it writes to ``run_dir/metrics.json``."""
+    """The whole embedded run; returns what it writes to ``run_dir/metrics.json``.
+
+    The run folder's results are checked and locked first (a second run into the same folder
+    refuses), and each is replaced only once complete, so an interrupted run keeps the last one.
+    """
     run_dir, cache_dir = Path(run_dir), Path(cache_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ValueError(f"--out {run_dir} is a file; the demo needs a folder for its run")
+    with claim_outputs((run_dir / name, "--out") for name in RUN_OUTPUTS):
+        return _run(config, run_dir, cache_dir, retrain, report)
+
+
+def _run(
+    config: PipelineConfig, run_dir: Path, cache_dir: Path, retrain: bool, report: bool
+) -> dict[str, Any]:
     timing: dict[str, float] = {}
     start = time.perf_counter()
 
     backbone_path, reused = pretrain_backbone(config, run_dir, cache_dir, retrain)
-    shutil.copyfile(backbone_path, run_dir / "backbone.pth")
+    with atomic_output(run_dir / "backbone.pth") as partial:
+        shutil.copyfile(backbone_path, partial)
     timing["pretrain_s"] = time.perf_counter() - start
 
     module = finetune(config, backbone_path, run_dir)
@@ -866,8 +888,7 @@ def run(
         "robustness": probe,
         "torch_threads": torch.get_num_threads(),
     }
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    np.savez_compressed(run_dir / "tracks.npz", **arrays)
+    write_results(run_dir, metrics, arrays)
 
     from lightning_fa import report as report_module  # the report imports this module
 
@@ -877,6 +898,16 @@ def run(
         report_module.write_report(run_dir)
     print(f"[demo] done in {timing['total_s']:.0f} s; results in {run_dir}")
     return metrics
+
+
+def write_results(run_dir: Path, metrics: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+    """``tracks.npz`` and ``metrics.json``, both replaced only once both are complete (the
+    tracks first, so a run that has the new metrics also has the tracks they describe)."""
+    text = json.dumps(metrics, indent=2)
+    with atomic_output(run_dir / "metrics.json") as metrics_partial:
+        with atomic_output(run_dir / "tracks.npz") as tracks_partial:
+            np.savez_compressed(tracks_partial, **arrays)
+            metrics_partial.write_text(text, encoding="utf-8")
 
 
 def load_config(run_dir: str | Path) -> PipelineConfig:
