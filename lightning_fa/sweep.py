@@ -18,7 +18,6 @@ import csv
 import itertools
 import json
 import shlex
-import sys
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ import yaml
 
 from lightning_fa.cli import LIGHTNING_COMMANDS
 from lightning_fa.cli import main as cli_main
+from lightning_fa.outputs import atomic_write, claim_outputs, write_text_atomic
 
 EVAL_COMMANDS = ("test", "validate", "none")
 
@@ -48,7 +48,19 @@ def load_sweep(path: str | Path) -> Sweep:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"sweep file not found: {path}")
-    spec = yaml.safe_load(path.read_text()) or {}
+    try:
+        spec = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not a text (UTF-8) sweep file ({error.reason})") from error
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or type(error).__name__
+        raise ValueError(f"{path}:{where}: not valid YAML ({problem})") from error
+    if spec is None:
+        raise ValueError(f"{path}: the sweep file is empty; it needs a 'parameters' mapping")
+    if not isinstance(spec, dict):
+        raise ValueError(f"{path}: a sweep file is a mapping, got {type(spec).__name__}")
     if spec.get("method", "grid") != "grid":
         raise ValueError(
             f"{path}: method must be 'grid' for sweep-local, got {spec.get('method')!r} "
@@ -95,17 +107,32 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
+def split_configs(args: Sequence[str]) -> tuple[list[str], list[str]]:
+    """The files of every `--config X` / `--config=X` in `args`, and the other arguments."""
+    configs, kept, value_next = [], [], False
+    for arg in args:
+        if value_next:
+            configs.append(arg)
+            value_next = False
+        elif arg == "--config":
+            value_next = True
+        elif arg.startswith("--config="):
+            configs.append(arg.removeprefix("--config="))
+        else:
+            kept.append(arg)
+    return configs, kept
+
+
 def without_configs(args: list[str]) -> list[str]:
     """`args` minus every `--config X` / `--config=X`."""
-    kept, skip = [], False
-    for arg in args:
-        if skip:
-            skip = False
-        elif arg == "--config":
-            skip = True
-        elif not arg.startswith("--config="):
-            kept.append(arg)
-    return kept
+    return split_configs(args)[1]
+
+
+def check_configs(files: Sequence[str], where: str) -> None:
+    """Every config file exists: a missing one would fail each grid point in turn."""
+    for name in files:
+        if not Path(name).is_file():
+            raise FileNotFoundError(f"config file not found: {name} ({where})")
 
 
 def point_args(
@@ -206,7 +233,7 @@ def write_table(rows: list[dict[str, Any]], sweep: Sweep, out: Path) -> tuple[Pa
     metrics = sorted({k for row in rows for k in row} - {"run_name", "status", "error", *params})
     columns = ["run_name", *params, "status", *metrics, "error"]
     csv_path = out / "results.csv"
-    with csv_path.open("w", newline="") as handle:
+    with atomic_write(csv_path, newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns, restval="")
         writer.writeheader()
         writer.writerows(rows)
@@ -225,7 +252,7 @@ def write_table(rows: list[dict[str, Any]], sweep: Sweep, out: Path) -> tuple[Pa
     lines += ["| " + " | ".join(md_columns) + " |", "|" + "---|" * len(md_columns)]
     lines += ["| " + " | ".join(cell(row.get(c, "")) for c in md_columns) + " |" for row in rows]
     md_path = out / "results.md"
-    md_path.write_text("\n".join(lines) + "\n")
+    write_text_atomic(md_path, "\n".join(lines) + "\n")
     return csv_path, md_path
 
 
@@ -244,20 +271,31 @@ def run_sweep(
         if "=" not in item:
             raise ValueError(f"--set expects key=value, got {item!r}")
     sweep = load_sweep(sweep_path)
+    if configs:
+        check_configs(configs, "--config")
+    else:
+        check_configs(split_configs(sweep.fixed_args)[0], f"the command of {sweep_path}")
     out = Path(out) if out is not None else Path("runs") / "sweeps" / sweep.name
-    rows = []
-    points = grid(sweep.parameters)
-    for index, point in enumerate(points):
-        run_name = f"{sweep.name}-{index:03d}"
+    # The tables are checked and locked before the first point: a sweep must not train for
+    # hours and then fail to write them, nor interleave its table with another sweep's.
+    tables = [] if dry_run else [(out / "results.csv", "--out"), (out / "results.md", "--out")]
+    with claim_outputs(tables):
+        rows = []
+        points = grid(sweep.parameters)
+        for index, point in enumerate(points):
+            run_name = f"{sweep.name}-{index:03d}"
+            if not dry_run:
+                print(f"[sweep-local] {index + 1}/{len(points)} {run_name}: {point}", flush=True)
+            root = out / run_name
+            rows.append(
+                run_point(sweep, point, run_name, root, configs, overrides, evaluate, dry_run)
+            )
         if not dry_run:
-            print(f"[sweep-local] {index + 1}/{len(points)} {run_name}: {point}", flush=True)
-        rows.append(
-            run_point(sweep, point, run_name, out / run_name, configs, overrides, evaluate, dry_run)
-        )
-    if not dry_run:
-        csv_path, md_path = write_table(rows, sweep, out)
-        failed = sum(row["status"] != "ok" for row in rows)
-        print(f"[sweep-local] {len(rows) - failed}/{len(rows)} points ok; {csv_path}, {md_path}")
+            csv_path, md_path = write_table(rows, sweep, out)
+            failed = sum(row["status"] != "ok" for row in rows)
+            print(
+                f"[sweep-local] {len(rows) - failed}/{len(rows)} points ok; {csv_path}, {md_path}"
+            )
     return rows
 
 
@@ -291,11 +329,5 @@ def main(argv: list[str]) -> int:
     )
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     args = parser.parse_args(argv)
-    try:
-        rows = run_sweep(
-            args.sweep, args.out, args.config, args.overrides, args.evaluate, args.dry_run
-        )
-    except (ValueError, FileNotFoundError) as error:
-        print(f"lightning-fa sweep-local: {error}", file=sys.stderr)
-        return 2
+    rows = run_sweep(args.sweep, args.out, args.config, args.overrides, args.evaluate, args.dry_run)
     return 0 if all(row["status"] in ("ok", "dry-run") for row in rows) else 1
