@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from data_modules.checks import check_finite_non_negative, check_ints
 from data_modules.formats import (
     WFLW_ATTRIBUTES,
     LandmarkRecord,
@@ -264,8 +265,8 @@ class LandmarkImageDataset(Dataset):
     ) -> None:
         if mode not in ("image", "sequence"):
             raise ValueError(f"mode must be 'image' or 'sequence', got {mode!r}")
-        if seq_len < 1:
-            raise ValueError(f"seq_len must be >= 1, got {seq_len}")
+        check_ints(image_size=image_size, seq_len=seq_len)
+        check_finite_non_negative(max_shift=max_shift)
         for record in records:
             if record.num_landmarks != spec.num_landmarks:
                 raise ValueError(
@@ -383,6 +384,11 @@ class LandmarkDataModule(L.LightningDataModule):
                 f"dataset must be one of {sorted(SUBSETS)} (300VW lives in video.py), got {dataset!r}"
             )
         _check_subset(self.spec.name, subset)
+        check_ints(image_size=image_size, seq_len=seq_len, batch_size=batch_size)
+        if eval_batch_size is not None:
+            check_ints(eval_batch_size=eval_batch_size)
+        check_ints(0, num_workers=num_workers, seed=seed)
+        check_finite_non_negative(max_shift=max_shift)
         self.save_hyperparameters()
         self.root = Path(root)
         self.subset = subset

@@ -34,7 +34,8 @@ import torch
 from scipy.spatial import Delaunay
 from torch.utils.data import DataLoader, Dataset
 
-from data_modules.formats import read_image_rgb, read_pts_folder
+from data_modules.checks import check_ints
+from data_modules.formats import log_skipped, read_image_rgb, read_pts_folder
 from data_modules.image import EpochSampler
 from data_modules.landmarks import get_spec
 from data_modules.transforms import degrade as degrade_jpeg
@@ -738,8 +739,11 @@ class StillSources:
         root = Path(source_dir)
         if not root.is_dir():
             raise FileNotFoundError(f"source_dir not found: {root} (expected image + .pts pairs)")
-        folders = sorted({p.parent for p in root.rglob("*.pts")})
-        self.records = [r for f in folders for r in read_pts_folder(f, NUM_LANDMARKS, "skip")[0]]
+        self.records = []
+        for folder in sorted({p.parent for p in root.rglob("*.pts")}):
+            records, problems = read_pts_folder(folder, NUM_LANDMARKS, "skip")
+            self.records += records
+            log_skipped(f"source_dir {folder}", problems)  # a bad .pts is left out, not silently
         if not self.records:
             raise ValueError(f"source_dir {root} holds no image + 68-point .pts pairs")
         self._cache: dict[tuple[int, float], tuple[np.ndarray, np.ndarray]] = {}
@@ -847,12 +851,6 @@ def _interocular(landmarks: np.ndarray) -> np.ndarray:
     return np.linalg.norm(landmarks[..., a, :] - landmarks[..., b, :], axis=-1)
 
 
-def _check_positive(**values: int) -> None:
-    for name, value in values.items():
-        if not isinstance(value, int | np.integer) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
-
-
 class _Generated(Dataset):
     """Shared configuration of the synthetic datasets."""
 
@@ -865,11 +863,9 @@ class _Generated(Dataset):
         mode: GeneratorMode,
         source_dir: str | Path | None,
     ) -> None:
-        _check_positive(count=count, image_size=image_size)
-        if image_size < 32:
-            raise ValueError(f"image_size must be >= 32 pixels, got {image_size}")
-        if not isinstance(seed, int) or seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+        check_ints(count=count)
+        check_ints(32, image_size=image_size)
+        check_ints(0, seed=seed)
         if mode not in ("procedural", "warp"):
             raise ValueError(f"mode must be 'procedural' or 'warp', got {mode!r}")
         if (mode == "warp") != (source_dir is not None):
@@ -909,7 +905,7 @@ class SyntheticFaceVideos(_Generated):
         source_dir: str | Path | None = None,
     ) -> None:
         super().__init__(num_videos, image_size, degradation, seed, mode, source_dir)
-        _check_positive(num_frames=num_frames)
+        check_ints(num_frames=num_frames)
         self.num_frames = num_frames
 
     def video(self, index: int) -> SyntheticVideo:
@@ -951,7 +947,7 @@ class SyntheticVideoWindows(Dataset):
     start both drawn from (seed, i) (deterministic per index, so workers agree)."""
 
     def __init__(self, videos: SyntheticFaceVideos, num_windows: int, seq_len: int) -> None:
-        _check_positive(num_windows=num_windows, seq_len=seq_len)
+        check_ints(num_windows=num_windows, seq_len=seq_len)
         if seq_len > videos.num_frames:
             raise ValueError(f"seq_len {seq_len} exceeds the videos' {videos.num_frames} frames")
         self.videos, self.num_windows, self.seq_len = videos, num_windows, seq_len
@@ -1038,9 +1034,26 @@ class SyntheticDataModule(L.LightningDataModule):
         super().__init__()
         if mode not in ("image", "sequence"):
             raise ValueError(f"mode must be 'image' or 'sequence', got {mode!r}")
-        _check_positive(batch_size=batch_size)
-        if num_workers < 0:
-            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        check_ints(
+            seq_len=seq_len,
+            batch_size=batch_size,
+            train_samples=train_samples,
+            train_videos=train_videos,
+            train_video_frames=train_video_frames,
+            val_samples=val_samples,
+            val_videos=val_videos,
+            val_frames=val_frames,
+            test_samples=test_samples,
+            test_videos=test_videos,
+            test_frames=test_frames,
+        )
+        check_ints(32, image_size=image_size)
+        check_ints(0, num_workers=num_workers, seed=seed)
+        if mode == "sequence" and seq_len > train_video_frames:
+            raise ValueError(
+                f"seq_len={seq_len} exceeds train_video_frames={train_video_frames} (the windows "
+                "are cut from the training videos)"
+            )
         self.save_hyperparameters()
         evals = [eval_degradation] if isinstance(eval_degradation, str) else list(eval_degradation)
         for name in [degradation, *evals]:

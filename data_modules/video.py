@@ -30,6 +30,7 @@ import torch
 from scipy.ndimage import uniform_filter1d
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from data_modules.checks import check_ints
 from data_modules.formats import OnError, log_skipped, read_pts
 from data_modules.image import DEFAULT_AUGMENT, EpochSampler, crop_norm_size
 from data_modules.landmarks import DatasetSpec, get_spec
@@ -254,6 +255,10 @@ def read_300vw_video(
     the folder and the missing numbers, or with ``on_error="skip"`` become invalid frames
     (counted in ``missing``). Crop boxes come from each frame's landmarks, interpolated over
     invalid frames, then smoothed by a centred moving average of ``smooth_window`` frames.
+    A .pts that ``read_pts`` refuses (malformed, binary, NaN / inf, wrong point count) always
+    raises, naming the file and line: ``load_300vw_split(on_error="skip")`` then skips and
+    logs the whole video, as for any other error in it (NaN here marks unannotated frames,
+    so a NaN from a file must never get in).
     """
     video_dir = Path(video_dir)
     annot = video_dir / "annot"
@@ -504,6 +509,16 @@ class Video300VWDataModule(L.LightningDataModule):
             raise ValueError(
                 f"unknown 300VW split {split!r}; expected one of {sorted(SPLITS_300VW)}"
             )
+        check_ints(
+            image_size=image_size,
+            seq_len=seq_len,
+            windows_per_video=windows_per_video,
+            smooth_window=smooth_window,
+            batch_size=batch_size,
+        )
+        if eval_window is not None:
+            check_ints(eval_window=eval_window)
+        check_ints(0, num_workers=num_workers, seed=seed)
         self.save_hyperparameters()
         self.spec = get_spec("300vw")
         self.skipped: dict[str, list[str]] = {}

@@ -24,7 +24,9 @@ from data_modules.formats import (
     read_wflw_list,
     write_pts,
 )
-from data_modules.video import read_300vw_video
+from data_modules.image import LandmarkDataModule
+from data_modules.synthetic import SyntheticDataModule
+from data_modules.video import Video300VWDataModule, read_300vw_video
 from lightning_fa.heatmaps import decode, pdc, render_gaussian
 from lightning_fa.losses import JitterLoss
 from lightning_fa.metrics import VideoStability
@@ -293,3 +295,60 @@ def test_render_gaussian_refuses_a_non_finite_sigma(bad: float) -> None:
 def test_jitter_loss_refuses_non_finite_settings(name: str, bad: float) -> None:
     with pytest.raises(ValueError, match=rf"JitterLoss: {name} must be a finite number; got {bad}"):
         JitterLoss(**{name: bad})
+
+
+# ----------------------------------------------------------------------------- data modules
+
+BAD_COUNTS = [0, -1, math.nan, 2.0]
+
+
+@pytest.mark.parametrize("bad", BAD_COUNTS)
+@pytest.mark.parametrize("name", ["batch_size", "seq_len", "image_size", "eval_batch_size"])
+def test_image_data_module_refuses_bad_sizes(tmp_path: Path, name: str, bad: float) -> None:
+    with pytest.raises(ValueError, match=rf"{name} must be a positive integer, got {bad!r}"):
+        LandmarkDataModule(str(tmp_path), **{name: bad})
+
+
+@pytest.mark.parametrize("bad", BAD_COUNTS)
+@pytest.mark.parametrize(
+    "name", ["batch_size", "seq_len", "image_size", "windows_per_video", "eval_window"]
+)
+def test_video_data_module_refuses_bad_sizes(tmp_path: Path, name: str, bad: float) -> None:
+    with pytest.raises(ValueError, match=rf"{name} must be a positive integer, got {bad!r}"):
+        Video300VWDataModule(str(tmp_path), **{name: bad})
+
+
+@pytest.mark.parametrize("bad", BAD_COUNTS)
+@pytest.mark.parametrize("name", ["batch_size", "seq_len", "train_samples", "val_frames"])
+def test_synthetic_data_module_refuses_bad_sizes(name: str, bad: float) -> None:
+    with pytest.raises(ValueError, match=rf"{name} must be a positive integer, got {bad!r}"):
+        SyntheticDataModule(**{name: bad})
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda root, **kw: LandmarkDataModule(root, **kw),
+        lambda root, **kw: Video300VWDataModule(root, **kw),
+        lambda root, **kw: SyntheticDataModule(**kw),
+    ],
+    ids=["image", "video", "synthetic"],
+)
+def test_data_modules_refuse_negative_workers_and_seed(tmp_path: Path, make) -> None:
+    with pytest.raises(ValueError, match=r"num_workers must be an integer >= 0, got -1"):
+        make(str(tmp_path), num_workers=-1)
+    with pytest.raises(ValueError, match=r"seed must be an integer >= 0, got nan"):
+        make(str(tmp_path), seed=math.nan)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -1.0])
+def test_image_data_module_refuses_a_bad_max_shift(tmp_path: Path, bad: float) -> None:
+    with pytest.raises(ValueError, match=rf"max_shift must be a finite number >= 0, got {bad!r}"):
+        LandmarkDataModule(str(tmp_path), mode="sequence", max_shift=bad)
+
+
+def test_synthetic_image_size_and_window_length_are_checked_at_construction() -> None:
+    with pytest.raises(ValueError, match=r"image_size must be an integer >= 32, got 16"):
+        SyntheticDataModule(image_size=16)
+    with pytest.raises(ValueError, match=r"seq_len=20 exceeds train_video_frames=10"):
+        SyntheticDataModule(seq_len=20, train_video_frames=10)
