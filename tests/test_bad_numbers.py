@@ -7,6 +7,7 @@ DataModule sizes. Each case expects one ValueError naming the file (line, sample
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from pathlib import Path
@@ -25,8 +26,8 @@ from data_modules.formats import (
     write_pts,
 )
 from data_modules.image import LandmarkDataModule
-from data_modules.synthetic import SyntheticDataModule
-from data_modules.video import Video300VWDataModule, read_300vw_video
+from data_modules.synthetic import StillSources, SyntheticDataModule
+from data_modules.video import Video300VWDataModule, load_300vw_split, read_300vw_video
 from lightning_fa.heatmaps import decode, pdc, render_gaussian
 from lightning_fa.losses import JitterLoss
 from lightning_fa.metrics import VideoStability
@@ -138,15 +139,37 @@ def test_cofw_non_finite_value_names_file_and_sample(
         read_cofw_mat(path, "test")
 
 
+def _300vw_video(folder: Path, bad: str | None = None) -> None:
+    """Two annotated frames (no decodable video: annotations are read without it)."""
+    (folder / "annot").mkdir(parents=True)
+    (folder / "vid.avi").write_bytes(b"")
+    write_pts(folder / "annot" / "000001.pts", np.full((68, 2), 5.0))
+    (folder / "annot" / "000002.pts").write_text(_pts(np.full((68, 2), 5.0), bad))
+
+
 @pytest.mark.parametrize("bad", BAD_TEXT)
 def test_300vw_frame_annotation_non_finite_names_the_frame_file(tmp_path: Path, bad: str) -> None:
-    video = tmp_path / "401"
-    (video / "annot").mkdir(parents=True)
-    (video / "vid.avi").write_bytes(b"")  # annotations are read without decoding the video
-    write_pts(video / "annot" / "000001.pts", np.full((68, 2), 5.0))
-    (video / "annot" / "000002.pts").write_text(_pts(np.full((68, 2), 5.0), bad))
+    _300vw_video(tmp_path / "401", bad)
     with _expect(r"000002\.pts:5: ", "landmark 1 y", bad):
-        read_300vw_video(video)
+        read_300vw_video(tmp_path / "401")
+
+
+def test_300vw_split_skip_leaves_the_video_with_a_bad_frame_out(tmp_path: Path) -> None:
+    _300vw_video(tmp_path / "410")
+    _300vw_video(tmp_path / "411", "nan")
+    records, problems = load_300vw_split(tmp_path, "scenario3", on_error="skip")
+    assert [r.video_id for r in records] == ["410"]
+    assert any("411/annot/000002.pts:5" in p and "'nan'" in p for p in problems)
+
+
+def test_warp_sources_log_the_pts_they_skip(tmp_path: Path, caplog) -> None:
+    for name, bad in (("a", None), ("b", "inf")):
+        (tmp_path / f"{name}.png").write_bytes(b"")  # images are read only when sampled
+        (tmp_path / f"{name}.pts").write_text(_pts(np.full((68, 2), 5.0), bad))
+    with caplog.at_level(logging.WARNING, logger="data_modules.formats"):
+        sources = StillSources(tmp_path)
+    assert len(sources) == 1
+    assert "b.pts:5" in caplog.text and "'inf'" in caplog.text
 
 
 # ----------------------------------------------------------------------------- not text
