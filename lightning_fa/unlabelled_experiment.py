@@ -19,6 +19,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from lightning_fa.outputs import claim_outputs, write_text_atomic
+from lightning_fa.sweep import split_configs
+
 CONFIGS = ("experiments/base.yaml", "experiments/unlabelled.yaml")
 VIDEO_DIR = Path("../shared/data/videos")
 CLIPS = ("WDA_KatieHill_000.mp4", "liveportrait_d0.mp4", "liveportrait_d3.mp4")
@@ -76,7 +79,10 @@ def run_rotation(
         *overrides,
     ]  # fmt: skip
     print(" ".join(command), flush=True)
-    subprocess.run(command, check=True)
+    status = subprocess.run(command).returncode
+    if status:
+        # Almost always the arguments passed on to fit; fit has printed why just above.
+        raise ValueError(f"lightning-fa fit holding out {held_out} exited with status {status}")
     checkpoint = fit_dir / "checkpoints" / "last.ckpt"
     eval_dir = out / held_out.stem / "eval"
     if video_eval.main([str(held_out), "--checkpoint", str(checkpoint), "--out", str(eval_dir)]):
@@ -98,22 +104,34 @@ def main(argv: list[str]) -> int:
     args, fit_overrides = parser.parse_known_args(argv)
     videos = list(args.videos)
     missing = [str(v) for v in videos if not v.is_file()]
-    if missing or len(videos) < 2:
-        print(f"lightning-fa unlabelled-experiment: need >= 2 existing videos; missing: "
-              f"{missing or 'none'}, given {len(videos)}", file=sys.stderr)  # fmt: skip
-        return 2
-    held_names = args.held_out or [v.name for v in videos]
-    unknown_names = sorted(set(held_names) - {v.name for v in videos})
+    if missing:
+        raise FileNotFoundError(f"--videos: no such file: {', '.join(missing)}")
+    if len(videos) < 2:
+        raise ValueError(
+            f"--videos: need at least 2 clips (one is held out, the others train), got {videos}"
+        )
+    names = [v.name for v in videos]
+    if len(set(names)) < len(names):
+        raise ValueError(f"--videos: clip names must differ (results are keyed by name): {names}")
+    held_names = args.held_out or names
+    unknown_names = sorted(set(held_names) - set(names))
     if unknown_names:
-        print(f"lightning-fa unlabelled-experiment: --held-out {unknown_names} not among "
-              f"{[v.name for v in videos]}", file=sys.stderr)  # fmt: skip
-        return 2
+        raise ValueError(f"--held-out {unknown_names} not among the --videos {names}")
+    configs, _ = split_configs(fit_overrides)
+    for config in (*CONFIGS, *configs):
+        if not Path(config).is_file():
+            raise FileNotFoundError(
+                f"config file not found: {config} (run from the repository root)"
+            )
+    outputs = [args.out / "summary.md", args.out / "summary.json"]
     results = {}
-    for held_out in (v for v in videos if v.name in held_names):
-        train = [v for v in videos if v != held_out]
-        results[held_out.name] = run_rotation(held_out, train, args.out, fit_overrides)
-        summary = summary_markdown(results)
-        (args.out / "summary.md").write_text(summary)
-        (args.out / "summary.json").write_text(json.dumps(results, indent=2))
+    with claim_outputs((path, "--out") for path in outputs):
+        for held_out in (v for v in videos if v.name in held_names):
+            train = [v for v in videos if v != held_out]
+            results[held_out.name] = run_rotation(held_out, train, args.out, fit_overrides)
+            # Rewritten after every rotation, so a later failure keeps the finished ones.
+            summary = summary_markdown(results)
+            write_text_atomic(outputs[0], summary)
+            write_text_atomic(outputs[1], json.dumps(results, indent=2))
     print(summary)
     return 0
