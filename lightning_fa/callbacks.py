@@ -1,17 +1,100 @@
-"""Lightning callbacks: what a person wants to see in the logs besides numbers."""
+"""Lightning callbacks: what a person wants to see in the logs besides numbers, checkpoints that
+resume the right run, and predictions written to a file."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
 import matplotlib
 import torch
+from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from lightning_fa.heatmaps import crop_to_frame
+from lightning_fa.outputs import write_text_atomic
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """`ModelCheckpoint` whose `last.ckpt` is always the newest state, and that writes nothing in
+    a smoke run (`trainer.fast_dev_run`).
+
+    Lightning refreshes `last` only when it also saves a top-k checkpoint: with a monitored score
+    that stopped improving, last.ckpt stayed at the best epoch and a resume went back in time.
+    And it suppresses checkpointing under fast_dev_run except in `on_train_end`, which wrote
+    `last-v1.ckpt`: a smoke test into a real run's folder left the newest `last*.ckpt`, which
+    `--ckpt_path last` then resumed instead of the real run.
+    """
+
+    def _refresh_last(self, trainer: pl.Trainer) -> None:
+        # The skip test also holds when this step is already saved (as a top-k or last).
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._refresh_last(trainer)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._refresh_last(trainer)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.fast_dev_run:
+            super().on_train_end(trainer, pl_module)
+
+
+def prediction_records(batches: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`StableAlignmentModule.predict_step` outputs -> JSON-ready records, one per sequence."""
+    return [
+        {
+            "video_id": item["video_id"],
+            "frame_index": item["frame_index"].tolist(),
+            "backbone": item["backbone"].tolist(),
+            "finetuned": item["finetuned"].tolist(),
+        }
+        for batch in batches
+        for item in batch["predictions"]
+    ]
+
+
+class PredictionWriter(BasePredictionWriter):
+    """Writes what `lightning-fa predict --config ... --ckpt_path ...` predicted to a JSON file,
+    `{"checkpoint": ..., "items": [{video_id, frame_index, backbone, finetuned}, ...]}` with
+    frame-pixel (x, y) landmarks, replaced atomically (a crash leaves any earlier file whole).
+
+    Args:
+        filename: relative paths go into the run folder (`trainer.default_root_dir`).
+    """
+
+    def __init__(self, filename: str = "predictions.json") -> None:
+        super().__init__(write_interval="epoch")
+        self.filename = filename
+
+    def write_on_epoch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        predictions: Sequence[Any],
+        batch_indices: Sequence[Any],
+    ) -> None:
+        if not trainer.is_global_zero:
+            return
+        # One list per predict loader, or the batches themselves when there is one loader.
+        loaders = predictions if predictions and isinstance(predictions[0], list) else [predictions]
+        records = [record for batches in loaders for record in prediction_records(batches)]
+        path = Path(trainer.default_root_dir) / self.filename
+        path.parent.mkdir(parents=True, exist_ok=True)
+        checkpoint = trainer.ckpt_path and str(trainer.ckpt_path)
+        write_text_atomic(path, json.dumps({"checkpoint": checkpoint, "items": records}))
+        print(f"wrote {len(records)} predictions to {path}")
 
 
 class ValidationSamples(pl.Callback):

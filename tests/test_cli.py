@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -164,7 +165,7 @@ COMPOSITIONS = {
             "data/300w.yaml",
             f"trainer/{trainer}.yaml",
         )
-        for trainer in ("cpu-debug", "gpu-bf16", "ddp", "slurm")
+        for trainer in ("cpu-debug", "gpu-bf16", "ddp", "slurm", "early-stopping")
     },
     "unlabelled": ("unlabelled.yaml",),
     "gpu-smoke": (
@@ -185,3 +186,54 @@ def test_experiment_configs_compose(parts, capsys) -> None:
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["model"]["class_path"].endswith("StableAlignmentModule")
     assert printed["data"]["class_path"]
+
+
+@pytest.fixture(scope="module")
+def diverging_run(tmp_path_factory) -> tuple[Path, Path]:
+    """3 epochs at a learning rate that makes the temporal stage worse after epoch 0: the best
+    epoch by `val/score` is not the last one. Returns (run folder, config)."""
+    tmp_path = tmp_path_factory.mktemp("best")
+    root = tmp_path / "run"
+    config = write_config(tmp_path, root)
+    main(["fit", *base_args(config), "--trainer.max_epochs=3", "--trainer.limit_train_batches=2", "--model.init_args.lr=0.1"])  # fmt: skip
+    return root, config
+
+
+def test_best_checkpoint_is_the_lowest_validation_score(diverging_run) -> None:
+    root, _ = diverging_run
+    rows = [
+        row
+        for path in root.rglob("metrics.csv")
+        for row in csv.DictReader(path.open())
+        if row.get("val/score")
+    ]
+    scores = {int(row["epoch"]): float(row["val/score"]) for row in rows}
+    assert sorted(scores) == [0, 1, 2]
+    # The documented definition: the fine-tuned NRMSE x MCV of the first validation loader.
+    for row in rows:
+        assert float(row["val/score"]) == float(row["val/mild/finetuned/nrmse_x_mcv"])
+    best_epoch = min(scores, key=scores.get)
+    assert best_epoch != 2, scores  # the lr above makes later epochs worse
+
+    files = sorted(p.name for p in (root / "checkpoints").iterdir())
+    assert files == [f"epoch={best_epoch}-step={4 * (best_epoch + 1)}.ckpt", "last.ckpt"]
+    best = torch.load(root / "checkpoints" / files[0], weights_only=True)
+    assert best["epoch"] == best_epoch
+    (state,) = [v for k, v in best["callbacks"].items() if k.startswith("RunCheckpoint")]
+    assert float(state["best_model_score"]) == pytest.approx(scores[best_epoch])
+    # last.ckpt is the newest state, not a copy of the best one (what a resume needs).
+    assert torch.load(root / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 2
+
+
+def test_predict_writes_predictions_into_the_run_folder(diverging_run) -> None:
+    root, config = diverging_run
+    (best,) = (root / "checkpoints").glob("epoch=*.ckpt")
+    main(["predict", *base_args(config), "--ckpt_path", str(best)])
+    written = json.loads((root / "predictions.json").read_text())
+    assert written["checkpoint"] == str(best)
+    # limit_predict_batches 1 of the synthetic test video: 1 sequence of 4 frames x 68 points.
+    (item,) = written["items"]
+    assert item["frame_index"] == [0, 1, 2, 3]
+    assert len(item["finetuned"]) == len(item["backbone"]) == 4
+    assert all(len(frame) == 68 and len(frame[0]) == 2 for frame in item["finetuned"])
+    assert not list(root.glob(".predictions*"))  # no temporary file left behind

@@ -58,6 +58,10 @@ class StableAlignmentModule(pl.LightningModule):
         tbptt_chunk: k, frames per truncated-BPTT chunk.
         fr_thresholds: NME thresholds of the failure rate / AUC in image evaluation.
         channels_last: run the frozen backbone on NHWC memory.
+
+    Validation logs `val/score`, the number to select checkpoints on (lower is better): on the
+    first validation loader, the fine-tuned NRMSE x MCV for video data (the paper's Table 3
+    criterion: accurate and stable) and the fine-tuned NME (%) for image data.
     """
 
     def __init__(
@@ -324,6 +328,7 @@ class StableAlignmentModule(pl.LightningModule):
         return sorted(set(keys))
 
     def _log_metrics(self, stage: str) -> None:
+        first_loader = self._loader_name(0)
         for key in self._metric_keys(stage):
             _, loader, kind, variant = key.split("__")
             metric = self._metric(stage, loader, kind, variant)
@@ -332,6 +337,10 @@ class StableAlignmentModule(pl.LightningModule):
                 values["nrmse_x_mcv"] = values["nrmse"] * values["mcv"]
             for name, value in values.items():
                 self.log(f"{stage}/{loader}/{variant}/{name}", value, sync_dist=False)
+            if stage == "val" and loader == first_loader and variant == "finetuned":
+                # The one number checkpointing / early stopping / sweeps select on (docstring).
+                score = values["nrmse_x_mcv"] if kind == "video" else values["nme"]
+                self.log("val/score", score, sync_dist=False)
             metric.reset()
 
     def on_validation_epoch_start(self) -> None:
