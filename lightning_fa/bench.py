@@ -38,6 +38,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from lightning_fa.outputs import claim_outputs, write_text_atomic
+
 Figures = dict[str, Any]
 Benchmark = Callable[["BenchContext"], Figures]
 
@@ -1049,6 +1051,90 @@ def _in_step_overhead(workload: Callable) -> Figures:
     }
 
 
+LONG_RUN_BASELINE_FRAME = 500
+
+
+@register("tracker_long")
+def bench_tracker_long(ctx: BenchContext) -> Figures:
+    """`track` over a long synthetic video as the command runs it (MJPG decode, tracker, CSV and
+    JSON outputs; small backbone, fixed-box detector): resident memory growth from frame 500 to
+    the end and frames/s in the first and last tenth (goals: growth <= 5 %, speed within 10 %).
+    The smoke tier's video is shorter than 500 frames: its baseline is a sixth of the way in."""
+    try:
+        tracking = importlib.import_module("lightning_fa.tracking")
+    except ImportError as err:
+        raise Skip(f"tracker not available ({err})") from err
+    import cv2
+
+    num_frames, size = ctx.pick(120, 3000, 6000), 128
+    clip, landmarks = random_face_video(50, size)
+    x1, y1 = landmarks[0].min(0)
+    x2, y2 = landmarks[0].max(0)
+    detector = FixedBoxDetector([x1, y1, x2, y2, 1.0], tracking.BoxCalibration(0.0, 1.0))
+    step = tracking.load_step(None, "hrnet_lite", "torch", 68, ctx.device.type)
+    tracker = tracking.StreamingTracker(step, detector, min_confidence=0.0, device=ctx.device.type)
+    for frame in clip[:5]:  # one-time initialisation stays out of the first tenth
+        tracker.step(frame)
+    tracker.reset()
+    # Entry time and resident set of every step; successive entries bound one whole frame
+    # (decode, step, outputs).
+    stamps: list[float] = []
+    rss_kib: list[int | None] = []
+    bare_step = tracker.step
+
+    def recorded_step(frame: np.ndarray, timestamp: float | None = None) -> Any:
+        stamps.append(time.perf_counter())
+        rss_kib.append(_rss_kib("VmRSS"))
+        return bare_step(frame, timestamp)
+
+    tracker.step = recorded_step
+    with tempfile.TemporaryDirectory(prefix="bench_long_") as folder:
+        video = Path(folder) / "long.avi"
+        writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 25.0, (size, size))
+        cycle = clip + clip[-2:0:-1]  # back and forth: the face moves without jumps
+        for k in range(num_frames):
+            writer.write(np.ascontiguousarray(cycle[k % len(cycle)][..., ::-1]))
+        writer.release()
+        capture, _ = tracking.open_capture(str(video))
+        csv_path, json_path = Path(folder) / "long.csv", Path(folder) / "long.json"
+        outputs = tracking.TrackOutputs(68, csv_path, json_path, None, 25.0, (size, size))
+        summary = tracking.track_video(
+            tracker, tracking.FrameReader(capture), outputs, 25.0, progress=False
+        )
+        stamps.append(
+            time.perf_counter()
+        )  # the end of the last frame (before the JSON is put together)
+        rss_kib.append(_rss_kib("VmRSS"))
+        capture.release()
+        outputs.close(summary)
+        output_mib = {p.name: round(p.stat().st_size / 2**20, 3) for p in (csv_path, json_path)}
+    frames = len(stamps) - 1
+    tenth = max(frames // 10, 1)
+    first_fps = tenth / (stamps[tenth] - stamps[0])
+    last_fps = tenth / (stamps[-1] - stamps[-1 - tenth])
+    baseline = min(LONG_RUN_BASELINE_FRAME, frames // 6)
+    figures: Figures = {
+        "backbone": "hrnet_lite",
+        "frame_size": [size, size],
+        "frames": frames,
+        "outputs_mib": output_mib,
+        "fps_first_tenth": round(first_fps, 2),
+        "fps_last_tenth": round(last_fps, 2),
+        "speed_change_pct": round(100 * (last_fps / first_fps - 1), 2),
+        "rss_baseline_frame": baseline,
+    }
+    if rss_kib[baseline] is not None:
+        start_kib, end_kib = rss_kib[baseline], rss_kib[-1]
+        figures.update(
+            {
+                "rss_mib_at_baseline": round(start_kib / 1024, 2),
+                "rss_mib_at_end": round(end_kib / 1024, 2),
+                "rss_growth_pct": round(100 * (end_kib / start_kib - 1), 2),
+            }
+        )
+    return figures
+
+
 def random_face_video(num_frames: int, size: int) -> tuple[list[np.ndarray], np.ndarray]:
     """Frames (H, W, 3) RGB uint8 and (T, 68, 2) landmarks of a synthetic talking face."""
     from data_modules.synthetic import SyntheticFaceVideos
@@ -1105,6 +1191,11 @@ def main(argv: list[str] | None = None) -> int:
     """`lightning-fa bench ...`; returns 1 if a benchmark failed (its error is in the JSON)."""
     args = _parse(sys.argv[1:] if argv is None else argv)
     torch.set_num_threads(args.threads)
+    with claim_outputs([(args.out, "--out")]):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     tier = "full" if args.full else "smoke" if args.smoke else "default"
     ctx = BenchContext(torch.device(args.device), tier, args.threads)
     names = args.only or list(BENCHMARKS)
@@ -1122,8 +1213,7 @@ def main(argv: list[str] | None = None) -> int:
         status = status or figures.get("error") or "ok"
         print(f"bench {name}: {status} ({figures['seconds']} s)", flush=True)
     report["total_seconds"] = round(time.perf_counter() - start, 2)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_text_atomic(args.out, json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out}")
     return int(any("error" in figures for figures in report["benchmarks"].values()))
 

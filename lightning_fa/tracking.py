@@ -11,6 +11,13 @@ around its previous landmarks (box of the landmarks, enlarged, the crop itself s
 crop jitter does not become landmark jitter). Every track carries its own ConvLSTM state, reset
 when a track starts; an optional classical filter runs on top. The core is `StreamingTracker`
 (`step(frame) -> list[TrackResult]`), usable from Python.
+
+Outputs are never lost: every output path is checked and locked before any work (a second run
+writing the same file refuses); while the run goes, the CSV, JSON frames and overlay video grow in
+`<name>.partial.csv`, `<name>.partial.jsonl` and `<name>.partial.<ext>` beside their targets
+(flushed about every second) and replace the targets only once the run completes. A run that is
+interrupted or crashes leaves the earlier outputs untouched and keeps the partial files, named on
+stderr.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import argparse
 import csv
 import json
 import math
+import os
 import sys
 import tempfile
 import time
@@ -38,11 +46,42 @@ from data_modules.transforms import (
     landmarks_box,
     warp_image,
 )
+from lightning_fa.outputs import atomic_write, claim_outputs
 from lightning_fa.temporal.filters import FILTER_NAMES, LandmarkFilter, make_filter
 
 DETECTORS = ("haar", "dlib")
 ENGINES = ("torch", "onnx")
 EYE_CORNERS_68 = (36, 45)
+FLUSH_SECONDS = 1.0  # how often the partial outputs of a running `track` reach the disk
+
+
+# --------------------------------------------------------------------------- option checks
+
+
+def check_at_least_one(value: int | None, what: str) -> None:
+    """A count option (frames, faces, interval) must be a positive integer; None is "no limit"."""
+    if value is not None and value < 1:
+        raise ValueError(f"{what} must be >= 1, got {value}")
+
+
+def check_fraction(value: float, what: str) -> None:
+    """A number in [0, 1] (NaN refused)."""
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{what} must be a number in [0, 1], got {value}")
+
+
+def check_device(device: str, what: str = "--device") -> None:
+    """Refuse a device this torch cannot use before any model is built on it."""
+    try:
+        parsed = torch.device(device)
+    except RuntimeError as error:
+        raise ValueError(f"{what} {device!r} is not a device (expected cpu or cuda[:N])") from error
+    if parsed.type != "cuda":
+        return
+    if not torch.cuda.is_available():
+        raise ValueError(f"{what} {device}: CUDA is not available to this torch; use --device cpu")
+    if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+        raise ValueError(f"{what} {device}: no such GPU ({torch.cuda.device_count()} visible)")
 
 
 # --------------------------------------------------------------------------- face detectors
@@ -137,7 +176,7 @@ def load_step(
     checkpoint: str | Path | None = None,
     backbone: str = "dlib",
     engine: str = "torch",
-    num_landmarks: int = 68,
+    num_landmarks: int | None = None,
     device: str = "cpu",
 ) -> Any:
     """The per-frame step: `StreamingStep` (PyTorch) or `OnnxStep` (onnxruntime).
@@ -145,22 +184,35 @@ def load_step(
     `checkpoint`: a fine-tuned StableAlignmentModule (.ckpt) or, with engine "onnx", an exported
     .onnx file (a .ckpt is exported to a temporary file first). Without a checkpoint the named
     backbone runs under an untrained (zero-initialised, hence identity) ConvLSTM.
+    `num_landmarks`: the count the caller expects (None: the checkpoint's own, 68 for a bare
+    backbone); a model with another count is refused, naming both.
     """
     from lightning_fa.export import OnnxStep, StreamingStep, export_onnx
 
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    check_at_least_one(num_landmarks, "--num-landmarks")
+    check_device(device)
     if checkpoint is not None and not Path(checkpoint).is_file():
         raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
     if engine == "onnx" and checkpoint is not None and Path(checkpoint).suffix == ".onnx":
-        return OnnxStep(checkpoint)
-    module = _load_module(checkpoint, backbone, num_landmarks)
-    if engine == "onnx":
-        if type(module.backbone).__name__ == "DlibBackbone":
-            raise ValueError("--engine onnx needs a PyTorch backbone; dlib cannot be exported")
-        path = Path(tempfile.mkdtemp(prefix="lightning_fa_")) / "step.onnx"
-        return OnnxStep(export_onnx(module, path))
-    return StreamingStep(module).eval().to(device)
+        step = OnnxStep(checkpoint)
+    else:
+        module = _load_module(checkpoint, backbone, num_landmarks or 68)
+        if engine == "onnx":
+            if type(module.backbone).__name__ == "DlibBackbone":
+                raise ValueError("--engine onnx needs a PyTorch backbone; dlib cannot be exported")
+            path = Path(tempfile.mkdtemp(prefix="lightning_fa_")) / "step.onnx"
+            step = OnnxStep(export_onnx(module, path))
+        else:
+            step = StreamingStep(module).eval().to(device)
+    if num_landmarks is not None and step.num_landmarks != num_landmarks:
+        source = checkpoint if checkpoint is not None else f"backbone {backbone!r}"
+        raise ValueError(
+            f"{source} predicts {step.num_landmarks} landmarks, but --num-landmarks is "
+            f"{num_landmarks}; drop the option or use a {num_landmarks}-point model"
+        )
+    return step
 
 
 def _load_module(checkpoint: str | Path | None, backbone: str, num_landmarks: int) -> Any:
@@ -241,10 +293,9 @@ class StreamingTracker:
         min_iou: float = 0.3,
         device: str = "cpu",
     ) -> None:
-        if max_faces < 1:
-            raise ValueError(f"max_faces must be >= 1, got {max_faces}")
-        if redetect_every < 1:
-            raise ValueError(f"redetect_every must be >= 1, got {redetect_every}")
+        check_at_least_one(max_faces, "max_faces")
+        check_at_least_one(redetect_every, "redetect_every")
+        check_fraction(min_confidence, "min_confidence")
         if filter not in FILTER_NAMES:
             raise ValueError(f"filter must be one of {FILTER_NAMES}, got {filter!r}")
         if not fps > 0:
@@ -409,19 +460,28 @@ class StreamingTracker:
 
 
 def open_capture(source: str) -> tuple[cv2.VideoCapture, bool]:
-    """Open a video file or a camera index ("0", "1", ...); returns (capture, is_camera)."""
+    """Open a video file or a camera index ("0", "1", ...); returns (capture, is_camera).
+
+    A file is checked to hold at least one decodable frame, then reopened at its start (seeking
+    is not exact for every codec)."""
     if source.isdigit():
         capture = cv2.VideoCapture(int(source))
         if not capture.isOpened():
             raise ValueError(f"cannot open camera {source}: no such device or it is busy")
         return capture, True
     path = Path(source)
+    if path.is_dir():
+        raise ValueError(f"input video {path} is a directory, not a video file")
     if not path.is_file():
         raise FileNotFoundError(f"input video not found: {path}")
+    if path.stat().st_size == 0:
+        raise ValueError(f"input video {path} is empty (0 bytes)")
     capture = cv2.VideoCapture(str(path))
-    if not capture.isOpened():
+    readable = capture.isOpened() and capture.read()[0]
+    capture.release()
+    if not readable:
         raise ValueError(f"{path} is not a video OpenCV can decode (expected e.g. .mp4, .avi)")
-    return capture, False
+    return cv2.VideoCapture(str(path)), False
 
 
 class FrameReader:
@@ -429,6 +489,7 @@ class FrameReader:
     end is skipped and counted (`skipped`); `max_failures` failures in a row end the stream."""
 
     def __init__(self, capture: Any, max_frames: int | None = None, max_failures: int = 25) -> None:
+        check_at_least_one(max_frames, "max_frames")
         self.capture = capture
         self.max_frames = max_frames
         self.max_failures = max_failures
@@ -457,18 +518,6 @@ class FrameReader:
 # --------------------------------------------------------------------------- outputs
 
 
-def check_writable(path: Path | None, what: str) -> None:
-    """Fail before any work when `path` cannot be written (creates its folder and the file)."""
-    if path is None:
-        return
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a"):
-            pass
-    except OSError as error:
-        raise ValueError(f"cannot write {what} {path}: {error.strerror or error}") from error
-
-
 def csv_header(num_landmarks: int) -> list[str]:
     coords = [f"{axis}{k}" for k in range(num_landmarks) for axis in ("x", "y")]
     return ["frame", "time", "track_id", "confidence", *coords]
@@ -484,8 +533,34 @@ def draw_points(image: np.ndarray, points: np.ndarray, colour: tuple[int, int, i
             cv2.circle(image, (round(x), round(y)), 2, colour, -1, cv2.LINE_AA)
 
 
+def partial_path(path: Path, suffix: str | None = None) -> Path:
+    """Where an output grows while its run goes: `lm.csv` -> `lm.partial.csv` (or `suffix`)."""
+    return path.with_name(f"{path.stem}.partial{path.suffix if suffix is None else suffix}")
+
+
+def _json_frame(index: int, t: float, results: list[TrackResult]) -> dict[str, Any]:
+    return {
+        "frame": index,
+        "time": round(t, 4),
+        "faces": [
+            {
+                "track_id": r.track_id,
+                "confidence": round(r.confidence, 4),
+                "landmarks": _json_points(r.landmarks),
+                "raw": _json_points(r.raw),
+            }
+            for r in results
+        ],
+    }
+
+
 class TrackOutputs:
-    """CSV rows, the JSON document and the raw | stabilised overlay video of one run."""
+    """CSV rows, the JSON document and the raw | stabilised overlay video of one run.
+
+    Everything is written as it comes to partial files beside the targets (`partial_path`; the
+    JSON frames one per line, so memory stays flat however long the video): `close` moves them
+    into place once the run is complete, `abort` closes them and leaves the targets untouched.
+    """
 
     def __init__(
         self,
@@ -497,23 +572,43 @@ class TrackOutputs:
         frame_size: tuple[int, int],
     ) -> None:
         self.num_landmarks = num_landmarks
-        self.json_path = json_path
-        self.frames: list[dict[str, Any]] = []
-        self._csv_file = open(csv_path, "w", newline="") if csv_path else None
-        self._csv = csv.writer(self._csv_file) if self._csv_file else None
-        if self._csv:
-            self._csv.writerow(csv_header(num_landmarks))
-        self._video = None
-        if video_path is not None:
-            width, height = frame_size
-            fourcc = cv2.VideoWriter_fourcc(*("MJPG" if video_path.suffix == ".avi" else "mp4v"))
-            self._video = cv2.VideoWriter(str(video_path), fourcc, fps, (2 * width, height))
-            if not self._video.isOpened():
-                raise ValueError(f"cannot open overlay video for writing: {video_path}")
+        self.csv_path, self.json_path, self.video_path = csv_path, json_path, video_path
+        self.frames_written = 0
+        self._csv_file = self._json_lines = self._video = None
+        self._last_flush = time.monotonic()
+        try:
+            if video_path is not None:
+                width, height = frame_size
+                codec = "MJPG" if video_path.suffix == ".avi" else "mp4v"
+                self._video = cv2.VideoWriter(
+                    str(partial_path(video_path)),
+                    cv2.VideoWriter_fourcc(*codec),
+                    fps,
+                    (2 * width, height),
+                )
+                if not self._video.isOpened():
+                    raise ValueError(f"cannot open overlay video for writing: {video_path}")
+            if csv_path is not None:
+                self._csv_file = open(partial_path(csv_path), "w", newline="")
+                self._csv = csv.writer(self._csv_file)
+                self._csv.writerow(csv_header(num_landmarks))
+            if json_path is not None:
+                self._json_lines = open(partial_path(json_path, ".jsonl"), "w", encoding="utf-8")
+        except BaseException:
+            self.abort()
+            raise
+
+    def partial_files(self) -> list[Path]:
+        """The partial files of this run's outputs that exist now."""
+        candidates = [
+            partial_path(self.csv_path) if self.csv_path else None,
+            partial_path(self.json_path, ".jsonl") if self.json_path else None,
+            partial_path(self.video_path) if self.video_path else None,
+        ]
+        return [path for path in candidates if path is not None and path.exists()]
 
     def add(self, index: int, t: float, frame: np.ndarray, results: list[TrackResult]) -> None:
-        nan_row = [math.nan] * (2 * self.num_landmarks)
-        if self._csv:
+        if self._csv_file is not None:
             for r in results:
                 self._csv.writerow(
                     [
@@ -525,22 +620,10 @@ class TrackOutputs:
                     ]
                 )
             if not results:
+                nan_row = [math.nan] * (2 * self.num_landmarks)
                 self._csv.writerow([index, f"{t:.4f}", -1, "0.0000", *nan_row])
-        self.frames.append(
-            {
-                "frame": index,
-                "time": round(t, 4),
-                "faces": [
-                    {
-                        "track_id": r.track_id,
-                        "confidence": round(r.confidence, 4),
-                        "landmarks": _json_points(r.landmarks),
-                        "raw": _json_points(r.raw),
-                    }
-                    for r in results
-                ],
-            }
-        )
+        if self._json_lines is not None:
+            self._json_lines.write(json.dumps(_json_frame(index, t, results)) + "\n")
         if self._video is not None:
             left = np.ascontiguousarray(frame[..., ::-1])
             right = left.copy()
@@ -548,15 +631,59 @@ class TrackOutputs:
                 draw_points(left, r.raw, (0, 0, 255))
                 draw_points(right, r.landmarks, (0, 255, 0))
             self._video.write(np.concatenate([left, right], axis=1))
+        self.frames_written += 1
+        # A hard kill loses at most the last second; Python's buffers would otherwise hold more.
+        if time.monotonic() - self._last_flush >= FLUSH_SECONDS:
+            for handle in (self._csv_file, self._json_lines):
+                if handle is not None:
+                    handle.flush()
+            self._last_flush = time.monotonic()
 
-    def close(self, summary: dict[str, Any]) -> None:
-        if self._csv_file:
-            self._csv_file.close()
+    def _close_files(self) -> None:
+        for handle in (self._csv_file, self._json_lines):
+            if handle is not None:
+                handle.close()
         if self._video is not None:
             self._video.release()
+        self._csv_file = self._json_lines = self._video = None
+
+    def abort(self) -> list[Path]:
+        """Close everything after a failed run; returns the partial files kept (none when no
+        frame was written: then they hold nothing worth keeping and are removed)."""
+        self._close_files()
+        kept = self.partial_files()
+        if self.frames_written == 0:
+            for path in kept:
+                path.unlink()
+            return []
+        return kept
+
+    def close(self, summary: dict[str, Any]) -> None:
+        """Complete the run: each partial file replaces its target (flushed to disk first)."""
+        self._close_files()
+        for path in (self.csv_path, self.video_path):
+            if path is not None:
+                with open(partial_path(path), "rb") as handle:
+                    os.fsync(handle.fileno())
+                os.replace(partial_path(path), path)
         if self.json_path is not None:
-            document = {**summary, "num_landmarks": self.num_landmarks, "frames": self.frames}
-            self.json_path.write_text(json.dumps(document))
+            self._write_json(summary)
+
+    def _write_json(self, summary: dict[str, Any]) -> None:
+        """The document `{**summary, "num_landmarks", "frames": [...]}` assembled from the
+        partial JSON lines one frame at a time, byte for byte what `json.dumps` gives."""
+        lines_path = partial_path(self.json_path, ".jsonl")
+        # The frame list takes the place of a placeholder: "frames" may be a summary key (the
+        # count), whose position in the document the list then keeps.
+        placeholder = "\0frames\0"
+        document = {**summary, "num_landmarks": self.num_landmarks, "frames": placeholder}
+        before, after = json.dumps(document).split(json.dumps(placeholder))
+        with atomic_write(self.json_path, encoding="utf-8") as out, open(lines_path) as lines:
+            out.write(before + "[")
+            for k, line in enumerate(lines):
+                out.write((", " if k else "") + line.rstrip("\n"))
+            out.write("]" + after)
+        lines_path.unlink()
 
 
 # --------------------------------------------------------------------------- command line
@@ -605,7 +732,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--checkpoint", type=Path, help="fine-tuned .ckpt (or .onnx with --engine onnx)"
     )
     parser.add_argument("--backbone", default="dlib", help="backbone name when no checkpoint")
-    parser.add_argument("--num-landmarks", type=int, default=68)
+    parser.add_argument(
+        "--num-landmarks", type=int, default=None,
+        help="landmarks expected (default: the checkpoint's own; 68 for a bare backbone)",
+    )  # fmt: skip
     parser.add_argument("--engine", choices=ENGINES, default="torch")
     parser.add_argument("--detector", choices=DETECTORS, default="dlib")
     parser.add_argument("--filter", choices=FILTER_NAMES, default="none")
@@ -616,60 +746,78 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out-csv", type=Path, default=None)
     parser.add_argument("--out-json", type=Path, default=None)
     parser.add_argument("--out-video", type=Path, default=None)
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--no-progress", action="store_true")
     return parser
 
 
+def _output_paths(args: argparse.Namespace) -> list[tuple[Path | None, str]]:
+    """The run's outputs with their options; `landmarks.csv` when none is given. An output
+    that is the input video itself is refused."""
+    if args.out_csv is None and args.out_json is None and args.out_video is None:
+        args.out_csv = Path("landmarks.csv")
+    outputs = [(args.out_csv, "--out-csv"), (args.out_json, "--out-json"),
+               (args.out_video, "--out-video")]  # fmt: skip
+    source = Path(args.input)
+    for path, what in outputs:
+        if path is not None and source.exists() and path.resolve() == source.resolve():
+            raise ValueError(f"{what} {path} is the input video; choose another output path")
+    return outputs
+
+
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        for path, what in (
-            (args.out_csv, "--out-csv"),
-            (args.out_json, "--out-json"),
-            (args.out_video, "--out-video"),
-        ):
-            check_writable(path, what)
-        if args.out_csv is None and args.out_json is None and args.out_video is None:
-            args.out_csv = Path("landmarks.csv")
-            check_writable(args.out_csv, "--out-csv")
-        capture, is_camera = open_capture(args.input)
-        if not is_camera:  # decode one frame, then reopen: seeking is not exact for every codec
-            if not capture.read()[0]:
-                raise ValueError(f"{args.input} holds no decodable frame (not a video?)")
+    check_at_least_one(args.max_frames, "--max-frames")
+    check_at_least_one(args.max_faces, "--max-faces")
+    check_at_least_one(args.redetect_every, "--redetect-every")
+    check_fraction(args.min_confidence, "--min-confidence")
+    check_device(args.device)
+    with claim_outputs(_output_paths(args)):
+        capture, _ = open_capture(args.input)
+        try:
+            summary = _track(args, capture)
+        finally:
             capture.release()
-            capture, _ = open_capture(args.input)
-        fps = capture.get(cv2.CAP_PROP_FPS) or 0.0
-        fps = fps if fps > 0 else 25.0
-        step = load_step(
-            args.checkpoint, args.backbone, args.engine, args.num_landmarks, args.device
-        )
-        tracker = StreamingTracker(
-            step,
-            make_detector(args.detector),
-            max_faces=args.max_faces,
-            filter=args.filter,
-            fps=fps,
-            redetect_every=args.redetect_every,
-            min_confidence=args.min_confidence,
-            device=args.device,
-        )
-        size = (
-            int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)),
-            int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)),
-        )
-        outputs = TrackOutputs(
-            step.num_landmarks, args.out_csv, args.out_json, args.out_video, fps, size
-        )
-    except (ValueError, FileNotFoundError) as error:
-        print(f"lightning-fa track: {error}", file=sys.stderr)
-        return 2
-    reader = FrameReader(capture, args.max_frames)
-    summary = track_video(tracker, reader, outputs, fps, progress=not args.no_progress)
-    capture.release()
-    outputs.close({"source": args.input, "fps": fps, **summary})
     print(
         f"tracked {summary['frames']} frames ({summary['frames_with_face']} with a face, "
         f"{summary['skipped_frames']} corrupt frames skipped) at {summary['fps_processed']} frames/s"
     )
     return 0
+
+
+def _track(args: argparse.Namespace, capture: cv2.VideoCapture) -> dict[str, Any]:
+    """Load the model, track every frame into the outputs; on any failure the partial files
+    (if frames were done) are kept and named, the earlier outputs are untouched."""
+    fps = capture.get(cv2.CAP_PROP_FPS) or 0.0
+    fps = fps if fps > 0 else 25.0
+    step = load_step(args.checkpoint, args.backbone, args.engine, args.num_landmarks, args.device)
+    tracker = StreamingTracker(
+        step,
+        make_detector(args.detector),
+        max_faces=args.max_faces,
+        filter=args.filter,
+        fps=fps,
+        redetect_every=args.redetect_every,
+        min_confidence=args.min_confidence,
+        device=args.device,
+    )
+    size = (int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+    outputs = TrackOutputs(
+        step.num_landmarks, args.out_csv, args.out_json, args.out_video, fps, size
+    )
+    try:
+        summary = track_video(
+            tracker, FrameReader(capture, args.max_frames), outputs, fps,
+            progress=not args.no_progress,
+        )  # fmt: skip
+        outputs.close({"source": args.input, "fps": fps, **summary})
+    except BaseException:
+        kept = outputs.abort()
+        if kept:
+            print(
+                f"lightning-fa track: stopped after {outputs.frames_written} frames; what was done "
+                f"is kept in {', '.join(map(str, kept))} (earlier outputs untouched)",
+                file=sys.stderr,
+            )
+        raise
+    return summary

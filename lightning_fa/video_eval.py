@@ -7,14 +7,18 @@ fine-tuned checkpoint) and with the offline zero-phase smoothed raw track (the r
 no jitter). Per method: MCV (%), MAV (px^2), Accel (px), the mean distance to the offline track
 (px) and the lag (frames of delay that maximise the cross-correlation of the method's velocity
 with the offline track's, searched over -5..5; positive = behind). Writes `metrics.json` and
-`report.md`.
+`report.md` (atomically: an earlier result is replaced only by a complete new one; both are
+locked against a second run writing the same folder).
+
+Results are keyed by the video's file name; videos that share a name (`a/clip.mp4`,
+`b/clip.mp4`) are keyed by as many trailing path parts as tell them apart. The same file given
+twice is refused.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +27,15 @@ import numpy as np
 import torch
 
 from lightning_fa.metrics.functional import accel, mav, mcv
+from lightning_fa.outputs import claim_outputs, write_text_atomic
 from lightning_fa.temporal.filters import apply_filter, make_filter, zero_phase_smooth
 from lightning_fa.tracking import (
     DETECTORS,
     ENGINES,
     FrameReader,
     StreamingTracker,
+    check_at_least_one,
+    check_device,
     face_scale,
     load_step,
     make_detector,
@@ -84,23 +91,49 @@ def longest_run(present: np.ndarray) -> slice:
 
 
 def track_one_face(
-    tracker: StreamingTracker, path: str, max_frames: int | None = None
+    tracker: StreamingTracker, path: str, max_frames: int | None = None, progress: bool = False
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """Raw and model (T, L, 2) frame-pixel tracks of the first tracked face (NaN where none)."""
+    from tqdm import tqdm
+
     capture, _ = open_capture(path)
     fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
     tracker.reset()
     tracker.fps = fps
     raw, ours = [], []
     nan = np.full((tracker.step_fn.num_landmarks, 2), np.nan)
-    for index, frame in FrameReader(capture, max_frames):
-        results = tracker.step(frame, index / fps)
-        raw.append(results[0].raw if results else nan)
-        ours.append(results[0].stabilised if results else nan)
-    capture.release()
+    reader = FrameReader(capture, max_frames)
+    total = min(filter(None, (reader.frame_count, max_frames)), default=None)
+    try:
+        for index, frame in tqdm(
+            reader, total=total, unit="frame", desc=Path(path).name, disable=not progress
+        ):
+            results = tracker.step(frame, index / fps)
+            raw.append(results[0].raw if results else nan)
+            ours.append(results[0].stabilised if results else nan)
+    finally:
+        capture.release()
     if not raw:
         raise ValueError(f"{path}: no decodable frame")
     return np.stack(raw), np.stack(ours), fps
+
+
+def video_keys(videos: list[str]) -> list[str]:
+    """Unique result names: the file name, or as many trailing path parts as tell videos with
+    the same file name apart (`a/clip.mp4`, `b/clip.mp4`). The same file twice is refused."""
+    resolved = [Path(v).resolve() for v in videos]
+    for k, path in enumerate(resolved):
+        if path in resolved[:k]:
+            raise ValueError(f"video {videos[k]} is given twice")
+    keys = []
+    for path in resolved:
+        depth = 1
+        while any(
+            other != path and other.parts[-depth:] == path.parts[-depth:] for other in resolved
+        ):
+            depth += 1
+        keys.append("/".join(path.parts[-depth:]))
+    return keys
 
 
 def evaluate_tracks(
@@ -109,6 +142,8 @@ def evaluate_tracks(
     """All methods' metrics for one video's raw and model tracks (T, L, 2)."""
     run = longest_run(np.isfinite(raw).all(axis=(1, 2)) & np.isfinite(ours).all(axis=(1, 2)))
     raw, ours = raw[run], ours[run]
+    if len(raw) == 0:
+        raise ValueError("no face was found in any frame")
     if len(raw) < 3:
         raise ValueError(f"a face was tracked in only {len(raw)} consecutive frames (need >= 3)")
     offline = zero_phase_smooth(raw, cutoff_hz, fps)
@@ -175,38 +210,52 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument("--checkpoint", type=Path, default=None)
     parser.add_argument("--backbone", default="dlib")
+    parser.add_argument(
+        "--num-landmarks", type=int, default=None,
+        help="landmarks expected (default: the checkpoint's own; 68 for a bare backbone)",
+    )  # fmt: skip
     parser.add_argument("--engine", choices=ENGINES, default="torch")
     parser.add_argument("--detector", choices=DETECTORS, default="dlib")
     parser.add_argument("--cutoff-hz", type=float, default=DEFAULT_CUTOFF_HZ)
     parser.add_argument("--max-frames", type=int, default=None)
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    try:
-        args.out.mkdir(parents=True, exist_ok=True)
-        for name in ("metrics.json", "report.md"):
-            with open(args.out / name, "a"):
-                pass
+    check_at_least_one(args.max_frames, "--max-frames")
+    if not args.cutoff_hz > 0 or not np.isfinite(args.cutoff_hz):
+        raise ValueError(f"--cutoff-hz must be a positive number, got {args.cutoff_hz}")
+    check_device(args.device)
+    if args.out.exists() and not args.out.is_dir():
+        raise ValueError(f"--out {args.out} is a file; it must be a folder")
+    metrics_path, report_path = args.out / "metrics.json", args.out / "report.md"
+    with claim_outputs([(metrics_path, "--out"), (report_path, "--out")]):
+        keys = video_keys(args.videos)
         for video in args.videos:
             open_capture(video)[0].release()
-        step = load_step(args.checkpoint, args.backbone, args.engine, device=args.device)
-    except (OSError, ValueError) as error:
-        print(f"lightning-fa evaluate-video: {error}", file=sys.stderr)
-        return 2
-    tracker = StreamingTracker(step, make_detector(args.detector), device=args.device)
-    per_video = {}
-    for video in args.videos:
-        raw, ours, fps = track_one_face(tracker, video, args.max_frames)
-        per_video[Path(video).name] = evaluate_tracks(raw, ours, fps, args.cutoff_hz)
-    results = {
-        "model": str(args.checkpoint)
-        if args.checkpoint
-        else f"{args.backbone} (untrained ConvLSTM)",
-        "cutoff_hz": args.cutoff_hz,
-        "max_lag": MAX_LAG,
-        "mean": mean_over_videos(per_video),
-        "videos": per_video,
-    }
-    (args.out / "metrics.json").write_text(json.dumps(results, indent=2))
-    (args.out / "report.md").write_text(markdown_report(results))
-    print(markdown_report(results))
+        step = load_step(
+            args.checkpoint, args.backbone, args.engine, args.num_landmarks, device=args.device
+        )
+        tracker = StreamingTracker(step, make_detector(args.detector), device=args.device)
+        per_video = {}
+        for key, video in zip(keys, args.videos):
+            raw, ours, fps = track_one_face(
+                tracker, video, args.max_frames, progress=not args.no_progress
+            )
+            try:
+                per_video[key] = evaluate_tracks(raw, ours, fps, args.cutoff_hz)
+            except ValueError as error:  # e.g. no face in the video: say which video
+                raise ValueError(f"{video}: {error}") from error
+        results = {
+            "model": str(args.checkpoint)
+            if args.checkpoint
+            else f"{args.backbone} (untrained ConvLSTM)",
+            "cutoff_hz": args.cutoff_hz,
+            "max_lag": MAX_LAG,
+            "mean": mean_over_videos(per_video),
+            "videos": per_video,
+        }
+        report = markdown_report(results)
+        write_text_atomic(metrics_path, json.dumps(results, indent=2))
+        write_text_atomic(report_path, report)
+    print(report)
     return 0

@@ -13,7 +13,18 @@ import pytest
 import torch
 
 from lightning_fa import tracking
-from lightning_fa.tracking import FrameReader, StreamingTracker, box_iou, csv_header, main
+from lightning_fa.cli import main as cli_main
+from lightning_fa.tracking import FrameReader, StreamingTracker, box_iou, csv_header
+
+
+def main(argv: list[str]) -> int:
+    """`lightning-fa track ...` as a user runs it: user errors become one line and exit 2."""
+    return cli_main(["track", *argv])
+
+
+def evaluate_main(argv: list[str]) -> int:
+    return cli_main(["evaluate-video", *argv])
+
 
 CLIP = "videos/WDA_KatieHill_000.mp4"
 
@@ -288,8 +299,6 @@ def test_evaluate_tracks_orders_methods_sensibly() -> None:
 @pytest.mark.slow
 def test_evaluate_video_writes_metrics(shared_data: Path, tmp_path: Path) -> None:
     _needs_dlib()
-    from lightning_fa.video_eval import main as evaluate_main
-
     out = tmp_path / "eval"
     code = evaluate_main(
         [str(shared_data / "videos/liveportrait_d0.mp4"), "--max-frames", "12", "--out", str(out)]
@@ -303,7 +312,5 @@ def test_evaluate_video_writes_metrics(shared_data: Path, tmp_path: Path) -> Non
 
 
 def test_evaluate_video_bad_input(tmp_path: Path, capsys) -> None:
-    from lightning_fa.video_eval import main as evaluate_main
-
     assert evaluate_main([str(tmp_path / "missing.mp4"), "--out", str(tmp_path / "o")]) == 2
     assert "not found" in capsys.readouterr().err
