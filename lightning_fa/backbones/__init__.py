@@ -1,6 +1,7 @@
 """Replaceable heatmap backbones: protocol, registry, safe checkpoints, built-in models.
 
-Importing this package registers the built-in names (hrnet_w18, hrnet_lite, hourglass, cpm, dlib).
+Importing this package registers the built-in names (hrnet_w18, hrnet_lite, hourglass, cpm, dlib);
+their classes are the ones a checkpoint may ask to rebuild (`allow_checkpoint_class` adds more).
 """
 
 from .adapters import (
@@ -12,6 +13,7 @@ from .adapters import (
 )
 from .base import (
     Backbone,
+    allow_checkpoint_class,
     build_from_spec,
     create_backbone,
     list_backbones,
@@ -33,6 +35,7 @@ __all__ = [
     "ModuleBackbone",
     "StackedHourglass",
     "TorchScriptBackbone",
+    "allow_checkpoint_class",
     "build_from_spec",
     "create_backbone",
     "dlib_face_detector",

@@ -2,6 +2,10 @@
 
 A backbone maps images (B, 3, H, W) to heatmaps (B, L, H / stride, W / stride). It owns its input
 normalisation (`preprocess`), so datasets can deliver uint8 RGB and stay model-agnostic.
+
+Files are data, never code: checkpoints are read with `torch.load(weights_only=True)`, and a
+backbone spec read from a file is built only from the classes allowed in code
+(`allow_checkpoint_class`, `register_backbone`), looked up by their class-path string.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import functools
 import importlib
 import inspect
 import pickle
+import typing
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -148,10 +153,81 @@ def _plain(value: Any) -> Any:
     raise TypeError(f"not plain data: {type(value).__name__}")
 
 
-def build_from_spec(spec: Mapping[str, Any]) -> Backbone:
-    """Rebuild a backbone from its recorded `spec` (class path + constructor arguments)."""
-    module_name, _, attr = spec["class_path"].rpartition(".")
-    return getattr(importlib.import_module(module_name), attr)(**spec["init_args"])
+def require_plain_data(value: Any, where: str) -> None:
+    """ValueError unless `value` is plain data: None, bool, int, float, str, and lists, tuples
+    and str-keyed dicts of those. For constructor arguments read from a file."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return
+    if isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            require_plain_data(item, f"{where}[{i}]")
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ValueError(f"{where} has a key that is not a string: {key!r}")
+            require_plain_data(item, f"{where}.{key}")
+        return
+    raise ValueError(f"{where} is {type(value).__name__}, not plain data")
+
+
+def _class_path(cls: type) -> str:
+    # The form `Backbone` records in `spec["class_path"]`.
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+# Backbone classes that a spec read from a file may name, by class-path string. Filled in code
+# only: by `register_backbone` and `allow_checkpoint_class`.
+_CHECKPOINT_CLASSES: dict[str, type[Backbone]] = {}
+
+
+def allow_checkpoint_class(cls: type[Backbone]) -> type[Backbone]:
+    """Let checkpoints rebuild backbones of class `cls` (usable as a class decorator).
+
+    `StableAlignmentModule.from_checkpoint` builds the backbone a checkpoint names only if its
+    class was allowed in code: every class given to `register_backbone` (and the class a
+    registered factory is annotated to return) is; call this for any other class you trust.
+    `TorchScriptBackbone` and `ModuleBackbone` are not allowed by default: the wrapped module of
+    a `ModuleBackbone` is no constructor argument, and a TorchScript path stored in a checkpoint
+    would make the checkpoint load another file; allow `TorchScriptBackbone` yourself if you
+    trust the checkpoints you load.
+    """
+    if not (isinstance(cls, type) and issubclass(cls, Backbone)):
+        raise TypeError(f"allow_checkpoint_class needs a Backbone subclass, got {cls!r}")
+    _CHECKPOINT_CLASSES[_class_path(cls)] = cls
+    return cls
+
+
+def build_from_spec(spec: Mapping[str, Any], source: str | Path | None = None) -> Backbone:
+    """Rebuild a backbone from its recorded `spec` (class path + constructor arguments).
+
+    The class is looked up by its class-path string among the allowed classes
+    (`allow_checkpoint_class`): nothing named in the spec is imported or called before that.
+    `source` is the file the spec was read from, named in every error.
+    """
+    where = f"checkpoint {source}" if source is not None else "backbone spec"
+    if not isinstance(spec, Mapping):
+        raise ValueError(f"{where}: the backbone spec is {type(spec).__name__}, not a mapping")
+    class_path = spec.get("class_path")
+    if not isinstance(class_path, str):
+        raise ValueError(f"{where}: the backbone spec has no class_path string")
+    _load_builtin_backbones()
+    cls = _CHECKPOINT_CLASSES.get(class_path)
+    if cls is None:
+        raise ValueError(
+            f"{where} asks to build {class_path!r}, which is not an allowed backbone class; "
+            "only registered backbones are built from a file. If you trust this checkpoint, allow "
+            "the class in code first: lightning_fa.backbones.allow_checkpoint_class(TheClass) (or "
+            "register it with register_backbone)"
+        )
+    init_args = spec.get("init_args")
+    if not isinstance(init_args, dict):
+        raise ValueError(f"{where}: the init_args of {class_path} are not a mapping")
+    require_plain_data(init_args, f"{where}: init_args of {class_path}")
+    try:
+        return cls(**init_args)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{where}: cannot build {class_path} from its init_args: {err}") from err
 
 
 # --------------------------------------------------------------------------- registry
@@ -160,13 +236,31 @@ BackboneFactory = Callable[..., Backbone]
 _REGISTRY: dict[str, BackboneFactory] = {}
 
 
+def _built_class(factory: BackboneFactory) -> type[Backbone] | None:
+    """The Backbone class `factory` is (or is annotated to return), else None."""
+    if isinstance(factory, type):
+        return factory if issubclass(factory, Backbone) else None
+    try:
+        returned = typing.get_type_hints(factory).get("return")
+    except Exception:  # unresolvable annotations: the user allows the class explicitly
+        return None
+    return returned if isinstance(returned, type) and issubclass(returned, Backbone) else None
+
+
 def register_backbone(name: str) -> Callable[[BackboneFactory], BackboneFactory]:
-    """Decorator: make a Backbone class (or factory `f(num_landmarks, **kw)`) creatable by name."""
+    """Decorator: make a Backbone class (or factory `f(num_landmarks, **kw)`) creatable by name.
+
+    The class (for a factory: its annotated return class) may also be rebuilt from checkpoints
+    (`allow_checkpoint_class`).
+    """
 
     def decorate(factory: BackboneFactory) -> BackboneFactory:
         if name in _REGISTRY and _REGISTRY[name] is not factory:
             raise ValueError(f"backbone name {name!r} is already registered")
         _REGISTRY[name] = factory
+        built = _built_class(factory)
+        if built is not None:
+            allow_checkpoint_class(built)
         return factory
 
     return decorate
@@ -221,13 +315,13 @@ def _unpickling_reason(err: Exception) -> str:
     return lines[-1] if lines else type(err).__name__
 
 
-def read_checkpoint(path: str | Path) -> Any:
-    """`torch.load(path, map_location="cpu", weights_only=True)` with errors that name the file."""
+def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
+    """`torch.load(path, map_location, weights_only=True)` with errors that name the file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint file not found: {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         raise ValueError(
             f"{path} is not a plain tensor checkpoint (or it is corrupt): torch.load(weights_only="
@@ -249,12 +343,17 @@ def _extract_state_dict(obj: Any, path: Path) -> dict[str, Tensor]:
             f"checkpoint {path} holds {type(obj).__name__}, expected a non-empty state_dict "
             "(a mapping of parameter names to tensors) or {'state_dict': ...}"
         )
-    not_tensors = [k for k, v in obj.items() if not isinstance(v, Tensor)]
+    require_tensors(obj, path)
+    return dict(obj)
+
+
+def require_tensors(state: Mapping[Any, Any], path: str | Path) -> None:
+    """ValueError naming `path` and the entries of `state` that are not tensors."""
+    not_tensors = [k for k, v in state.items() if not isinstance(v, Tensor)]
     if not_tensors:
         raise ValueError(
             f"checkpoint {path}: entries that are not tensors: {_truncate(map(str, not_tensors))}"
         )
-    return dict(obj)
 
 
 def _strip(state: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
@@ -290,8 +389,7 @@ def load_checkpoint(
     """
     path = Path(path)
     state = _extract_state_dict(read_checkpoint(path), path)
-    target = module.state_dict()
-    model_keys = set(target)
+    model_keys = set(module.state_dict())
     if prefix is not None:
         selected = _strip(state, prefix)
         if not selected:
@@ -303,11 +401,23 @@ def load_checkpoint(
     else:
         state = _match_prefixes(state, model_keys)
 
-    missing = sorted(model_keys - state.keys())
-    unexpected = sorted(state.keys() - model_keys)
+    missing, unexpected = check_fit(module, state, path, strict)
+    require_finite({k: v for k, v in state.items() if k in model_keys}, path)
+    module.load_state_dict(state, strict=False)
+    return missing, unexpected
+
+
+def check_fit(
+    module: nn.Module, state: Mapping[str, Tensor], path: str | Path, strict: bool = True
+) -> tuple[list[str], list[str]]:
+    """(missing, unexpected) keys of `state` for `module`; a ValueError naming `path` on wrong
+    shapes, and on missing / unexpected keys when `strict`."""
+    target = module.state_dict()
+    missing = sorted(target.keys() - state.keys())
+    unexpected = sorted(state.keys() - target.keys())
     wrong_shape = [
         f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(target[k].shape)}"
-        for k in sorted(model_keys & state.keys())
+        for k in sorted(target.keys() & state.keys())
         if state[k].shape != target[k].shape
     ]
     if wrong_shape or (strict and (missing or unexpected)):
@@ -321,5 +431,19 @@ def load_checkpoint(
         raise ValueError(
             f"checkpoint {path} does not fit {type(module).__name__}: " + "; ".join(problems)
         )
-    module.load_state_dict(state, strict=False)
     return missing, unexpected
+
+
+def require_finite(state: Mapping[str, Tensor], path: str | Path) -> None:
+    """ValueError naming `path` and the first keys whose tensors hold NaN or inf: such weights
+    would only fail later, as NaN landmarks or an error deep inside the first frame."""
+    bad = [
+        key
+        for key, value in state.items()
+        if (value.is_floating_point() or value.is_complex()) and not torch.isfinite(value).all()
+    ]
+    if bad:
+        raise ValueError(
+            f"checkpoint {path} has non-finite (NaN or inf) weights in {len(bad)} "
+            f"tensor(s): {_truncate(bad)}"
+        )

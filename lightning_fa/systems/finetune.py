@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,13 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 
-from lightning_fa.backbones import build_from_spec, load_checkpoint
+from lightning_fa.backbones import build_from_spec, load_checkpoint, read_checkpoint
+from lightning_fa.backbones.base import (
+    check_fit,
+    require_finite,
+    require_plain_data,
+    require_tensors,
+)
 from lightning_fa.heatmaps import (
     crop_to_frame,
     crop_to_heatmap,
@@ -30,9 +37,12 @@ from lightning_fa.heatmaps import (
 )
 from lightning_fa.losses import JitterLoss
 from lightning_fa.metrics import LandmarkAccuracy, VideoStability
+from lightning_fa.temporal import build_temporal_stage
 from lightning_fa.temporal.convlstm import ConvLSTM, State, detach_state
 
 VARIANTS = ("backbone", "finetuned")
+# Constructor arguments that `from_checkpoint` builds itself, never takes from a file.
+_BUILT_ARGUMENTS = {"self", "backbone", "temporal", "loss"}
 
 
 def file_sha256(path: str | Path) -> str:
@@ -402,15 +412,21 @@ class StableAlignmentModule(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Checkpoints without backbone weights take them from the live (referenced) backbone, so
         # loading stays strict for everything this module trained.
-        state = checkpoint["state_dict"]
+        state = checkpoint.get("state_dict")
+        if not isinstance(state, dict):
+            raise ValueError(
+                "checkpoint has no state_dict mapping: not a checkpoint of this module"
+            )
         stored = any(k.startswith("backbone.") for k in state)
         if not stored:
             state.update({f"backbone.{k}": v for k, v in self.backbone.state_dict().items()})
-        saved = checkpoint.get("backbone_reference", {}).get("sha256")
+        reference = checkpoint.get("backbone_reference")
+        reference = reference if isinstance(reference, Mapping) else {}
+        saved = reference.get("sha256")
         if saved and self.backbone_reference.get("sha256") is None and not stored:
             raise ValueError(
                 f"checkpoint was fine-tuned on the backbone weights {saved} "
-                f"({checkpoint['backbone_reference'].get('checkpoint')}), which it does not store; "
+                f"({reference.get('checkpoint')}), which it does not store; "
                 "build the module with backbone_checkpoint=<that file> (make evaluate: BACKBONE_CKPT)"
             )
         if saved and self.backbone_reference.get("sha256") not in (None, saved):
@@ -424,26 +440,51 @@ class StableAlignmentModule(pl.LightningModule):
     def from_checkpoint(
         cls, path: str | Path, map_location: str | torch.device = "cpu"
     ) -> StableAlignmentModule:
-        """Rebuild a fine-tuned module from its checkpoint alone (no training config needed)."""
+        """Rebuild a fine-tuned module from its checkpoint alone (no training config needed).
+
+        The file is data, never code: it is read with `torch.load(weights_only=True)`, and the
+        backbone and temporal stage it names are built only from classes allowed in code
+        (`lightning_fa.backbones.allow_checkpoint_class`, `lightning_fa.temporal.TEMPORAL_STAGES`).
+        A file that is no checkpoint of this module, holds NaN / inf weights or does not fit the
+        module it describes is refused with a one-line ValueError naming it.
+        """
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"checkpoint not found: {path}")
-        try:
-            checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-        except Exception as error:  # corrupt file, or a pickle that would run code
-            raise ValueError(f"cannot read checkpoint {path}: {error}") from error
-        reference = checkpoint.get("backbone_reference") or {}
+        checkpoint = read_checkpoint(path, map_location)
+        if not isinstance(checkpoint, Mapping):
+            raise ValueError(
+                f"checkpoint {path} holds a {type(checkpoint).__name__}, not a fine-tuned "
+                "checkpoint (a mapping with state_dict and backbone_reference)"
+            )
+        state = checkpoint.get("state_dict")
+        if not isinstance(state, dict):
+            raise ValueError(
+                f"checkpoint {path} has no state_dict: not a checkpoint of StableAlignmentModule"
+            )
+        require_tensors(state, path)
+        require_finite(state, path)
+        reference = checkpoint.get("backbone_reference")
+        if not isinstance(reference, Mapping):
+            raise ValueError(
+                f"checkpoint {path} has no backbone_reference, so it was not saved by "
+                "StableAlignmentModule (a backbone's own weights load with "
+                "create_backbone(name, num_landmarks, checkpoint=...))"
+            )
         if "init_args" not in reference:
             raise ValueError(
                 f"{path} records no backbone constructor (backbones built outside "
                 "lightning_fa.backbones.Backbone); rebuild the module from its training config: "
                 "lightning-fa predict --config CONFIG --ckpt_path CKPT"
             )
-        backbone = build_from_spec(reference)
-        # LightningCLI adds bookkeeping entries (`_class_path`, ...) to the hyper-parameters.
-        accepted = inspect.signature(cls.__init__).parameters
-        hparams = {k: v for k, v in checkpoint.get("hyper_parameters", {}).items() if k in accepted}
-        stored_weights = any(k.startswith("backbone.") for k in checkpoint["state_dict"])
+        backbone = build_from_spec(reference, source=path)
+        saved_hparams = checkpoint.get("hyper_parameters", {})
+        if not isinstance(saved_hparams, Mapping):
+            raise ValueError(f"checkpoint {path}: hyper_parameters is not a mapping")
+        # LightningCLI adds bookkeeping entries (`_class_path`, ...) to the hyper-parameters; the
+        # modules passed to the constructor come from the allow-listed builders only.
+        accepted = set(inspect.signature(cls.__init__).parameters) - _BUILT_ARGUMENTS
+        hparams = {k: v for k, v in saved_hparams.items() if k in accepted}
+        require_plain_data(hparams, f"checkpoint {path}: hyper_parameters")
+        stored_weights = any(k.startswith("backbone.") for k in state)
         # A weightless backbone (e.g. a coordinate detector such as dlib) is fully described by
         # its constructor arguments.
         if stored_weights or not backbone.state_dict():
@@ -455,11 +496,29 @@ class StableAlignmentModule(pl.LightningModule):
                 f"{path} stores no backbone weights and references no backbone file; "
                 "fine-tune with backbone_checkpoint=... or store_backbone_weights=True"
             )
+        temporal = None
         temporal_config = checkpoint.get("temporal_config")
-        temporal = ConvLSTM(**temporal_config) if temporal_config else None
-        module = cls(backbone=backbone, temporal=temporal, **hparams)
+        if temporal_config:
+            saved_landmarks = (
+                temporal_config.get("num_landmarks")
+                if isinstance(temporal_config, Mapping)
+                else None
+            )
+            if saved_landmarks not in (None, backbone.num_landmarks):
+                raise ValueError(
+                    f"checkpoint {path}: its backbone gives {backbone.num_landmarks} landmarks "
+                    f"but its temporal stage was saved for {saved_landmarks}"
+                )
+            # Today's checkpoints record no stage name: they all hold a ConvLSTM.
+            name = checkpoint.get("temporal_stage", "ConvLSTM")
+            temporal = build_temporal_stage(name, temporal_config, path)
+        try:
+            module = cls(backbone=backbone, temporal=temporal, **hparams)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"checkpoint {path}: cannot rebuild the module: {err}") from err
         module.on_load_checkpoint(checkpoint)
-        module.load_state_dict(checkpoint["state_dict"], strict=True)
+        check_fit(module, state, path)
+        module.load_state_dict(state, strict=True)
         if stored_weights:
             module.backbone_reference = reference
         return module.eval()
