@@ -12,7 +12,6 @@ pixels, `confidence` (B,) and the new state `h0_out, c0_out, ...`. A new track f
 from __future__ import annotations
 
 import argparse
-import sys
 import warnings
 from itertools import islice
 from pathlib import Path
@@ -22,9 +21,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from lightning_fa.outputs import atomic_output, claim_outputs
 from lightning_fa.temporal.convlstm import State
 
 DEFAULT_OPSET = 17
+# CastLike (the PDC threshold's symbolic) needs 15; the TorchScript exporter stops at 20.
+OPSETS = range(15, 21)
 
 
 def heatmap_confidence(heatmaps: Tensor) -> Tensor:
@@ -99,14 +101,18 @@ def _threshold_symbolic(g: Any, x: Any, threshold: Any, value: Any) -> Any:
     return g.op("Where", g.op("Greater", x, t), x, g.op("CastLike", value, x))
 
 
+def check_opset(opset: int, name: str = "opset") -> None:
+    if opset not in OPSETS:
+        raise ValueError(f"{name} must be {OPSETS.start}..{OPSETS.stop - 1}, got {opset}")
+
+
 def export_onnx(module: nn.Module, path: str | Path, opset: int = DEFAULT_OPSET) -> Path:
     """Export the streaming step of `module` (a StableAlignmentModule) to ONNX at `path`.
 
     The batch dimension (number of faces) is dynamic; the crop size is the backbone's input_size.
     """
     path = Path(path)
-    if opset < 15:
-        raise ValueError(f"opset must be >= 15 (CastLike), got {opset}")
+    check_opset(opset)
     torch.onnx.register_custom_op_symbolic("aten::threshold", _threshold_symbolic, opset)
     step = StreamingStep(module).eval()
     height, width = step.input_size
@@ -180,13 +186,13 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     from lightning_fa.systems.finetune import StableAlignmentModule
 
-    try:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.touch()
-    except OSError as error:
-        print(f"lightning-fa export: cannot write --out {args.out}: {error}", file=sys.stderr)
-        return 2
-    module = StableAlignmentModule.from_checkpoint(args.checkpoint)
-    export_onnx(module, args.out, args.opset)
+    check_opset(args.opset, "--opset")
+    with claim_outputs([(args.out, "--out")]):
+        module = StableAlignmentModule.from_checkpoint(args.checkpoint)
+        try:
+            with atomic_output(args.out) as partial:
+                export_onnx(module, partial, args.opset)
+        except OSError as error:  # a full disk: name the output, not the temporary file
+            raise ValueError(f"cannot write --out {args.out}: {error.strerror or error}") from error
     print(f"wrote {args.out}")
     return 0
