@@ -2,7 +2,9 @@
 
 Conventions (SPEC 1): coordinates are (x, y), 0-based, pixel centres at integers, float, never
 truncated. Heatmaps are (..., L, H, W); every function here is a batched tensor op that runs on
-whatever device its inputs live on.
+whatever device its inputs live on. The decoders never read a value back to the host except in
+CPU eager mode (no host syncs on a GPU, one graph under torch.compile): there NaN / +inf maps
+raise ValueError; compiled, traced or on an accelerator those landmarks decode to NaN.
 """
 
 from __future__ import annotations
@@ -27,6 +29,14 @@ def _tracing() -> bool:
     """True under jit.trace / ONNX export / torch.compile, which cannot follow data-dependent
     Python branches (value checks, the skipped argmax fallback) nor export every op."""
     return torch.jit.is_tracing() or torch.compiler.is_compiling()
+
+
+def _can_read_back(tensor: Tensor) -> bool:
+    """True where a decoder may branch on a value it computed: eager mode on the CPU. Under a
+    trace or torch.compile the branch cannot be followed (a graph break, or one outcome baked
+    in), and on an accelerator reading a value back stalls the host until the device has
+    caught up, every step."""
+    return tensor.device.type == "cpu" and not _tracing()
 
 
 def _check_coords(coords: Tensor, name: str = "coords") -> None:
@@ -54,15 +64,21 @@ def _check_heatmaps(heatmaps: Tensor) -> None:
         raise ValueError(f"heatmaps must be floating point; got dtype {heatmaps.dtype}")
 
 
-def _check_finite(heatmaps: Tensor, per_map: Tensor) -> None:
-    """Raise if `per_map`, a reduction the decoder computed anyway, shows NaN / +inf input.
+def _check_finite(heatmaps: Tensor, per_map: Tensor, coords: Tensor) -> Tensor:
+    """Decoded `coords` (..., L, 2), checked against `per_map` (..., L), a reduction the decoder
+    computed anyway that turns NaN or inf when a NaN or +inf enters the map (peak value,
+    thresholded mass, per-map max); reusing it avoids a separate pass over the heatmaps.
 
-    Every decoder reduces each map to a value that turns NaN or inf when a NaN or +inf enters
-    it (peak value, thresholded mass, per-map max); reusing it avoids a separate pass over the
-    heatmaps. An isolated -inf is below any peak or threshold and decodes like a very low value.
+    In CPU eager mode NaN / +inf input raises ValueError. Where no value may be read back
+    (`_can_read_back`: compiled, traced, on an accelerator) the check cannot raise, so those
+    landmarks decode to NaN instead, without a host sync. An isolated -inf is below any peak
+    or threshold and decodes like a very low value.
     """
-    if _tracing() or torch.isfinite(per_map).all():
-        return
+    finite = torch.isfinite(per_map)
+    if not _can_read_back(heatmaps):
+        return torch.where(finite[..., None], coords, float("nan"))
+    if finite.all():
+        return coords
     bad = int((~torch.isfinite(heatmaps)).sum())
     raise ValueError(
         f"heatmaps of shape {tuple(heatmaps.shape)} must be finite; found {bad} NaN/inf values"
@@ -104,21 +120,21 @@ def render_gaussian(coords: Tensor, height: int, width: int, sigma: float) -> Te
 # --------------------------------------------------------------------------------------------
 
 
-def _argmax_xy(heatmaps: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Integer peak (x, y) as int64 tensors (..., L), plus the flat index into H * W."""
+def _argmax_xy(heatmaps: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Integer peak (x, y) as int64 tensors (..., L), the flat index into H * W and the peak
+    values (..., L); argmax picks a NaN as the peak, so the peak values reveal NaN / +inf input."""
     width = heatmaps.shape[-1]
     flat = heatmaps.flatten(-2)
     flat_index = flat.argmax(-1)
-    # argmax picks a NaN as the peak, so the peak values reveal NaN / +inf input.
-    _check_finite(heatmaps, flat.gather(-1, flat_index[..., None]))
-    return flat_index % width, flat_index // width, flat_index
+    peak = flat.gather(-1, flat_index[..., None]).squeeze(-1)
+    return flat_index % width, flat_index // width, flat_index, peak
 
 
 def argmax(heatmaps: Tensor) -> Tensor:
     """Integer peak location of (..., L, H, W) heatmaps -> (..., L, 2) float (x, y)."""
     _check_heatmaps(heatmaps)
-    x, y, _ = _argmax_xy(heatmaps)
-    return torch.stack((x, y), -1).to(_coord_dtype(heatmaps.dtype))
+    x, y, _, peak = _argmax_xy(heatmaps)
+    return _check_finite(heatmaps, peak, torch.stack((x, y), -1).to(_coord_dtype(heatmaps.dtype)))
 
 
 def argmax_quarter(heatmaps: Tensor) -> Tensor:
@@ -129,7 +145,7 @@ def argmax_quarter(heatmaps: Tensor) -> Tensor:
     """
     _check_heatmaps(heatmaps)
     height, width = heatmaps.shape[-2:]
-    x, y, flat_index = _argmax_xy(heatmaps)
+    x, y, flat_index, peak = _argmax_xy(heatmaps)
     flat = heatmaps.flatten(-2)
     dtype = _coord_dtype(heatmaps.dtype)
 
@@ -145,7 +161,7 @@ def argmax_quarter(heatmaps: Tensor) -> Tensor:
 
     refined_x = x.to(dtype) + 0.25 * step(1, x, width)
     refined_y = y.to(dtype) + 0.25 * step(width, y, height)
-    return torch.stack((refined_x, refined_y), -1)
+    return _check_finite(heatmaps, peak, torch.stack((refined_x, refined_y), -1))
 
 
 _scratch = threading.local()
@@ -173,12 +189,13 @@ def _output_buffer(like: Tensor) -> Tensor | None:
 def _threshold_below(heatmaps: Tensor, threshold: float) -> Tensor:
     """Copy of heatmaps with every value < threshold set to 0 (values == threshold survive)."""
     if _tracing():  # ONNX has no non-zero threshold op; where() exports everywhere
-        return torch.where(heatmaps >= threshold, heatmaps, 0.0)
+        # "< threshold" is false for NaN, which so stays and reaches the mass, as below.
+        return torch.where(heatmaps < threshold, 0.0, heatmaps)
     # F.threshold keeps x > t in one kernel and one output (where() also allocates a mask: ~2x
-    # slower on CPU); stepping t down by one ulp of the heatmaps' dtype turns its strict ">"
-    # into Algorithm 1's ">=".
-    t = torch.tensor(threshold, dtype=heatmaps.dtype)
-    just_below = torch.nextafter(t, torch.tensor(float("-inf"), dtype=heatmaps.dtype)).item()
+    # slower on CPU); stepping t down by one ulp of the heatmaps' dtype (float32 or float64,
+    # see pdc) turns its strict ">" into Algorithm 1's ">=". NumPy does the step on the host.
+    ulp_dtype = np.float32 if heatmaps.dtype == torch.float32 else np.float64
+    just_below = float(np.nextafter(ulp_dtype(threshold), ulp_dtype(-np.inf)))
     buffer = _output_buffer(heatmaps)
     if buffer is None:
         return F.threshold(heatmaps, just_below, 0.0)
@@ -211,15 +228,15 @@ def pdc(
     height, width = heatmaps.shape[-2:]
     if relative:
         peak = heatmaps.detach().amax((-2, -1), keepdim=True)
-        _check_finite(heatmaps, peak)
         kept = torch.where(heatmaps >= threshold * peak, heatmaps, 0.0)
     else:
         kept = _threshold_below(heatmaps, threshold)
     column_mass = kept.sum(-2)  # (..., L, W)
     row_mass = kept.sum(-1)  # (..., L, H)
     mass = row_mass.sum(-1)
-    if not relative:
-        _check_finite(heatmaps, mass)  # the threshold keeps NaN and +inf, so they reach the mass
+    # The threshold keeps NaN and +inf, so they reach the mass; relative=True compares with a
+    # NaN peak (always False) instead, and the peak shows them.
+    per_map = peak[..., 0, 0] if relative else mass
     valid = mass > 0
     # The weighted sums run on the small marginals in float64 (float32 loses ~1e-5 px at x ~ 64;
     # MPS has no float64 and keeps the input precision).
@@ -232,11 +249,14 @@ def pdc(
         ((column_mass.to(exact) * xs).sum(-1), (row_mass.to(exact) * ys).sum(-1)), -1
     )
     centre = (centre / safe_mass[..., None]).to(kept.dtype)
-    # The argmax fallback costs a full pass; skip it when every landmark kept some mass.
-    if _tracing() or not valid.all():
-        x, y, _ = _argmax_xy(heatmaps)
+    # The argmax fallback costs a full pass. In CPU eager mode skip it when every landmark kept
+    # some mass; elsewhere it always runs (branch-free: no host sync, and torch.compile can
+    # fuse its reduction with the ones above).
+    if not _can_read_back(heatmaps) or not valid.all():
+        x, y, _, _ = _argmax_xy(heatmaps)
         fallback = torch.stack((x, y), -1).to(centre.dtype)
         centre = torch.where(valid[..., None], centre, fallback)
+    centre = _check_finite(heatmaps, per_map, centre)
     return (centre, valid) if return_valid else centre
 
 

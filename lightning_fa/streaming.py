@@ -7,8 +7,10 @@ all of them, and each stream's state rows are gathered before the step and scatt
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+import warnings
+from collections.abc import Callable, Hashable, Sequence
 from contextlib import nullcontext
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -16,18 +18,62 @@ from torch import Tensor
 from lightning_fa.systems.finetune import StableAlignmentModule
 from lightning_fa.temporal.convlstm import State
 
+COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
-def maybe_compile(function, enabled: bool):
-    """`torch.compile(function)` when asked and available; the eager function otherwise."""
-    if not enabled:
-        return function
-    try:
-        return torch.compile(function, dynamic=False)
-    except Exception as error:  # no compiler toolchain / unsupported platform
-        import warnings
 
-        warnings.warn(f"torch.compile unavailable, running eagerly: {error}", stacklevel=2)
-        return function
+class CompiledStep:
+    """A per-frame step under `torch.compile(fullgraph=True, dynamic=False)`, with an eager
+    fallback; build it with `compile_step`.
+
+    fullgraph: a graph break in the per-frame step is a host sync on the GPU, so it counts as a
+    failure here rather than a silently slower step. Static shapes: keep the batch size fixed
+    (each new size compiles once more). When compiling fails (no C++ toolchain, an op the
+    backend lacks, a graph break), one warning line says why and the step runs eagerly from
+    then on. The step must be a pure function of its inputs (state in, state out), so that a
+    failed compiled call can be repeated eagerly.
+    """
+
+    def __init__(self, step: Callable, mode: str | None = None, backend: str = "inductor") -> None:
+        if mode not in COMPILE_MODES:
+            raise ValueError(f"compile mode must be one of {COMPILE_MODES}; got {mode!r}")
+        self.eager = step
+        self.compiled: Callable | None = None
+        options = {} if mode is None else {"mode": mode}
+        try:
+            self.compiled = torch.compile(
+                step, fullgraph=True, dynamic=False, backend=backend, **options
+            )
+        except Exception as error:  # no compiler toolchain / unsupported platform
+            self._fall_back(error)
+
+    def _fall_back(self, error: Exception) -> None:
+        lines = str(error).strip().splitlines()
+        reason = f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+        warnings.warn(f"torch.compile unavailable, running eagerly: {reason}", stacklevel=3)
+        self.compiled = None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.compiled is None:
+            return self.eager(*args, **kwargs)
+        try:
+            return self.compiled(*args, **kwargs)
+        except Exception as error:
+            # Bad input fails eagerly too and raises its own error here, leaving compilation on;
+            # only a step that then runs means that compiling it was what failed.
+            result = self.eager(*args, **kwargs)
+            self._fall_back(error)
+            return result
+
+
+def compile_step(
+    step: Callable, mode: str | None = None, backend: str = "inductor"
+) -> CompiledStep:
+    """`step` (e.g. `lightning_fa.export.StreamingStep`, or `MultiStreamInference`'s batched
+    step with bf16 autocast and channels_last) compiled whole, with an eager fallback
+    (`CompiledStep`). ``mode``: torch.compile's; "reduce-overhead" adds CUDA graphs, whose
+    outputs are overwritten by the next call (copy what you keep). ``backend``: "inductor", or
+    "aot_eager" to check for graph breaks without generating code."""
+    return CompiledStep(step, mode=mode, backend=backend)
 
 
 class MultiStreamInference:
@@ -37,7 +83,10 @@ class MultiStreamInference:
         module: a fine-tuned `StableAlignmentModule` (frozen backbone + ConvLSTM + decoder).
         precision: "32" or "bf16" (autocast on the module's device; state and decode in fp32).
         channels_last: run the backbone on NHWC memory (faster convolutions on GPU and recent CPUs).
-        compile: `torch.compile` the per-frame step (static shapes: keep the batch size fixed).
+        compile: compile the whole per-frame step (`compile_step`: static shapes, so keep the
+            batch size fixed; eager fallback).
+        compile_backend: torch.compile's backend ("aot_eager" checks for graph breaks
+            without generating code).
     """
 
     def __init__(
@@ -46,6 +95,7 @@ class MultiStreamInference:
         precision: str = "32",
         channels_last: bool = False,
         compile: bool = False,
+        compile_backend: str = "inductor",
     ) -> None:
         if precision not in ("32", "bf16"):
             raise ValueError(f"precision must be '32' or 'bf16', got {precision!r}")
@@ -55,7 +105,9 @@ class MultiStreamInference:
         self.channels_last = channels_last
         if channels_last:
             self.module.backbone.to(memory_format=torch.channels_last)
-        self._step = maybe_compile(self._forward, compile)
+        self._step = (
+            compile_step(self._forward, backend=compile_backend) if compile else self._forward
+        )
         self._states: dict[Hashable, State] = {}
 
     def _autocast(self):
