@@ -82,7 +82,8 @@ def test_demo_refuses_before_any_work(tmp_path, capsys, one_thread, case: Callab
         code, message = run_cli(args, capsys)
     assert code == 2 and message.startswith("lightning-fa demo: ") and named in message
     assert kept.read_bytes() == EARLIER
-    assert not (tmp_path / "cache").is_dir()  # refused before pretraining
+    # Refused before pretraining: no training logs, no cache entry.
+    assert not (tmp_path / "run" / "pretrain").exists() and not (tmp_path / "cache").is_dir()
 
 
 def _truncated(path: Path) -> None:
