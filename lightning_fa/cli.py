@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+from pathlib import Path
 
 from jsonargparse import set_parsing_settings
 from lightning.pytorch.cli import LightningCLI
@@ -63,6 +64,22 @@ class FaceAlignmentCLI(LightningCLI):
             "model.init_args.backbone.init_args.num_landmarks",
             apply_on="instantiate",
         )
+
+    def parse_arguments(self, parser, args) -> None:
+        super().parse_arguments(parser, args)
+        # `--ckpt_path` is data: its hyper-parameters, which LightningCLI merges into the config
+        # next, may choose no class, and the Trainer reads it with weights_only=True explicitly
+        # (torch's default can be switched off by TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD).
+        config = self.config.get(self.config.get("subcommand") or "")
+        if config is None:
+            return
+        ckpt_path = config.get("ckpt_path")
+        if ckpt_path and Path(ckpt_path).is_file():
+            from lightning_fa.checkpoint_guard import check_ckpt_path
+
+            check_ckpt_path(ckpt_path)
+        if "weights_only" in config and config["weights_only"] is None:
+            config["weights_only"] = True
 
     def before_instantiate_classes(self) -> None:
         # jsonargparse drops the empty link target when it re-reads the config resolved by

@@ -3,6 +3,7 @@ run (an unlisted class path, a pickle with code), and bad files get one line nam
 
 from __future__ import annotations
 
+import functools
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from lightning_fa.cli import main
 from lightning_fa.systems.finetune import StableAlignmentModule
 from lightning_fa.temporal import ConvLSTM
 from tests.conftest import TINY_HRNET
-from tests.test_cli import TINY
+from tests.test_cli import TINY, base_args, write_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -296,3 +297,61 @@ def test_a_wrong_landmark_count_names_both_counts(finetuned, tmp_path) -> None:
         r"temporal stage was saved for 68",
     ):
         StableAlignmentModule.from_checkpoint(tmp_path / "counts.ckpt")
+
+
+# --------------------------------------------------------------------------- --ckpt_path
+
+
+def _cli_checkpoint(finetuned: Path, path: Path, marker: Path, edit: str) -> Path:
+    checkpoint = _load(finetuned)
+    hparams = checkpoint["hyper_parameters"]
+    if edit == "pickle":
+        checkpoint["state_dict"]["temporal.proj.weight"] = _Exploit(marker)
+    elif edit == "model_class":
+        hparams.update(_class_path="subprocess.Popen", args=["touch", str(marker)])
+    elif edit == "backbone":
+        hparams["backbone"] = {
+            "class_path": "lightning_fa.backbones.TorchScriptBackbone",
+            "init_args": {"path": str(marker), "num_landmarks": 68, "stride": 4},
+        }
+    else:  # a class path hidden in a plain-looking value
+        hparams["fr_thresholds"] = [{"class_path": "subprocess.Popen"}]
+    torch.save(checkpoint, path)
+    return path
+
+
+@pytest.mark.parametrize("edit", ["pickle", "model_class", "backbone", "nested"])
+def test_ckpt_path_of_the_lightning_commands_chooses_no_code(
+    edit, finetuned, tmp_path, monkeypatch
+) -> None:
+    # Without weights_only=True given explicitly, torch would fully unpickle under this variable.
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    marker = tmp_path / "MARKER"
+    ckpt = _cli_checkpoint(finetuned, tmp_path / "evil.ckpt", marker, edit)
+    config = write_config(tmp_path, tmp_path / "run")
+    with pytest.raises(ValueError) as err:
+        main(["validate", *base_args(config), "--ckpt_path", str(ckpt)])
+    assert str(ckpt) in str(err.value) and len(str(err.value).splitlines()) == 1
+    assert not marker.exists()
+
+
+def test_lightning_commands_load_ckpt_path_weights_only(finetuned, tmp_path, monkeypatch) -> None:
+    seen = {}
+
+    @functools.wraps(pl.Trainer.validate)  # the CLI reads its arguments from the signature
+    def record(self, *args, **kwargs):
+        seen.update(kwargs)
+        return []
+
+    monkeypatch.setattr(pl.Trainer, "validate", record)
+    checkpoint = _load(finetuned)
+    # What LightningCLI records with the hyper-parameters of the model it built.
+    checkpoint["hyper_parameters"].update(
+        _class_path="lightning_fa.systems.StableAlignmentModule",
+        _instantiator="lightning.pytorch.cli.instantiate_module",
+    )
+    ckpt = tmp_path / "cli.ckpt"
+    torch.save(checkpoint, ckpt)
+    config = write_config(tmp_path, tmp_path / "run")
+    main(["validate", *base_args(config), "--ckpt_path", str(ckpt)])
+    assert seen["ckpt_path"] == str(ckpt) and seen["weights_only"] is True
