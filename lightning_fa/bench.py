@@ -1066,7 +1066,7 @@ def bench_tracker_long(ctx: BenchContext) -> Figures:
         raise Skip(f"tracker not available ({err})") from err
     import cv2
 
-    num_frames, size = ctx.pick(120, 3000, 6000), 128
+    num_frames, size = ctx.pick(60, 3000, 6000), 128
     clip, landmarks = random_face_video(50, size)
     x1, y1 = landmarks[0].min(0)
     x2, y2 = landmarks[0].max(0)

@@ -753,15 +753,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _output_paths(args: argparse.Namespace) -> list[tuple[Path | None, str]]:
     """The run's outputs with their options; `landmarks.csv` when none is given. An output
-    that is the input video itself is refused."""
+    that is the input video, or another output, is refused."""
     if args.out_csv is None and args.out_json is None and args.out_video is None:
         args.out_csv = Path("landmarks.csv")
     outputs = [(args.out_csv, "--out-csv"), (args.out_json, "--out-json"),
                (args.out_video, "--out-video")]  # fmt: skip
     source = Path(args.input)
+    seen: dict[Path, str] = {}
     for path, what in outputs:
-        if path is not None and source.exists() and path.resolve() == source.resolve():
+        if path is None:
+            continue
+        if source.exists() and path.resolve() == source.resolve():
             raise ValueError(f"{what} {path} is the input video; choose another output path")
+        if path.resolve() in seen:
+            raise ValueError(
+                f"{what} {path} is also {seen[path.resolve()]}; give each its own path"
+            )
+        seen[path.resolve()] = what
     return outputs
 
 

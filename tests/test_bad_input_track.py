@@ -84,6 +84,7 @@ TRACK_CASES: dict[str, tuple[list[str], str]] = {
     "camera-that-cannot-open": (["97"], "cannot open camera 97"),
     "checkpoint-missing": (["{v}", "--checkpoint", "{tmp}/none.ckpt"], "none.ckpt"),
     "output-is-the-input": (["{v}", "--out-json", "{v}"], "--out-json"),
+    "output-given-twice": (["{v}", "--out-json", "{out}"], "--out-json {out} is also --out-csv"),
     "output-folder-is-a-file": (["{v}", "--out-json", "{out}/sub/x.json"], "--out-json"),
 }  # fmt: skip
 if not torch.cuda.is_available():
@@ -143,9 +144,8 @@ def test_track_refuses(case: str, tmp_path: Path, no_model, capsys) -> None:
     out.write_bytes(EARLIER)
     values = {**_inputs(tmp_path), "out": str(out)}
     earlier = [out, Path(values["v"])]
-    _expect_refusal(
-        ["track", *_fill(argv, values), "--out-csv", str(out)], expected, earlier, capsys
-    )
+    argv = ["track", *_fill(argv, values), "--out-csv", str(out)]
+    _expect_refusal(argv, expected.format(**values), earlier, capsys)
 
 
 @pytest.mark.parametrize("case", EVALUATE_CASES)

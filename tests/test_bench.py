@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from lightning_fa import bench
 from lightning_fa.heatmaps import pdc
+from lightning_fa.outputs import OutputLock
 
 MACHINE_KEYS = {"date", "cpu_model", "torch_threads", "torch", "lightning", "python"}
 TIMING_KEYS = {"median_ms", "q1_ms", "q3_ms", "min_ms", "max_ms", "repeats"}
@@ -92,6 +93,28 @@ def test_smoke_tracker_reports_both_engines_and_the_in_step_overhead(tmp_path):
     in_step = tracker["engines"]["torch"]["overhead_vs_backbone_in_step"]
     assert in_step["steps"] == 4  # 2 warm-up + 2 timed steps, each ran the backbone once
     assert in_step["median_ratio"] > 0
+
+
+def test_smoke_tracker_long_reports_memory_growth_and_speed_at_both_ends(tmp_path):
+    out = tmp_path / "bench.json"
+    argv = ["--smoke", "--only", "tracker_long", "--out", str(out), "--threads", "1"]
+    assert bench.main(argv) == 0
+    long_run = json.loads(out.read_text())["benchmarks"]["tracker_long"]
+    assert long_run["frames"] == 60  # every frame of the written video was tracked
+    assert long_run["rss_baseline_frame"] == 10  # a sixth of a video shorter than 500 frames
+    assert long_run["fps_first_tenth"] > 0 and long_run["fps_last_tenth"] > 0
+    assert 0 < long_run["rss_mib_at_baseline"] and 0 < long_run["rss_mib_at_end"]
+    assert isinstance(long_run["rss_growth_pct"], float)
+    assert long_run["outputs_mib"]["long.csv"] > 0 and long_run["outputs_mib"]["long.json"] > 0
+
+
+def test_an_out_being_written_is_refused_before_any_benchmark(tmp_path, monkeypatch):
+    out = tmp_path / "bench.json"
+    out.write_text("earlier")
+    monkeypatch.setitem(bench.BENCHMARKS, "must_not_run", lambda ctx: pytest.fail("it ran"))
+    with OutputLock(out), pytest.raises(ValueError, match="being written by another run"):
+        bench.main(["--smoke", "--only", "must_not_run", "--out", str(out)])
+    assert out.read_text() == "earlier"
 
 
 def test_in_step_overhead_separates_the_backbone_from_the_rest() -> None:
