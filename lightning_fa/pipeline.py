@@ -46,7 +46,7 @@ from lightning_fa.backbones import create_backbone, load_checkpoint
 from lightning_fa.heatmaps import decode, heatmap_to_crop, landmark_patches
 from lightning_fa.losses import JitterLoss
 from lightning_fa.metrics import functional as F
-from lightning_fa.outputs import atomic_output, check_writable, claim_outputs
+from lightning_fa.outputs import atomic_output, atomic_write, check_writable, claim_outputs
 from lightning_fa.systems.finetune import StableAlignmentModule
 from lightning_fa.systems.pretrain import BackbonePretrainModule
 from lightning_fa.temporal import ConvLSTM, apply_filter, make_filter
@@ -501,8 +501,11 @@ def pretrain_backbone(
         backbone, loss=p.loss, lr=p.lr, sigma=p.sigma, lr_milestones=milestones
     )
     _trainer(run_dir, "pretrain", max_epochs=p.epochs).fit(module, loader)
-    with atomic_output(path) as partial:
-        torch.save(backbone.state_dict(), partial)
+    # Through a file object: torch names the archive inside after a file name it is given, and
+    # the entry's bytes (its SHA-256 is recorded in the fine-tuned checkpoint) must not depend
+    # on the temporary name.
+    with atomic_write(path, "wb") as handle:
+        torch.save(backbone.state_dict(), handle)
     return path, False
 
 

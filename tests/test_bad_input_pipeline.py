@@ -121,6 +121,17 @@ def test_demo_rebuilds_an_unusable_cached_backbone(
     assert kept.read_bytes() == EARLIER and no_stray_files(cache) == []
 
 
+def test_rebuilt_backbone_entries_are_byte_identical(tmp_path, one_thread) -> None:
+    """The entry's SHA-256 goes into fine-tuned checkpoints: a rebuild must not change it
+    (torch.save names its archive after the file, so not after a random temporary name)."""
+    config = pipeline.PipelineConfig.fast()
+    builds = []
+    for _ in range(2):
+        path, _ = pipeline.pretrain_backbone(config, tmp_path / "run", tmp_path / "cache", True)
+        builds.append(path.read_bytes())
+    assert builds[0] == builds[1]
+
+
 def _disk_full(*args, **kwargs) -> None:
     raise OSError(28, "No space left on device")
 
