@@ -27,6 +27,11 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 L = 5
 SIZE = 32
+# What LightningCLI records with the hyper-parameters of the model it built.
+CLI_RECORDS = {
+    "_class_path": "lightning_fa.systems.StableAlignmentModule",
+    "_instantiator": "lightning.pytorch.cli.instantiate_module",
+}
 
 
 def _module(backbone: nn.Module | None = None) -> StableAlignmentModule:
@@ -77,7 +82,10 @@ def evil(finetuned: Path, tmp_path: Path) -> tuple[Path, Path]:
     of `touch MARKER`; returns (checkpoint, marker)."""
     marker = tmp_path / "MARKER"
     checkpoint = _load(finetuned)
-    assert _point_class_paths_at(checkpoint, "subprocess.run", {"args": ["touch", str(marker)]})
+    checkpoint["hyper_parameters"].update(CLI_RECORDS)
+    assert (
+        _point_class_paths_at(checkpoint, "subprocess.run", {"args": ["touch", str(marker)]}) == 3
+    )
     assert checkpoint["backbone_reference"]["class_path"] == "subprocess.run"
     path = tmp_path / "evil.ckpt"
     torch.save(checkpoint, path)
@@ -345,11 +353,7 @@ def test_lightning_commands_load_ckpt_path_weights_only(finetuned, tmp_path, mon
 
     monkeypatch.setattr(pl.Trainer, "validate", record)
     checkpoint = _load(finetuned)
-    # What LightningCLI records with the hyper-parameters of the model it built.
-    checkpoint["hyper_parameters"].update(
-        _class_path="lightning_fa.systems.StableAlignmentModule",
-        _instantiator="lightning.pytorch.cli.instantiate_module",
-    )
+    checkpoint["hyper_parameters"].update(CLI_RECORDS)
     ckpt = tmp_path / "cli.ckpt"
     torch.save(checkpoint, ckpt)
     config = write_config(tmp_path, tmp_path / "run")
