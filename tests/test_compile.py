@@ -128,6 +128,39 @@ def test_stage_and_jitter_loss_never_read_values_back_off_the_cpu(name: str) -> 
     assert all(p.grad is not None for p in stage.parameters() if p.requires_grad)
 
 
+class _NoOptimizer:
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        pass
+
+    def step(self) -> None:
+        pass
+
+
+def test_training_step_and_streaming_forward_never_read_values_back_off_the_cpu(
+    monkeypatch,
+) -> None:
+    """StableAlignmentModule's TBPTT step (frozen backbone, targets, stage, Jitter loss,
+    backward, state detached between chunks) without a Trainer: the optimizer and logging are
+    stand-ins, which see meta tensors only."""
+    backbone = create_backbone("hrnet_lite", LANDMARKS, input_size=(32, 32))
+    stage = ConvLSTM(LANDMARKS, **STAGES["embedded"])
+    module = StableAlignmentModule(backbone, stage, tbptt_chunk=2).to("meta")
+    logged = {}
+    monkeypatch.setattr(module, "optimizers", _NoOptimizer)
+    monkeypatch.setattr(module, "manual_backward", lambda loss: loss.backward())
+    monkeypatch.setattr(module, "log", lambda name, value, **_: logged.update({name: value}))
+    batch = {
+        "frames": torch.empty(BATCH, 5, 3, 32, 32, dtype=torch.uint8, device="meta"),
+        "landmarks": torch.empty(BATCH, 5, LANDMARKS, 2, device="meta"),
+    }
+    loss = module.training_step(batch, 0)
+    assert loss.device.type == "meta" and logged["train/loss"] is loss
+    assert all(p.grad is not None for p in module.temporal.parameters())
+    with torch.no_grad():
+        coords, raw, _ = module(batch["frames"][:, 0])
+    assert coords.shape == raw.shape == (BATCH, LANDMARKS, 2)
+
+
 # --------------------------------------------------------------------------------------------
 # fullgraph compilation gives the eager numbers
 # --------------------------------------------------------------------------------------------
