@@ -7,6 +7,7 @@ tests need no training.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -19,12 +20,10 @@ from lightning_fa.pipeline import PipelineConfig
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
+def write_fake_run(directory: Path) -> Path:
     """A fake demo run: the fast config's eval videos, noisy tracks, their metrics."""
     config = PipelineConfig.fast()
     rng = np.random.default_rng(0)
-    directory = tmp_path_factory.mktemp("run")
     arrays, results = {}, {}
     for name, source in pipeline.eval_sources(config).items():
         truth = np.stack([video.landmarks for video in source()]).astype(np.float32)
@@ -51,6 +50,12 @@ def run_dir(tmp_path_factory):
     }
     (directory / "metrics.json").write_text(json.dumps(metrics))
     np.savez_compressed(directory / "tracks.npz", **arrays)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    directory = write_fake_run(tmp_path_factory.mktemp("run"))
     assert report.main([str(directory)]) == 0
     return directory
 

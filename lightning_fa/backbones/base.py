@@ -329,9 +329,12 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             "unpickle can run arbitrary code stored in the file; re-save the weights in a trusted "
             "environment with torch.save(model.state_dict(), path)."
         ) from err
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
+    # A file torch cannot parse fails with whatever the parser hit (text: IndexError, KeyError
+    # "101", struct.error; truncated: EOFError, RuntimeError): all mean the same to the user.
+    except Exception as err:
         raise ValueError(
-            f"cannot read checkpoint {path}: corrupt or not a torch file ({err})"
+            f"cannot read checkpoint {path}: corrupt or not a torch file "
+            f"({type(err).__name__}: {err})"
         ) from err
 
 
