@@ -20,11 +20,12 @@ SWEEP    ?= experiments/sweeps/theta.yaml
 CONFIGS  ?=
 SWEEP_SET ?=
 SWEEP_OUT ?=
+SWEEP_ID ?=
 # Backbone weights for `make evaluate` (CKPT there is the fine-tuned checkpoint); leave empty
 # when the checkpoint stores the backbone weights.
 BACKBONE_CKPT ?=
 
-.PHONY: help install test test-fast lint format bench pretrain finetune evaluate report sweep sweep-local gpu-check clean
+.PHONY: help install test test-fast lint format bench pretrain finetune evaluate report sweep sweep-agent sweep-local gpu-check clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -74,10 +75,15 @@ evaluate: ## Test a fine-tuned checkpoint: make evaluate CKPT=run/last.ckpt DATA
 	@test -n "$(CKPT)" || { echo "make evaluate needs CKPT=<fine-tuned checkpoint>" >&2; exit 2; }
 	$(if $(BACKBONE_CKPT),CKPT=$(BACKBONE_CKPT),env -u CKPT) $(PY) -m lightning_fa test --config experiments/base.yaml --config experiments/backbone/$(BACKBONE).yaml --config experiments/data/$(DATA).yaml --ckpt_path $(CKPT) $(ARGS)
 
-sweep: ## Register $(SWEEP) on a W&B server (needs `wandb login` or WANDB_BASE_URL), then start agents
+sweep: ## Register $(SWEEP) on a W&B server (needs `wandb login` or WANDB_API_KEY), then start agents
 	WANDB_MODE=online $(VENV)/bin/wandb sweep $(SWEEP)
-	@echo "Start one agent per GPU with the id printed above:  WANDB_MODE=online $(VENV)/bin/wandb agent ENTITY/PROJECT/SWEEP_ID"
+	@echo "Start one agent per GPU with the id printed above:  make sweep-agent SWEEP_ID=ENTITY/lightning-fa/SWEEP_ID"
 	@echo "No W&B server? The same grid runs locally: make sweep-local SWEEP=$(SWEEP) CONFIGS=\"...\""
+
+# The sweep's command calls `python`: the venv's comes first on PATH, so nothing needs activating.
+sweep-agent: ## Run a W&B agent for SWEEP_ID=ENTITY/PROJECT/ID (each run in runs/<W&B run id>/)
+	@test -n "$(SWEEP_ID)" || { echo "make sweep-agent needs SWEEP_ID=ENTITY/PROJECT/ID (printed by make sweep)" >&2; exit 2; }
+	PATH="$(abspath $(VENV))/bin:$$PATH" WANDB_MODE=online $(VENV)/bin/wandb agent $(SWEEP_ID)
 
 sweep-local: ## Run every grid point of $(SWEEP) here, one after another; table in runs/sweeps/<name>/results.md
 	$(PY) -m lightning_fa sweep-local $(SWEEP) $(foreach c,$(CONFIGS),--config $(c)) $(foreach s,$(SWEEP_SET),--set $(s)) $(if $(SWEEP_OUT),--out $(SWEEP_OUT))
