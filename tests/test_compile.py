@@ -166,11 +166,18 @@ def test_training_step_and_streaming_forward_never_read_values_back_off_the_cpu(
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", STAGES)
-def test_stage_step_and_decode_compile_whole_and_match_eager(name: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "backend"),
+    [
+        ("default", "aot_eager"),
+        ("embedded", "aot_eager"),
+        pytest.param("embedded", "inductor", marks=needs_cxx),
+    ],
+)
+def test_stage_step_and_decode_compile_whole_and_match_eager(name: str, backend: str) -> None:
     stage = trained_stage(name)
     step = stage_and_decode(stage)
-    compiled = torch.compile(step, fullgraph=True, dynamic=False, backend="aot_eager")
+    compiled = torch.compile(step, fullgraph=True, dynamic=False, backend=backend)
     frames = heatmaps(BATCH, STEPS)
     with torch.no_grad():
         expected, expected_state = run_stream(step, frames, None)
@@ -188,19 +195,6 @@ def test_stage_sequence_compiles_whole_and_matches_eager(name: str) -> None:
     with torch.no_grad():
         expected, expected_state = stage.forward_sequence(clip)
         actual, state = compiled(clip)
-    torch.testing.assert_close(actual, expected, atol=1e-5, rtol=0)
-    assert_same_state(state, expected_state)
-
-
-@needs_cxx
-def test_embedded_stage_step_and_decode_match_eager_under_inductor() -> None:
-    stage = trained_stage("embedded")
-    step = stage_and_decode(stage)
-    compiled = torch.compile(step, fullgraph=True, dynamic=False)
-    frames = heatmaps(BATCH, STEPS)
-    with torch.no_grad():
-        expected, expected_state = run_stream(step, frames, None)
-        actual, state = run_stream(compiled, frames, stage.init_state(BATCH, SIZE, SIZE))
     torch.testing.assert_close(actual, expected, atol=1e-5, rtol=0)
     assert_same_state(state, expected_state)
 
