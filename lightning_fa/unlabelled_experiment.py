@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning_fa.outputs import claim_outputs, write_text_atomic
-from lightning_fa.sweep import split_configs
+from lightning_fa.sweep import check_configs, split_configs
 
 CONFIGS = ("experiments/base.yaml", "experiments/unlabelled.yaml")
 VIDEO_DIR = Path("../shared/data/videos")
@@ -117,12 +117,8 @@ def main(argv: list[str]) -> int:
     unknown_names = sorted(set(held_names) - set(names))
     if unknown_names:
         raise ValueError(f"--held-out {unknown_names} not among the --videos {names}")
-    configs, _ = split_configs(fit_overrides)
-    for config in (*CONFIGS, *configs):
-        if not Path(config).is_file():
-            raise FileNotFoundError(
-                f"config file not found: {config} (run from the repository root)"
-            )
+    check_configs(CONFIGS, "named relative to the repository: run from its root")
+    check_configs(split_configs(fit_overrides)[0], "--config")
     outputs = [args.out / "summary.md", args.out / "summary.json"]
     results = {}
     with claim_outputs((path, "--out") for path in outputs):
