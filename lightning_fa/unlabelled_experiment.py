@@ -117,7 +117,7 @@ def main(argv: list[str]) -> int:
     unknown_names = sorted(set(held_names) - set(names))
     if unknown_names:
         raise ValueError(f"--held-out {unknown_names} not among the --videos {names}")
-    check_configs(CONFIGS, "named relative to the repository: run from its root")
+    check_configs(CONFIGS, "run from the repository root")
     check_configs(split_configs(fit_overrides)[0], "--config")
     outputs = [args.out / "summary.md", args.out / "summary.json"]
     results = {}
