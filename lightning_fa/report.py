@@ -302,7 +302,9 @@ def _check_metrics(metrics: Any, file: Path) -> None:
     for key in [*methods, *needed]:
         _field(metrics, ["methods", key], str, file)
     results = _field(metrics, ["results"], dict, file)
-    eval_set = metrics["acceptance"].get("eval_set", "degraded")
+    eval_set = "degraded"  # the verdict's set; runs before it was recorded used this one
+    if "eval_set" in metrics["acceptance"]:
+        eval_set = _field(metrics, ["acceptance", "eval_set"], str, file)
     for name in [*results, "degraded", eval_set]:
         for key in methods:
             for column, _, _ in COLUMNS:
@@ -336,13 +338,10 @@ def _check_metrics(metrics: Any, file: Path) -> None:
     _field(metrics, ["backbone_cache", "path"], str, file)
     _field(metrics, ["backbone_cache", "reused"], bool, file)
     _field(metrics, ["torch_threads"], NUMBER, file)
-    for name in (
-        _field(metrics, ["ground_truth_motion"], dict, file)
-        if "ground_truth_motion" in metrics
-        else ()
-    ):
-        for key in ("mcv", "mav", "accel"):
-            _field(metrics, ["ground_truth_motion", name, key], NUMBER, file)
+    if "ground_truth_motion" in metrics:  # optional: older runs did not record it
+        for name in _field(metrics, ["ground_truth_motion"], dict, file):
+            for key in ("mcv", "mav", "accel"):
+                _field(metrics, ["ground_truth_motion", name, key], NUMBER, file)
 
 
 def load_metrics(run_dir: Path) -> dict[str, Any]:

@@ -297,6 +297,21 @@ def report_disk_full_mid_figure(ctx):
     return argv, out, [str(figure), "No space left on device"]
 
 
+def report_video_writer_unavailable(ctx):
+    class Closed:  # OpenCV without an MJPG encoder: the writer never opens
+        def __init__(self, path, *args) -> None:
+            Path(path).write_bytes(b"RIFF partial")
+
+        def isOpened(self) -> bool:
+            return False
+
+    ctx.monkeypatch.setattr("lightning_fa.report.cv2.VideoWriter", Closed)
+    run = _run_copy(ctx)
+    video = earlier(run / "overlay.avi")
+    argv, out = _report(run)
+    return [a for a in argv if a != "--no-video"], out, [str(video), "video writer"]
+
+
 CASES: dict[str, Case] = {
     "export_opset_high": export_opset_high,
     "export_opset_low": export_opset_low,
@@ -330,6 +345,7 @@ CASES: dict[str, Case] = {
     "report_tracks_wrong_shape": report_tracks_wrong_shape,
     "report_locked": report_locked,
     "report_disk_full_mid_figure": report_disk_full_mid_figure,
+    "report_video_writer_unavailable": report_video_writer_unavailable,
 }
 
 
@@ -352,3 +368,20 @@ def test_bad_input_is_one_line_exit_2_and_keeps_the_earlier_output(
     for path, content in before.items():  # every earlier file there, byte for byte
         assert path.read_bytes() == content, path
     assert no_stray_files(protected.parent) == []
+
+
+def test_export_and_predict_replace_an_earlier_output_once_complete(
+    inputs: Inputs, tmp_path: Path, capsys
+) -> None:
+    pytest.importorskip("onnxruntime")
+    from lightning_fa.export import OnnxStep
+
+    model = earlier(tmp_path / "model.onnx")
+    assert run_cli(["export", str(inputs.small), "--out", str(model)], capsys)[0] == 0
+    assert OnnxStep(model).num_landmarks == 5
+    preds = earlier(tmp_path / "preds.json")
+    argv = ["predict", str(inputs.tiny68), "--data", str(inputs.data), "--out", str(preds)]
+    assert run_cli([*argv, "--accelerator", "cpu"], capsys)[0] == 0
+    items = json.loads(preds.read_text())["items"]
+    assert len(items[0]["finetuned"][0]) == 68
+    assert no_stray_files(tmp_path) == []
