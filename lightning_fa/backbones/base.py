@@ -332,9 +332,9 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     # A file torch cannot parse fails with whatever the parser hit (text: IndexError, KeyError
     # "101", struct.error; truncated: EOFError, RuntimeError): all mean the same to the user.
     except Exception as err:
+        detail = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
         raise ValueError(
-            f"cannot read checkpoint {path}: corrupt or not a torch file "
-            f"({type(err).__name__}: {err})"
+            f"cannot read checkpoint {path}: corrupt or not a torch file ({detail})"
         ) from err
 
 
