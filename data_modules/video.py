@@ -67,6 +67,10 @@ SPLITS_300VW: dict[str, tuple[str, ...]] = {
     "scenario3": tuple("410 411 516 517 526 528 529 530 531 533 557 558 559 562".split()),
 }
 
+# Validation videos, held out of the 50 training videos (every 10th: 001 016 031 047 120): model
+# selection and sweeps choose on these, never on a test scenario, and training never sees them.
+DEFAULT_VAL_VIDEOS_300VW: tuple[str, ...] = SPLITS_300VW["train"][::10]
+
 BROKEN_FRAMES_PATH = Path(__file__).parent / "resources" / "broken_frames_300vw.json"
 
 
@@ -314,8 +318,10 @@ def load_300vw_split(
     smooth_window: int = 1,
     on_error: OnError = "raise",
     broken_frames: dict[str, frozenset[int]] | None = None,
+    video_ids: Sequence[str] | None = None,
 ) -> tuple[list[VideoRecord], list[str]]:
-    """Records of every video of a split (``SPLITS_300VW``), and the problems skipped."""
+    """Records of every video of a split (``SPLITS_300VW``), or of its ``video_ids`` only, and
+    the problems skipped."""
     if split not in SPLITS_300VW:
         raise ValueError(f"unknown 300VW split {split!r}; expected one of {sorted(SPLITS_300VW)}")
     root = Path(root)
@@ -323,7 +329,7 @@ def load_300vw_split(
         raise FileNotFoundError(f"300VW root folder not found: {root}")
     broken_frames = load_broken_frames() if broken_frames is None else broken_frames
     records, problems = [], []
-    for video_id in SPLITS_300VW[split]:
+    for video_id in SPLITS_300VW[split] if video_ids is None else video_ids:
         try:
             record = read_300vw_video(
                 root / video_id,
@@ -477,6 +483,11 @@ class VideoShardSampler(DistributedSampler):
 class Video300VWDataModule(L.LightningDataModule):
     """300VW: training windows from the ``train`` split, streamed evaluation of ``split``.
 
+    Validation streams ``val_videos``, training videos held out of the training windows (default
+    every 10th of the 50: 001 016 031 047 120; metrics ``val/heldout/...``); test and predict
+    stream the test scenario ``split`` (``test/<split>/...``), so choosing a checkpoint or a
+    sweep point never looks at the test set.
+
     Evaluation yields one video (or one ``eval_window`` of it) per batch, in order, with
     ``video_id`` and ``frame_index`` so the system carries its state across windows. Under DDP
     (or with explicit ``num_replicas``/``rank``) videos are sharded whole per rank.
@@ -503,11 +514,19 @@ class Video300VWDataModule(L.LightningDataModule):
         pin_memory: bool = True,
         seed: int = 0,
         on_error: OnError = "raise",
+        val_videos: Sequence[str] = DEFAULT_VAL_VIDEOS_300VW,
     ) -> None:
         super().__init__()
         if split not in SPLITS_300VW:
             raise ValueError(
                 f"unknown 300VW split {split!r}; expected one of {sorted(SPLITS_300VW)}"
+            )
+        val_videos = tuple(val_videos)
+        foreign = [v for v in val_videos if v not in SPLITS_300VW["train"]]
+        if foreign or not val_videos or len(set(val_videos)) == len(SPLITS_300VW["train"]):
+            raise ValueError(
+                f"val_videos must be some (not all) of the 50 300VW training videos, got "
+                f"{list(val_videos)}" + (f" ({foreign} are not training videos)" if foreign else "")
             )
         check_ints(
             image_size=image_size,
@@ -523,6 +542,7 @@ class Video300VWDataModule(L.LightningDataModule):
         self.spec = get_spec("300vw")
         self.skipped: dict[str, list[str]] = {}
         self.train_set: VideoWindowDataset | None = None
+        self.val_set: VideoWindowDataset | None = None
         self.eval_set: VideoWindowDataset | None = None
 
     @property
@@ -531,17 +551,38 @@ class Video300VWDataModule(L.LightningDataModule):
 
     @property
     def eval_loader_names(self) -> list[str]:
-        """Metric prefixes of the evaluation loaders (the 300VW scenario)."""
+        """Metric prefixes of the evaluation loaders: ``heldout`` (the validation videos) while
+        validating, the 300VW scenario otherwise."""
+        trainer = self.trainer
+        if trainer is not None and (trainer.validating or trainer.sanity_checking):
+            return ["heldout"]
         return [self.hparams.split]
 
     def _store(self) -> FrameStore:
         return FrameStore(self.hparams.cache_dir, self.hparams.cache_format)
 
-    def _videos(self, split: str) -> list[VideoRecord]:
+    def _videos(
+        self, split: str, video_ids: Sequence[str] | None = None, name: str | None = None
+    ) -> list[VideoRecord]:
         hp = self.hparams
-        videos, problems = load_300vw_split(hp.root, split, hp.smooth_window, hp.on_error)
-        self.skipped[split] = problems
+        videos, problems = load_300vw_split(
+            hp.root, split, hp.smooth_window, hp.on_error, video_ids=video_ids
+        )
+        self.skipped[name or split] = problems
         return videos
+
+    def _eval_set(self, videos: list[VideoRecord]) -> VideoWindowDataset:
+        hp = self.hparams
+        return VideoWindowDataset(
+            videos,
+            self.spec,
+            train=False,
+            image_size=hp.image_size,
+            eval_window=hp.eval_window,
+            degradation=hp.eval_degradation,
+            store=self._store(),
+            seed=hp.seed,
+        )
 
     def prepare_data(self) -> None:
         if self.hparams.cache_dir is None:
@@ -556,8 +597,9 @@ class Video300VWDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         hp = self.hparams
         if stage in (None, "fit") and self.train_set is None:
+            training = [v for v in SPLITS_300VW["train"] if v not in hp.val_videos]
             self.train_set = VideoWindowDataset(
-                self._videos("train"),
+                self._videos("train", training),
                 self.spec,
                 train=True,
                 image_size=hp.image_size,
@@ -568,17 +610,10 @@ class Video300VWDataModule(L.LightningDataModule):
                 store=self._store(),
                 seed=hp.seed,
             )
-        if self.eval_set is None:
-            self.eval_set = VideoWindowDataset(
-                self._videos(hp.split),
-                self.spec,
-                train=False,
-                image_size=hp.image_size,
-                eval_window=hp.eval_window,
-                degradation=hp.eval_degradation,
-                store=self._store(),
-                seed=hp.seed,
-            )
+        if stage in (None, "fit", "validate") and self.val_set is None:
+            self.val_set = self._eval_set(self._videos("train", hp.val_videos, name="val"))
+        if stage in (None, "test", "predict") and self.eval_set is None:
+            self.eval_set = self._eval_set(self._videos(hp.split))
 
     def train_dataloader(self) -> DataLoader:
         assert self.train_set is not None, "call setup('fit') first"
@@ -593,17 +628,22 @@ class Video300VWDataModule(L.LightningDataModule):
         )
 
     def eval_dataloader(
-        self, num_replicas: int | None = None, rank: int | None = None
+        self,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+        dataset: VideoWindowDataset | None = None,
     ) -> DataLoader:
-        """Ordered windows, batch size 1; sharded by whole video when distributed."""
-        assert self.eval_set is not None, "call setup() first"
+        """Ordered windows of ``dataset`` (default the test scenario), batch size 1; sharded by
+        whole video when distributed."""
+        dataset = self.eval_set if dataset is None else dataset
+        assert dataset is not None, "call setup() first"
         distributed = num_replicas is not None or (
             torch.distributed.is_available() and torch.distributed.is_initialized()
         )
-        sampler = VideoShardSampler(self.eval_set, num_replicas, rank) if distributed else None
+        sampler = VideoShardSampler(dataset, num_replicas, rank) if distributed else None
         # One worker keeps the windows of a video in order and reuses its decoded frames.
         return DataLoader(
-            self.eval_set,
+            dataset,
             batch_size=1,
             sampler=sampler,
             shuffle=False,
@@ -612,7 +652,8 @@ class Video300VWDataModule(L.LightningDataModule):
         )
 
     def val_dataloader(self) -> DataLoader:
-        return self.eval_dataloader()
+        assert self.val_set is not None, "call setup('fit') or setup('validate') first"
+        return self.eval_dataloader(dataset=self.val_set)
 
     def test_dataloader(self) -> DataLoader:
         return self.eval_dataloader()

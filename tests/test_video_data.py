@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -215,12 +216,60 @@ def test_data_module(root_300vw: Path, tmp_path: Path) -> None:
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
     assert batch["frames"].shape == (2, 3, 3, SIZE, SIZE) and batch["valid"].shape == (2, 3)
-    evaluation = list(dm.val_dataloader())
+    dm.setup("test")
+    evaluation = list(dm.test_dataloader())
     assert len(evaluation) == 3 + 2 + 2 and evaluation[0]["frames"].shape[0] == 1
     shard = dm.eval_dataloader(num_replicas=2, rank=1)
     assert 0 < len(shard) < len(evaluation)
     with pytest.raises(ValueError, match="unknown 300VW split"):
         Video300VWDataModule(str(root_300vw), "scenario4")
+
+
+def _streamed_ids(loader) -> set[str]:
+    return {f"{int(batch['video_id'][0]):03d}" for batch in loader}
+
+
+def test_validation_videos_are_held_out_of_training_and_test(root_300vw: Path) -> None:
+    """Validation streams held-out training videos; a sweep tuned on it never sees a test
+    scenario (it used to stream the test scenario for validation too)."""
+    dm = Video300VWDataModule(
+        str(root_300vw), "scenario1", image_size=SIZE, seq_len=3, windows_per_video=2,
+        eval_window=4, num_workers=0, on_error="skip", val_videos=["002"],
+    )  # fmt: skip
+    dm.setup("fit")
+    assert {video.video_id for video in dm.train_set.videos} == {"001"}
+    assert _streamed_ids(dm.val_dataloader()) == {"002"}
+    dm.setup("test")
+    assert _streamed_ids(dm.test_dataloader()) == {"114", "124", "401"}
+    assert _streamed_ids(dm.predict_dataloader()) == {"114", "124", "401"}
+    # Metrics say which: val/heldout/... while validating, test/scenario1/... when testing.
+    dm.trainer = SimpleNamespace(validating=True, sanity_checking=False)
+    assert dm.eval_loader_names == ["heldout"]
+    dm.trainer = SimpleNamespace(validating=False, sanity_checking=False)
+    assert dm.eval_loader_names == ["scenario1"]
+
+
+def test_default_validation_videos() -> None:
+    """Every 10th training video (documented in the class docstring); disjoint from the
+    training windows and from every test scenario of SPEC 7 (pinned in test_split_lists)."""
+    dm = Video300VWDataModule("unused")
+    assert tuple(dm.hparams.val_videos) == ("001", "016", "031", "047", "120")
+    assert set(dm.hparams.val_videos) < set(SPLITS_300VW["train"])
+    for scenario in ("scenario1", "scenario2", "scenario3"):
+        assert not set(dm.hparams.val_videos) & set(SPLITS_300VW[scenario])
+
+
+@pytest.mark.parametrize(
+    ("val_videos", "message"),
+    [
+        (["114"], r"\['114'\] are not training videos"),
+        ([], "some \\(not all\\) of the 50"),
+        (list(SPLITS_300VW["train"]), "some \\(not all\\) of the 50"),
+    ],
+)
+def test_validation_videos_must_be_some_training_videos(val_videos, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        Video300VWDataModule("unused", val_videos=val_videos)
 
 
 def test_empty_root(tmp_path: Path) -> None:
