@@ -359,3 +359,13 @@ def test_lightning_commands_load_ckpt_path_weights_only(finetuned, tmp_path, mon
     config = write_config(tmp_path, tmp_path / "run")
     main(["validate", *base_args(config), "--ckpt_path", str(ckpt)])
     assert seen["ckpt_path"] == str(ckpt) and seen["weights_only"] is True
+
+
+def test_ckpt_path_with_non_finite_weights_is_refused(finetuned, tmp_path) -> None:
+    checkpoint = _load(finetuned)
+    checkpoint["hyper_parameters"].update(CLI_RECORDS)
+    checkpoint["state_dict"]["temporal.proj.weight"][0, 0] = float("nan")
+    torch.save(checkpoint, tmp_path / "nan.ckpt")
+    config = write_config(tmp_path, tmp_path / "run")
+    with pytest.raises(ValueError, match=r"nan\.ckpt has non-finite .*: temporal\.proj\.weight$"):
+        main(["validate", *base_args(config), "--ckpt_path", str(tmp_path / "nan.ckpt")])

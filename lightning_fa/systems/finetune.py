@@ -417,6 +417,8 @@ class StableAlignmentModule(pl.LightningModule):
             raise ValueError(
                 "checkpoint has no state_dict mapping: not a checkpoint of this module"
             )
+        if self._trainer is not None:  # `--ckpt_path` (from_checkpoint checked the file itself)
+            require_finite(state, self._trainer.ckpt_path)
         stored = any(k.startswith("backbone.") for k in state)
         if not stored:
             state.update({f"backbone.{k}": v for k, v in self.backbone.state_dict().items()})
