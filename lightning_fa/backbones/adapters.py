@@ -52,7 +52,9 @@ class TorchScriptBackbone(ModuleBackbone):
     """A TorchScript heatmap model loaded from `path` (onto the CPU; move it with `.to`).
 
     TorchScript is deprecated in recent torch; a `torch.export` program can be wrapped as
-    `ModuleBackbone(torch.export.load(path).module(), ...)` instead.
+    `ModuleBackbone(torch.export.load(path).module(), ...)` instead. Only a path given in code or
+    config is loaded: a checkpoint naming this class is refused unless you allow it
+    (`allow_checkpoint_class`), since its spec would make the checkpoint load another file.
     """
 
     def __init__(
