@@ -369,3 +369,16 @@ def test_ckpt_path_with_non_finite_weights_is_refused(finetuned, tmp_path) -> No
     config = write_config(tmp_path, tmp_path / "run")
     with pytest.raises(ValueError, match=r"nan\.ckpt has non-finite .*: temporal\.proj\.weight$"):
         main(["validate", *base_args(config), "--ckpt_path", str(tmp_path / "nan.ckpt")])
+
+
+@pytest.mark.parametrize("wrapper", ["TorchScriptBackbone", "ModuleBackbone"])
+def test_wrappers_are_not_built_from_a_file_by_default(wrapper, tmp_path) -> None:
+    # A TorchScript path in a checkpoint would make the checkpoint load another file.
+    scripted = tmp_path / "other.pt"
+    torch.jit.save(torch.jit.script(nn.Conv2d(3, L, 1)), scripted)
+    spec = {
+        "class_path": f"lightning_fa.backbones.adapters.{wrapper}",
+        "init_args": {"path": str(scripted), "num_landmarks": L, "stride": 1},
+    }
+    with pytest.raises(ValueError, match=rf"x\.ckpt asks to build '.*{wrapper}', which is not"):
+        base.build_from_spec(spec, source=tmp_path / "x.ckpt")
