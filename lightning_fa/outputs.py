@@ -25,6 +25,15 @@ def _temporary_sibling(path: Path) -> Path:
         prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent
     )
     os.close(handle)
+    # mkstemp makes the file private (0600); the result gets the mode a plain open() would give,
+    # or keeps the mode of the file it replaces.
+    try:
+        mode = path.stat().st_mode & 0o777
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o666 & ~umask
+    os.chmod(name, mode)
     return Path(name)
 
 
@@ -47,6 +56,12 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
         yield temporary
         _fsync_file(temporary)
         os.replace(temporary, path)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        if error.filename != str(temporary):
+            raise
+        # Name the file the user asked for, not our temporary one (a full disk, say).
+        raise OSError(error.errno, error.strerror, str(path)) from error
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise

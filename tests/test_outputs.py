@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 from pathlib import Path
 
 import numpy as np
@@ -99,7 +100,6 @@ def test_unwritable_outputs_are_named_before_any_work(tmp_path: Path, case: str)
         folder.mkdir()
         folder.chmod(0o500)
         path = folder / "out.csv"
-        import os
 
         if os.access(folder, os.W_OK):  # root ignores permissions
             folder.chmod(0o700)
@@ -148,3 +148,24 @@ def test_bugs_keep_their_traceback() -> None:
 
     with pytest.raises(TypeError):
         run_command("lightning-fa x", body, [])
+
+
+def test_results_get_the_usual_permissions(tmp_path: Path) -> None:
+    fresh, replaced = tmp_path / "fresh.txt", tmp_path / "replaced.txt"
+    replaced.write_text("old")
+    replaced.chmod(0o640)
+    for path in (fresh, replaced):
+        with atomic_write(path) as handle:
+            handle.write("new")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert fresh.stat().st_mode & 0o777 == 0o666 & ~umask
+    assert replaced.stat().st_mode & 0o777 == 0o640
+
+
+def test_a_write_error_names_the_target_not_the_temporary(tmp_path: Path) -> None:
+    target = tmp_path / "model.onnx"
+    with pytest.raises(OSError) as info, atomic_output(target) as temporary:
+        raise OSError(errno.ENOSPC, "No space left on device", str(temporary))
+    assert info.value.filename == str(target)
+    assert leftovers(tmp_path, set()) == []
