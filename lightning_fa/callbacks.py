@@ -50,6 +50,16 @@ class RunCheckpoint(ModelCheckpoint):
         if not trainer.fast_dev_run:
             super().on_train_end(trainer, pl_module)
 
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        # Only last.ckpt, what a resume reads: Lightning also writes an `epoch=..-step=..` file,
+        # which would sit beside the best checkpoint looking like a second best.
+        if not self.save_last:
+            super().on_exception(trainer, pl_module, exception)
+        elif self._should_save_on_exception(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
 
 def prediction_records(batches: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """`StableAlignmentModule.predict_step` outputs -> JSON-ready records, one per sequence."""

@@ -138,6 +138,7 @@ def test_run_interrupted_by_ctrl_c_resumes_from_its_last_checkpoint(tmp_path) ->
     assert "KeyboardInterrupt" in stopped.stdout + stopped.stderr
     interrupted = last_checkpoint(tmp_path, "interrupted")
     assert interrupted["global_step"] == STEPS_PER_EPOCH
+    assert [p.name for p in (tmp_path / "interrupted" / "checkpoints").iterdir()] == ["last.ckpt"]
     fit(config, "--ckpt_path=last")
 
     straight, resumed = (
