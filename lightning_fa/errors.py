@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
 
 USAGE_ERROR = 2
 INTERRUPTED = 130
@@ -44,3 +48,35 @@ def run_command(prog: str, body: Callable[[list[str]], int | None], argv: Sequen
             raise
         print(f"{prog}: {one_line(error)}", file=sys.stderr)
         return USAGE_ERROR
+
+
+def innermost_cause(error: BaseException) -> BaseException:
+    """The exception at the bottom of `error`'s chain (jsonargparse wraps the constructor's
+    ValueError in its own)."""
+    while (error.__cause__ or error.__context__) is not None:
+        error = error.__cause__ or error.__context__
+    return error
+
+
+def describe_error(error: BaseException) -> str:
+    """One line naming the innermost cause and its type."""
+    error = innermost_cause(error)
+    lines = str(error).strip().splitlines() or [""]
+    return f"{type(error).__name__}: {lines[0]}"
+
+
+def load_yaml_file(path: str | Path, what: str) -> Any:
+    """The YAML document in `path`; a missing, non-text or malformed file is named in one line
+    (`what`: "config file", "sweep file", ...)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not a text (UTF-8) {what} ({error.reason})") from error
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or type(error).__name__
+        raise ValueError(f"{path}:{where}: not valid YAML ({problem})") from error

@@ -24,10 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from lightning_fa.cli import LIGHTNING_COMMANDS
 from lightning_fa.cli import main as cli_main
+from lightning_fa.errors import DEBUG_FLAG, describe_error, load_yaml_file
 from lightning_fa.outputs import atomic_write, claim_outputs, write_text_atomic
 
 EVAL_COMMANDS = ("test", "validate", "none")
@@ -46,17 +45,7 @@ class Sweep:
 def load_sweep(path: str | Path) -> Sweep:
     """Read a W&B sweep file; only grid sweeps over `values` / `value` run locally."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"sweep file not found: {path}")
-    try:
-        spec = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as error:
-        raise ValueError(f"{path}: not a text (UTF-8) sweep file ({error.reason})") from error
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(error, "problem", None) or type(error).__name__
-        raise ValueError(f"{path}:{where}: not valid YAML ({problem})") from error
+    spec = load_yaml_file(path, "sweep file")
     if spec is None:
         raise ValueError(f"{path}: the sweep file is empty; it needs a 'parameters' mapping")
     if not isinstance(spec, dict):
@@ -168,22 +157,15 @@ def read_final_metrics(paths: list[Path]) -> dict[str, float]:
     return values
 
 
-def describe_error(error: BaseException) -> str:
-    """One line naming the innermost cause (jsonargparse wraps the constructor's ValueError)."""
-    while (error.__cause__ or error.__context__) is not None:
-        error = error.__cause__ or error.__context__
-    lines = str(error).strip().splitlines() or [""]
-    return f"{type(error).__name__}: {lines[0]}"
-
-
 def _newest(root: Path, pattern: str) -> list[Path]:
     return sorted(root.rglob(pattern), key=lambda p: p.stat().st_mtime)
 
 
 def _run(args: list[str]) -> None:
-    """One in-process `lightning-fa` call; a parser error (SystemExit) becomes an exception."""
+    """One in-process `lightning-fa` call. Bad input raises (`--debug`), so the table records
+    its cause and error.txt its traceback; any other exit status becomes an exception."""
     try:
-        code = cli_main(args)
+        code = cli_main([*args, DEBUG_FLAG])
     except SystemExit as exit_info:
         code = exit_info.code
     if code not in (0, None):

@@ -337,8 +337,8 @@ def test_ckpt_path_of_the_lightning_commands_chooses_no_code(
     marker = tmp_path / "MARKER"
     ckpt = _cli_checkpoint(finetuned, tmp_path / "evil.ckpt", marker, edit)
     config = write_config(tmp_path, tmp_path / "run")
-    with pytest.raises(ValueError) as err:
-        main(["validate", *base_args(config), "--ckpt_path", str(ckpt)])
+    with pytest.raises(ValueError) as err:  # --debug: the error itself, not its one-line report
+        main(["validate", *base_args(config), "--ckpt_path", str(ckpt), "--debug"])
     assert str(ckpt) in str(err.value) and len(str(err.value).splitlines()) == 1
     assert not marker.exists()
 
@@ -368,7 +368,7 @@ def test_ckpt_path_with_non_finite_weights_is_refused(finetuned, tmp_path) -> No
     torch.save(checkpoint, tmp_path / "nan.ckpt")
     config = write_config(tmp_path, tmp_path / "run")
     with pytest.raises(ValueError, match=r"nan\.ckpt has non-finite .*: temporal\.proj\.weight$"):
-        main(["validate", *base_args(config), "--ckpt_path", str(tmp_path / "nan.ckpt")])
+        main(["validate", *base_args(config), "--ckpt_path", str(tmp_path / "nan.ckpt"), "--debug"])
 
 
 @pytest.mark.parametrize("wrapper", ["TorchScriptBackbone", "ModuleBackbone"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -237,3 +238,72 @@ def test_predict_writes_predictions_into_the_run_folder(diverging_run) -> None:
     assert len(item["finetuned"]) == len(item["backbone"]) == 4
     assert all(len(frame) == 68 and len(frame[0]) == 2 for frame in item["finetuned"])
     assert not list(root.glob(".predictions*"))  # no temporary file left behind
+
+
+def _bad_file(tmp_path: Path, name: str, text: str) -> list[str]:
+    path = tmp_path / name
+    path.write_text(text)
+    return ["--config", str(path)]
+
+
+# (extra arguments after base.yaml + the tiny config, the one line expected after "fit: ").
+BAD_LIGHTNING_CALLS = {
+    "empty config": (
+        lambda tmp: _bad_file(tmp, "empty.yaml", "# nothing yet\n"),
+        r"empty\.yaml: the config file is empty",
+    ),
+    "missing config": (
+        lambda tmp: ["--config", str(tmp / "none.yaml")],
+        r"config file not found: .*none\.yaml",
+    ),
+    "malformed config": (
+        lambda tmp: _bad_file(tmp, "bad.yaml", "trainer:\n  max_epochs: [1\n"),
+        r"bad\.yaml: line \d+: not valid YAML",
+    ),
+    "tbptt_chunk=0": (
+        lambda tmp: ["--model.init_args.tbptt_chunk=0"],
+        r"model: tbptt_chunk must be >= 1, got 0",
+    ),
+    "batch_size=0": (
+        lambda tmp: ["--data.init_args.batch_size=0"],
+        r"data: batch_size must be a positive integer, got 0",
+    ),
+    "typo on the command line": (
+        lambda tmp: ["--model.init_args.tbptt_chunck=3"],
+        r"unknown key 'model\.init_args\.tbptt_chunck'; "
+        r"did you mean 'model\.init_args\.tbptt_chunk'\?",
+    ),
+    "typo of a nested class key": (
+        lambda tmp: ["--model.init_args.loss.init_args.thetta=2"],
+        r"unknown key '.*loss\.init_args\.thetta'; did you mean '.*loss\.init_args\.theta'\?",
+    ),
+    "typo in a config file": (
+        lambda tmp: _bad_file(tmp, "typo.yaml", "trainer:\n  max_epochz: 3\n"),
+        r"typo\.yaml: unknown key 'trainer\.max_epochz'; did you mean 'trainer\.max_epochs'\?",
+    ),
+    "wrong type": (
+        lambda tmp: ["--trainer.max_epochs=abc"],
+        r"trainer\.max_epochs: expected int, got 'abc'",
+    ),
+}
+
+
+@pytest.mark.parametrize(("extra", "expected"), BAD_LIGHTNING_CALLS.values(), ids=BAD_LIGHTNING_CALLS.keys())  # fmt: skip
+def test_bad_lightning_call_ends_in_one_line(tmp_path, capsys, recwarn, extra, expected) -> None:
+    """Used to end in ~75 lines of usage and Union dumps (or a traceback), the cause inside."""
+    config = write_config(tmp_path, tmp_path / "run")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", *base_args(config), *extra(tmp_path), "--trainer.fast_dev_run=1"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    (line,) = [x for x in err.splitlines() if x.startswith("lightning-fa")]
+    assert re.fullmatch(rf"lightning-fa fit: (?:.*/)?{expected}.*", line), line
+    assert "usage:" not in err and "Traceback" not in err
+    # Lightning's "args parameter" warning came with every call (main always passes argv).
+    assert not [w for w in recwarn if "args parameter" in str(w.message)]
+
+
+def test_debug_shows_the_traceback(tmp_path) -> None:
+    config = write_config(tmp_path, tmp_path / "run")
+    with pytest.raises(ValueError, match="tbptt_chunk must be >= 1, got 0"):
+        main(["fit", *base_args(config), "--model.init_args.tbptt_chunk=0", "--debug"])
