@@ -1,0 +1,495 @@
+"""Why a tuned causal filter dominates the learned stage on the embedded benchmark (issue #18).
+
+Reads an embedded run folder (`lightning-fa demo --out RUN` / `make finetune RUN_DIR=RUN`:
+``metrics.json``, ``tracks.npz``, ``finetuned.ckpt``) and measures, per held-out set:
+
+(a) how much of the raw PDC track's error is shared by all landmarks: per frame the error is
+    projected onto the errors a global translation (2 dof), similarity (4) or affine (6)
+    transform of the true shape can produce (a linear least-squares fit of ``truth -> raw``;
+    the identity lies in each model, so the fitted part of ``raw - truth`` is exactly that
+    projection and the two parts are orthogonal). Shares of the error energy, of its
+    fluctuation about each landmark's per-video mean (the part a smoother acts on) and of the
+    frame-to-frame jitter energy. Isotropic i.i.d. noise would put k / (2 L) of its energy in
+    a k-dof model (3 % for a similarity at 68 landmarks);
+(b) how the error follows per-frame degradation (motion-blur streak length, flicker gain; the
+    sensor noise and JPEG quality are constant within a video) and per-landmark heatmap
+    statistics (peak, thresholded mass, spread of the thresholded mass): Spearman correlations
+    within each (video, landmark) series, and the error variance in the frames of the top vs
+    the bottom quartile of each statistic (what a Kalman gain set by a measured noise uses);
+(c) the bounds: each classical filter swept over its parameters on the raw PDC track, the
+    (NRMSE, error-jitter) frontier of the settings with lag <= 1 frame and where ours sits,
+    and the offline zero-phase Butterworth smoother of the raw track over its cutoff.
+
+    python experiments/analysis/stabiliser_bounds.py RUN [--out JSON] [--no-heatmaps]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from scipy import stats
+
+from data_modules.synthetic import SyntheticVideo
+from lightning_fa import pipeline
+from lightning_fa.heatmaps import decode, heatmap_to_crop
+from lightning_fa.systems.finetune import StableAlignmentModule
+from lightning_fa.temporal import make_filter
+from lightning_fa.temporal.filters import zero_phase_smooth
+
+MODELS = {"translation": 2, "similarity": 4, "affine": 6}
+
+# (c) sweep grids: name -> (parameter names, value tuples, factory, scale of a track).
+ONE_EURO_CUTOFFS = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 4.0, 8.0)
+ONE_EURO_BETAS = (0.0, 1.0, 3.0, 10.0, 30.0, 100.0)
+SWEEPS: dict[str, tuple[tuple[str, ...], list[tuple[float, ...]], Callable[..., Any], Callable]] = {
+    "one-euro": (
+        ("min_cutoff", "beta"),
+        list(itertools.product(ONE_EURO_CUTOFFS, ONE_EURO_BETAS)),
+        lambda c, b: make_filter("one-euro", min_cutoff=c, beta=b),
+        pipeline.interocular,
+    ),
+    "moving-average": (
+        ("window",),
+        [(w,) for w in (2, 3, 4, 5, 7, 9, 13)],
+        lambda w: make_filter("moving-average", window=int(w)),
+        lambda track: None,
+    ),
+    "kalman": (
+        ("process_noise",),
+        [(q,) for q in (1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0)],
+        lambda q: make_filter("kalman", process_noise=q),
+        lambda track: None,
+    ),
+    "savgol": (
+        ("window",),
+        [(w,) for w in (5, 7, 9, 13, 17, 25, 33)],
+        lambda w: make_filter("savgol", window=int(w)),
+        lambda track: None,
+    ),
+}
+ZERO_PHASE_CUTOFFS_HZ = (0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0)
+MAX_LAG = 1.0
+
+
+# --------------------------------------------------------------------------- (a) decomposition
+
+
+def transform_basis(truth: np.ndarray, model: str) -> np.ndarray:
+    """(..., 2L, k) columns spanning the displacements ``A(g) - g`` that a global transform of
+    the shape ``truth`` (..., L, 2) can produce (flattened x0, y0, x1, y1, ...). The shape is
+    centred first, which changes the columns' mix but not their span, and conditions the fit."""
+    g = truth - truth.mean(axis=-2, keepdims=True)
+    x, y = g[..., 0], g[..., 1]
+    one, zero = np.ones_like(x), np.zeros_like(x)
+    columns = [(one, zero), (zero, one)]  # translation
+    if model in ("similarity", "affine"):
+        columns += [(x, y), (-y, x)]  # uniform scale, rotation
+    if model == "affine":
+        columns += [(x, -y), (y, x)]  # anisotropic scale, shear
+    if model not in MODELS:
+        raise ValueError(f"model must be one of {sorted(MODELS)}, got {model!r}")
+    return np.stack([np.stack(pair, axis=-1).reshape(*x.shape[:-1], -1) for pair in columns], -1)
+
+
+def shared_part(errors: np.ndarray, truth: np.ndarray, model: str) -> np.ndarray:
+    """The part of each frame's error (..., L, 2) that one global transform explains: the
+    least-squares projection onto ``transform_basis`` of that frame's true shape."""
+    basis = transform_basis(truth.astype(np.float64), model)
+    flat = errors.astype(np.float64).reshape(*errors.shape[:-2], -1, 1)
+    coefficients = np.linalg.solve(
+        np.swapaxes(basis, -1, -2) @ basis, np.swapaxes(basis, -1, -2) @ flat
+    )
+    return (basis @ coefficients).reshape(errors.shape)
+
+
+def _energy(x: np.ndarray) -> float:
+    return float(np.square(x).sum())
+
+
+def decomposition(errors: np.ndarray, truth: np.ndarray) -> dict[str, Any]:
+    """Shares of the error energy of (V, T, L, 2) errors: static bias and, per transform model,
+    the shared part vs the per-landmark residual, of the error, of its fluctuation about each
+    (video, landmark) mean and of the frame-to-frame jitter ``e_t - e_{t-1}``.
+
+    The shared and residual parts of a frame are orthogonal, so their energy shares add up to
+    1; after the temporal mean or difference they need not (``*_cross`` is the rest)."""
+    total = _energy(errors)
+    bias = errors.mean(axis=1, keepdims=True)
+    fluctuation = errors - bias
+    jitter = np.diff(errors, axis=1)
+    out: dict[str, Any] = {
+        "error_energy_px2_per_point": total / errors[..., 0].size,
+        "bias_share": _energy(np.broadcast_to(bias, errors.shape)) / total,
+        "models": {},
+    }
+    for model, dof in MODELS.items():
+        shared = shared_part(errors, truth, model)
+        residual = errors - shared
+        parts = {
+            "error": (shared, residual, total),
+            "fluctuation": (
+                shared - shared.mean(axis=1, keepdims=True),
+                residual - residual.mean(axis=1, keepdims=True),
+                _energy(fluctuation),
+            ),
+            "jitter": (np.diff(shared, axis=1), np.diff(residual, axis=1), _energy(jitter)),
+        }
+        entry: dict[str, float] = {"iid_share": dof / (2 * errors.shape[-2])}
+        for name, (s, r, whole) in parts.items():
+            entry[f"{name}_shared"] = _energy(s) / whole
+            entry[f"{name}_residual"] = _energy(r) / whole
+            entry[f"{name}_cross"] = 1.0 - entry[f"{name}_shared"] - entry[f"{name}_residual"]
+        out["models"][model] = entry
+    return out
+
+
+# --------------------------------------------------------------------------- (b) evidence quality
+
+
+def frame_degradation(video: SyntheticVideo) -> dict[str, np.ndarray]:
+    """Per-frame degradation levels (T,) of a synthetic video: the motion-blur streak length
+    (px; `apply_degradation` smears only streaks >= 0.5 px) and |flicker gain - 1|.
+
+    The gain is the first draw of frame t's generator (seeded by ``key + (1, t)``), exactly as
+    `data_modules.synthetic.apply_degradation` draws it; tests/test_stabiliser_bounds.py checks
+    that against a rendered frame."""
+    d = video.degradation
+    streak = np.hypot(*(np.asarray(video.motion, float) * d.blur_exposure).T)
+    gain = np.zeros(len(video))
+    if d.flicker > 0 or d.noise_std > 0:
+        for t in range(len(video)):
+            draw = np.random.default_rng((*video.key, 1, t)).standard_normal()
+            gain[t] = d.flicker * abs(float(np.clip(draw, -3, 3)))
+    return {"blur_streak_px": streak, "flicker": gain}
+
+
+def heatmap_statistics(heatmaps: torch.Tensor, threshold: float) -> dict[str, np.ndarray]:
+    """Per-map statistics (..., L) of heatmaps (..., L, h, w): the peak value, the thresholded
+    mass PDC averages over (values >= threshold) and that mass's spatial spread
+    sqrt(var_x + var_y) in heatmap pixels (0 where no mass survives)."""
+    maps = heatmaps.double()
+    kept = torch.where(maps >= threshold, maps, 0.0)
+    mass = kept.sum((-2, -1))
+    h, w = maps.shape[-2:]
+    ys = torch.arange(h, dtype=maps.dtype)[:, None]
+    xs = torch.arange(w, dtype=maps.dtype)[None, :]
+    safe = torch.where(mass > 0, mass, 1.0)
+    mx = (kept * xs).sum((-2, -1)) / safe
+    my = (kept * ys).sum((-2, -1)) / safe
+    var = (kept * (xs**2 + ys**2)).sum((-2, -1)) / safe - mx**2 - my**2
+    return {
+        "peak": maps.amax((-2, -1)).numpy(),
+        "mass": mass.numpy(),
+        "spread": var.clamp(min=0).sqrt().numpy(),
+    }
+
+
+def spearman_along_time(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Spearman rank correlation over axis 0 of two (T, ...) arrays, per remaining entry
+    (NaN where either series is constant)."""
+    ra, rb = stats.rankdata(a, axis=0), stats.rankdata(b, axis=0)
+    ra, rb = ra - ra.mean(axis=0), rb - rb.mean(axis=0)
+    denominator = np.sqrt((ra**2).sum(axis=0) * (rb**2).sum(axis=0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denominator > 0, (ra * rb).sum(axis=0) / denominator, np.nan)
+
+
+def quartile_variance_ratio(error2: np.ndarray, statistic: np.ndarray) -> np.ndarray:
+    """Per series (axis 0 is time): mean squared error in the frames where the statistic is in
+    its top quartile over that in its bottom quartile (NaN for a constant statistic)."""
+    low, high = np.quantile(statistic, [0.25, 0.75], axis=0)
+    top = np.where(statistic >= high, error2, np.nan)
+    bottom = np.where(statistic <= low, error2, np.nan)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = np.nanmean(top, axis=0) / np.nanmean(bottom, axis=0)
+    return np.where(high > low, ratio, np.nan)
+
+
+def _summary(values: np.ndarray) -> dict[str, float]:
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return {"mean": math.nan, "median": math.nan, "count": 0}
+    return {
+        "mean": float(finite.mean()),
+        "median": float(np.median(finite)),
+        "count": int(finite.size),
+    }
+
+
+def evidence(
+    errors: np.ndarray, per_frame: dict[str, np.ndarray], per_map: dict[str, np.ndarray]
+) -> dict[str, Any]:
+    """(b) for one set: errors (V, T, L, 2); per_frame {name: (V, T)} degradation levels;
+    per_map {name: (V, T, L)} heatmap statistics. Correlations run within each video (per
+    frame, over the landmarks' mean error) or within each (video, landmark) series, on the
+    error's size |e| and on its deviation |e - mean_t e| from the landmark's static bias."""
+    size = np.linalg.norm(errors, axis=-1)  # (V, T, L)
+    deviation = np.linalg.norm(errors - errors.mean(axis=1, keepdims=True), axis=-1)
+    out: dict[str, Any] = {"per_frame": {}, "per_landmark": {}}
+    for name, level in per_frame.items():
+        rho = [spearman_along_time(level[v], size[v].mean(axis=-1)) for v in range(len(level))]
+        rho_dev = [
+            spearman_along_time(level[v], deviation[v].mean(axis=-1)) for v in range(len(level))
+        ]
+        out["per_frame"][name] = {
+            "level_mean": float(level.mean()),
+            "level_max": float(level.max()),
+            "spearman_error": _summary(np.array(rho, float)),
+            "spearman_deviation": _summary(np.array(rho_dev, float)),
+        }
+    for name, statistic in per_map.items():
+        s = np.moveaxis(statistic, 1, 0)  # (T, V, L): time first
+        out["per_landmark"][name] = {
+            "value_mean": float(statistic.mean()),
+            "spearman_error": _summary(spearman_along_time(s, np.moveaxis(size, 1, 0))),
+            "spearman_deviation": _summary(spearman_along_time(s, np.moveaxis(deviation, 1, 0))),
+            "deviation_variance_top_vs_bottom_quartile": _summary(
+                quartile_variance_ratio(np.moveaxis(deviation, 1, 0) ** 2, s)
+            ),
+        }
+    return out
+
+
+@torch.no_grad()
+def set_evidence(run_dir: Path, tracks: dict[str, np.ndarray]) -> dict[str, Any]:
+    """(b) for every held-out set: the run's backbone regenerates the heatmaps of the same
+    videos (`pipeline.eval_sources` is deterministic); the PDC decoded from them is checked
+    against the run's raw PDC track."""
+    config = pipeline.load_config(run_dir)
+    module = StableAlignmentModule.from_checkpoint(run_dir / "finetuned.ckpt").eval()
+    threshold = float(module.hparams.pdc_threshold)
+    out = {}
+    for name, source in pipeline.eval_sources(config).items():
+        videos = source()
+        maps = pipeline.video_heatmaps(module, videos, config).float()  # (V, T, L, h, w)
+        raw = tracks[f"{name}/{pipeline.BASELINE}"]
+        decoded = heatmap_to_crop(decode(maps, threshold=threshold), module.stride).numpy()
+        levels = [frame_degradation(v) for v in videos]
+        per_frame = {k: np.stack([lv[k] for lv in levels]) for k in levels[0]}
+        result = evidence(
+            raw - tracks[f"{name}/gt"], per_frame, heatmap_statistics(maps, threshold)
+        )
+        # float16 maps: agreement to ~1e-2 px means these are the run's heatmaps.
+        result["pdc_max_abs_diff_px"] = float(np.abs(decoded - raw).max())
+        out[name] = result
+        del maps
+    return out
+
+
+# --------------------------------------------------------------------------- (c) bounds
+
+
+def _smooth_videos(factory: Callable[[], Any], scale_of: Callable, raw: np.ndarray) -> np.ndarray:
+    return np.stack([pipeline.run_filter(factory, scale_of, video) for video in raw])
+
+
+def sweep(raw: np.ndarray, truth: np.ndarray) -> list[dict[str, Any]]:
+    """Metrics of every swept filter setting on (V, T, L, 2) raw tracks."""
+    points = []
+    for name, (parameters, grid, factory, scale_of) in SWEEPS.items():
+        for values in grid:
+            smoothed = _smooth_videos(lambda f=factory, v=values: f(*v), scale_of, raw)
+            points.append(
+                {
+                    "filter": name,
+                    **dict(zip(parameters, values)),
+                    **pipeline.track_metrics(smoothed, truth),
+                }
+            )
+    return points
+
+
+def _lag_ok(lag: float, limit: float) -> bool:
+    return not np.isfinite(lag) or lag <= limit + 1e-9  # NaN: no motion, so no lag to see
+
+
+def frontier(points: Sequence[dict[str, Any]], max_lag: float = MAX_LAG) -> list[dict[str, Any]]:
+    """The settings with lag <= max_lag that no other such setting beats in both NRMSE and
+    error-jitter, by increasing NRMSE."""
+    admissible = [p for p in points if _lag_ok(p["lag"], max_lag)]
+    keep = [
+        p
+        for p in admissible
+        if not any(
+            q["nrmse"] <= p["nrmse"]
+            and q["error_jitter"] <= p["error_jitter"]
+            and (q["nrmse"] < p["nrmse"] or q["error_jitter"] < p["error_jitter"])
+            for q in admissible
+        )
+    ]
+    return sorted(keep, key=lambda p: p["nrmse"])
+
+
+def setting_name(point: dict[str, Any]) -> str:
+    parameters = SWEEPS[point["filter"]][0]
+    return f"{point['filter']}(" + ", ".join(f"{k}={point[k]:g}" for k in parameters) + ")"
+
+
+def position(ours: dict[str, float], points: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Where ours sits against the sweep: the settings that dominate it (NRMSE and error-jitter
+    no higher, lag <= max(ours, 1 frame)), and the lowest error-jitter among settings with NRMSE
+    <= ours at that lag (the ratio ours / it is how far ours is from the frontier)."""
+    limit = max(ours["lag"], MAX_LAG) if np.isfinite(ours["lag"]) else MAX_LAG
+    fair = [p for p in points if _lag_ok(p["lag"], limit) and p["nrmse"] <= ours["nrmse"]]
+    dominating = [p for p in fair if p["error_jitter"] <= ours["error_jitter"]]
+    best = min(fair, key=lambda p: p["error_jitter"], default=None)
+    return {
+        "lag_limit": limit,
+        "dominated": bool(dominating),
+        "dominating_settings": len(dominating),
+        "best_at_equal_nrmse": None if best is None else {"setting": setting_name(best), **best},
+        "error_jitter_ratio_ours_vs_best": (
+            None if best is None else ours["error_jitter"] / best["error_jitter"]
+        ),
+    }
+
+
+def zero_phase(raw: np.ndarray, truth: np.ndarray) -> dict[str, Any]:
+    """The offline zero-phase Butterworth smoother of the raw track over its cutoff; ``best``
+    is the cutoff with the lowest NRMSE."""
+    curve = []
+    for cutoff in ZERO_PHASE_CUTOFFS_HZ:
+        smoothed = np.stack([zero_phase_smooth(video.astype(np.float64), cutoff) for video in raw])
+        curve.append({"cutoff_hz": cutoff, **pipeline.track_metrics(smoothed, truth)})
+    return {"curve": curve, "best": min(curve, key=lambda p: p["nrmse"])}
+
+
+def bounds(tracks: dict[str, np.ndarray], name: str) -> dict[str, Any]:
+    truth, raw = tracks[f"{name}/gt"], tracks[f"{name}/{pipeline.BASELINE}"]
+    points = sweep(raw, truth)
+    ours = pipeline.track_metrics(tracks[f"{name}/{pipeline.OURS}"], truth)
+    return {
+        "raw": pipeline.track_metrics(raw, truth),
+        "ours": ours,
+        "frontier": [{"setting": setting_name(p), **p} for p in frontier(points)],
+        "ours_position": position(ours, points),
+        "zero_phase": zero_phase(raw, truth),
+        "sweep": points,
+    }
+
+
+# --------------------------------------------------------------------------- driver
+
+
+def set_names(tracks: dict[str, np.ndarray]) -> list[str]:
+    return [key.split("/")[0] for key in tracks if key.endswith("/gt")]
+
+
+def analyse(run_dir: str | Path, heatmaps: bool = True) -> dict[str, Any]:
+    run_dir = Path(run_dir)
+    path = run_dir / "tracks.npz"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: run `make finetune RUN_DIR={run_dir}` first")
+    with np.load(path, allow_pickle=False) as data:
+        tracks = {k: data[k].astype(np.float64) for k in data.files}
+    result: dict[str, Any] = {"run_dir": str(run_dir), "sets": {}}
+    for name in set_names(tracks):
+        errors = tracks[f"{name}/{pipeline.BASELINE}"] - tracks[f"{name}/gt"]
+        result["sets"][name] = {
+            "decomposition": decomposition(errors, tracks[f"{name}/gt"]),
+            "bounds": bounds(tracks, name),
+        }
+    if heatmaps:
+        for name, value in set_evidence(run_dir, tracks).items():
+            result["sets"][name]["evidence"] = value
+    return result
+
+
+def _row(cells: Sequence[Any]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def tables(result: dict[str, Any]) -> str:
+    """The markdown tables of docs/stabiliser-analysis.md."""
+    sets = result["sets"]
+    lines = ["### (a) Shared vs per-landmark error of the raw PDC track (% of energy)", ""]
+    lines.append(_row(["set", "bias", "model", "error shared", "fluct. shared", "jitter shared",
+                       "jitter residual", "i.i.d. share"]))  # fmt: skip
+    lines.append(_row(["---"] * 8))
+    for name, s in sets.items():
+        d = s["decomposition"]
+        for model, m in d["models"].items():
+            lines.append(_row([name, f"{100 * d['bias_share']:.0f}", model,
+                               f"{100 * m['error_shared']:.0f}",
+                               f"{100 * m['fluctuation_shared']:.0f}",
+                               f"{100 * m['jitter_shared']:.0f}",
+                               f"{100 * m['jitter_residual']:.0f}",
+                               f"{100 * m['iid_share']:.1f}"]))  # fmt: skip
+    if any("evidence" in s for s in sets.values()):
+        lines += ["", "### (b) Spearman of the error with per-frame degradation and heatmap "
+                  "statistics (mean over series; |e| / |e - bias|)", ""]  # fmt: skip
+        lines.append(_row(["set", "statistic", "rho |e|", "rho |e - bias|",
+                           "var ratio top/bottom quartile"]))  # fmt: skip
+        lines.append(_row(["---"] * 5))
+        for name, s in sets.items():
+            if "evidence" not in s:
+                continue
+            for group in ("per_frame", "per_landmark"):
+                for stat, v in s["evidence"][group].items():
+                    ratio = v.get("deviation_variance_top_vs_bottom_quartile", {}).get("median")
+                    lines.append(_row([name, stat, f"{v['spearman_error']['mean']:+.2f}",
+                                       f"{v['spearman_deviation']['mean']:+.2f}",
+                                       "" if ratio is None else f"{ratio:.2f}"]))  # fmt: skip
+    lines += [
+        "",
+        "### (c) Bounds on the raw PDC track (NRMSE %, error-jitter px^2, lag frames)",
+        "",
+    ]
+    lines.append(_row(["set", "raw", "ours", "best filter at NRMSE <= ours (lag <= max(ours, 1))",
+                       "ours / best EJ", "zero-phase best (cutoff)"]))  # fmt: skip
+    lines.append(_row(["---"] * 6))
+
+    def cell(m: dict[str, float]) -> str:
+        return f"{m['nrmse']:.2f} / {m['error_jitter']:.3f} / {m['lag']:.2f}"
+
+    for name, s in sets.items():
+        b = s["bounds"]
+        best = b["ours_position"]["best_at_equal_nrmse"]
+        ratio = b["ours_position"]["error_jitter_ratio_ours_vs_best"]
+        z = b["zero_phase"]["best"]
+        lines.append(_row([name, cell(b["raw"]), cell(b["ours"]),
+                           "none" if best is None else f"{best['setting']}: {cell(best)}",
+                           "" if ratio is None else f"{ratio:.2f}",
+                           f"{cell(z)} ({z['cutoff_hz']:g} Hz)"]))  # fmt: skip
+    lines += ["", "Frontier (lag <= 1 frame):", ""]
+    for name, s in sets.items():
+        points = ", ".join(
+            f"{p['setting']} {p['nrmse']:.2f}/{p['error_jitter']:.3f}"
+            for p in s["bounds"]["frontier"]
+        )
+        lines.append(f"- {name}: {points}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--out", type=Path, help="JSON (default RUN/stabiliser_bounds.json)")
+    parser.add_argument(
+        "--no-heatmaps", action="store_true", help="skip (b) (no backbone pass over the videos)"
+    )
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    try:
+        result = analyse(args.run_dir, heatmaps=not args.no_heatmaps)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"stabiliser_bounds: {error}", file=sys.stderr)
+        return 2
+    out = args.out or args.run_dir / "stabiliser_bounds.json"
+    out.write_text(json.dumps(result, indent=2), encoding="utf-8")
+    print(tables(result))
+    print(f"\n[stabiliser_bounds] wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
