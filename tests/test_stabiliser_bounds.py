@@ -56,6 +56,11 @@ def test_exact_similarity_error_is_all_shared_and_matches_a_closed_form_fit():
             assert result[model][f"{part}_residual"] == pytest.approx(0.0, abs=1e-9)
     # A translation cannot explain the rotation / scale part.
     assert result["translation"]["error_shared"] < 0.99
+    # A face that only moves rigidly: all of its true motion is a similarity of the last frame.
+    rigid = _similar(np.repeat(truth[:, :1], 10, axis=1), rng)
+    motion = sb.decomposition(errors, rigid)["models"]
+    assert motion["similarity"]["truth_motion_shared"] == pytest.approx(1.0, abs=1e-9)
+    assert motion["translation"]["truth_motion_shared"] < 0.99
     # The projection equals the closed-form least-squares similarity (complex-number solution)
     # of truth -> raw, applied to truth, minus truth; also for a raw track that is not similar.
     noisy = raw + rng.normal(0, 1, size=raw.shape)
@@ -99,10 +104,16 @@ def test_drifting_translation_by_hand():
     mean_drift = d * (frames - 1) / 2
     by_hand = ((bias + np.array([mean_drift, 0.0])) ** 2).sum() * frames / (errors**2).sum()
     assert result["bias_share"] == pytest.approx(by_hand, rel=1e-12)
+    assert np.isnan(translation["truth_motion_shared"])  # the face does not move
     tracks = {"still/gt": truth, "still/raw-pdc": truth + errors, "still/finetuned-pdc": truth}
     bounds = sb.bounds(tracks, "still")
     assert bounds["raw"]["error_jitter"] == pytest.approx(d * d / 2, rel=1e-9)
     assert bounds["ours"]["error_jitter"] == 0.0
+    # Without the drift only the bias is left: its NRMSE is mean_k ||b_k + (mean drift, 0)||
+    # over the inter-ocular distance, by hand.
+    iod = np.linalg.norm(truth[0, 0, 36] - truth[0, 0, 45])
+    bias_error = np.linalg.norm(bias[0, 0] + np.array([mean_drift, 0.0]), axis=-1).mean()
+    assert bounds["bias_only"]["nrmse"] == pytest.approx(100 * bias_error / iod, rel=1e-9)
 
 
 def test_frontier_and_position_on_hand_made_points():
