@@ -24,6 +24,8 @@ SWEEP_ID ?=
 # Backbone weights for `make evaluate` (CKPT there is the fine-tuned checkpoint); leave empty
 # when the checkpoint stores the backbone weights.
 BACKBONE_CKPT ?=
+# Pins torch for `make install` (this machine's CPU wheel); empty: any torch in pyproject's range.
+TORCH_CONSTRAINTS ?= constraints-cpu.txt
 
 .PHONY: help install test test-fast lint format bench pretrain finetune evaluate report sweep sweep-agent sweep-local gpu-check clean
 
@@ -33,7 +35,7 @@ help: ## List the targets
 install: ## Create .venv and install the package with every extra (CPU torch from local disk)
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -e ".[dev,dlib,export]"
+	$(PY) -m pip install $(if $(TORCH_CONSTRAINTS),-c $(TORCH_CONSTRAINTS)) -e ".[dev,dlib,export]"
 
 test: ## Run the test suite
 	$(PY) -m pytest -q
