@@ -1,4 +1,5 @@
-"""Face crops, sequence-consistent augmentation and per-frame degradations (numpy / OpenCV).
+"""Face crops, sequence-consistent augmentation and per-frame degradations (numpy / OpenCV /
+albumentations).
 
 Coordinates are (x, y), 0-based, pixel centres at integers. A crop is described by a (2, 3)
 matrix ``A`` mapping frame -> crop coordinates (``crop = A[:, :2] @ frame + A[:, 2]``). Images are
@@ -6,19 +7,39 @@ warped with ``cv2.warpAffine`` using the same matrix, which follows the same pix
 convention, so points and pixels stay consistent to OpenCV's 1/32-pixel interpolation grid.
 
 Geometric augmentation (scale, rotation, translation, horizontal flip) is folded into that one
-matrix, so landmarks are transformed exactly; colour jitter is applied with the same parameters
-to every frame of a sequence; degradations (noise, blur, JPEG) are drawn per frame.
+matrix, so landmarks are transformed exactly (one warp from the full frame; albumentations'
+geometric transforms are not used). Photometric work is albumentations 2.0.8: colour jitter
+(its torchvision-style brightness / contrast / saturation operations, with the factors drawn once
+per sequence into ``AugmentParams``, so every frame gets the same change) and the per-frame
+degradations (``GaussianBlur``, ``MotionBlur``, ``GaussNoise``, seeded from the sample's numpy
+Generator so runs repeat exactly).
+
+The embedded benchmark (``synthetic.py``) calls ``degrade(image, rng, jpeg_quality=q)`` only. That
+path is kept bit-identical to the earlier hand-written code: with no random step it draws nothing
+from ``rng``, and its JPEG round trip is the same OpenCV encode / decode of the BGR view (through
+albumentations' ``image_compression``; its ``ImageCompression`` transform is not used because it
+hands RGB arrays to the encoder as if they were BGR, which moves the chroma subsampling onto the
+wrong channels).
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 import torch
+
+from data_modules.checks import check_finite_non_negative, check_ints
+
+# albumentations' import asks PyPI for a newer release (a 2 s timeout offline, then a warning)
+# unless told not to; it is imported inside the functions that use it, as it takes about a second
+# and the geometry-only users of this module (tracking, unlabelled caching) never need it.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 DEFAULT_ENLARGE = 1.25  # HRNet convention: the crop side is 1.25 x the face box side
 
@@ -141,7 +162,7 @@ class AugmentConfig:
     scale_jitter: the crop side is multiplied by a factor in [1 - s, 1 + s];
     rotation_deg: uniform in [-r, r]; translate: centre offset up to this fraction of the box side;
     flip_prob: probability of a horizontal mirror; brightness / contrast / saturation: factors
-    in [1 - v, 1 + v].
+    in [1 - v, 1 + v] (0 = off).
     """
 
     scale_jitter: float = 0.25
@@ -214,17 +235,18 @@ def augmented_affine(
 def apply_colour(image: np.ndarray, params: AugmentParams) -> np.ndarray:
     """Brightness, contrast and saturation factors of ``params`` on an RGB uint8 image.
 
-    Deterministic given ``params`` (fixed order), so every frame of a sequence gets the same
-    colour change.
+    albumentations' torchvision-style operations (as in its ``ColorJitter``), in this fixed order,
+    each rounded and clipped to uint8: brightness scales, contrast blends with the mean grey
+    level of the image, saturation with each pixel's grey level. Deterministic given ``params``,
+    so every frame of a sequence gets the same colour change.
     """
     if params.brightness == params.contrast == params.saturation == 1.0:
         return image
-    img = image.astype(np.float32) * params.brightness
-    gray = img @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-    img = (img - gray.mean()) * params.contrast + gray.mean()
-    gray = img @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-    img = gray[..., None] + (img - gray[..., None]) * params.saturation
-    return np.clip(np.rint(img), 0, 255).astype(np.uint8)
+    from albumentations.augmentations.pixel import functional as albu
+
+    out = albu.adjust_brightness_torchvision(image, params.brightness)
+    out = albu.adjust_contrast_torchvision(out, params.contrast)
+    return albu.adjust_saturation_torchvision(out, params.saturation)
 
 
 @dataclass(frozen=True)
@@ -232,8 +254,10 @@ class DegradationConfig:
     """Per-frame degradation levels (all off by default, and off for evaluation).
 
     noise_sigma: std of additive Gaussian noise in grey levels; blur_kernel: odd Gaussian
-    kernel size (0 = off); motion_blur_length: length in pixels of a linear motion-blur kernel
-    with a random direction (0 = off); jpeg_quality: re-encode at this quality (None = off).
+    kernel size (0 = off; sigma as OpenCV derives it from the size); motion_blur_length: odd
+    length in pixels of a linear motion-blur kernel, centred, in a random direction (0 = off);
+    jpeg_quality: re-encode at this quality (None = off). Applied in that order: blur, motion
+    blur, noise, JPEG.
     """
 
     noise_sigma: float = 0.0
@@ -241,22 +265,67 @@ class DegradationConfig:
     motion_blur_length: int = 0
     jpeg_quality: int | None = None
 
+    def __post_init__(self) -> None:
+        check_finite_non_negative(noise_sigma=self.noise_sigma)
+        check_ints(0, blur_kernel=self.blur_kernel, motion_blur_length=self.motion_blur_length)
+        for name in ("blur_kernel", "motion_blur_length"):
+            size = getattr(self, name)
+            if size and size % 2 == 0:
+                raise ValueError(f"{name} must be odd (or 0 for off), got {size}")
+        quality = self.jpeg_quality
+        if quality is not None and (isinstance(quality, bool) or quality not in range(1, 101)):
+            raise ValueError(f"jpeg_quality must be in 1..100 (or None for off), got {quality!r}")
+
     def apply(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        return degrade(image, rng, **self.__dict__)
+        """Degrade an RGB uint8 image; the random steps are seeded by one draw from ``rng``
+        (none when only blur / JPEG are on, which draw nothing)."""
+        out = image
+        steps = _random_steps(self)
+        if steps is not None:
+            steps.set_random_seed(int(rng.integers(2**32)))
+            out = steps(image=out)["image"]
+        if self.jpeg_quality is not None:
+            out = _jpeg(out, self.jpeg_quality)
+        return out
 
 
-def _motion_kernel(length: int, angle_rad: float) -> np.ndarray:
-    kernel = np.zeros((length, length), dtype=np.float32)
-    c = (length - 1) / 2.0
-    dx, dy = math.cos(angle_rad) * c, math.sin(angle_rad) * c
-    cv2.line(
-        kernel,
-        (round(c - dx), round(c - dy)),
-        (round(c + dx), round(c + dy)),
-        1.0,
-        thickness=1,
-    )
-    return kernel / kernel.sum()
+@functools.lru_cache(maxsize=16)
+def _random_steps(config: DegradationConfig):
+    """albumentations pipeline of ``config``'s blur, motion blur and noise (None when all off).
+
+    Built once per config and reseeded for every frame (each DataLoader worker process has its
+    own copy; not for concurrent use from threads).
+    """
+    import albumentations as A
+
+    steps = []
+    if config.blur_kernel > 1:
+        k = config.blur_kernel
+        sigma = 0.3 * ((k - 1) * 0.5 - 1) + 0.8  # OpenCV's sigma for a k x k kernel
+        steps.append(A.GaussianBlur(blur_limit=(k, k), sigma_limit=(sigma, sigma), p=1.0))
+    if config.motion_blur_length > 1:
+        length = config.motion_blur_length
+        steps.append(
+            A.MotionBlur(
+                blur_limit=(length, length),
+                angle_range=(0.0, 180.0),  # a line: 180 degrees cover every direction
+                direction_range=(0.0, 0.0),  # centred on the pixel, as a shutter-long exposure
+                allow_shifted=False,
+                p=1.0,
+            )
+        )
+    if config.noise_sigma > 0:
+        std = config.noise_sigma / 255.0  # albumentations gives it as a fraction of uint8's 255
+        steps.append(A.GaussNoise(std_range=(std, std), mean_range=(0.0, 0.0), p=1.0))
+    return A.Compose(steps) if steps else None
+
+
+def _jpeg(image: np.ndarray, quality: int) -> np.ndarray:
+    """JPEG round trip of an RGB uint8 image, encoded in the BGR order OpenCV's codec expects."""
+    from albumentations.augmentations.pixel.functional import image_compression
+
+    bgr = image_compression(image[..., ::-1], int(quality), ".jpg")
+    return np.ascontiguousarray(bgr[..., ::-1])
 
 
 def degrade(
@@ -269,29 +338,11 @@ def degrade(
 ) -> np.ndarray:
     """Degrade an RGB uint8 image: blur, motion blur, Gaussian noise, then JPEG (each optional).
 
-    Random draws (noise, motion direction) come from ``rng`` only, so results are reproducible.
+    ``DegradationConfig(...).apply``: random draws (noise, motion direction) are seeded from
+    ``rng`` only, so results are reproducible; all levels off returns ``image`` itself.
     """
-    if blur_kernel and blur_kernel % 2 == 0:
-        raise ValueError(f"blur_kernel must be odd (or 0 for off), got {blur_kernel}")
-    if jpeg_quality is not None and not 1 <= jpeg_quality <= 100:
-        raise ValueError(f"jpeg_quality must be in 1..100 (or None for off), got {jpeg_quality}")
-    out = image
-    if blur_kernel > 1:
-        out = cv2.GaussianBlur(out, (blur_kernel, blur_kernel), 0)
-    if motion_blur_length > 1:
-        kernel = _motion_kernel(motion_blur_length, float(rng.uniform(0.0, math.pi)))
-        out = cv2.filter2D(out, -1, kernel, borderType=cv2.BORDER_REFLECT)
-    if noise_sigma > 0:
-        noisy = out.astype(np.float32) + rng.normal(0.0, noise_sigma, out.shape).astype(np.float32)
-        out = np.clip(np.rint(noisy), 0, 255).astype(np.uint8)
-    if jpeg_quality is not None:
-        ok, buf = cv2.imencode(
-            ".jpg", out[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)]
-        )
-        if not ok:
-            raise ValueError("JPEG encoding failed")
-        out = np.ascontiguousarray(cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1])
-    return out
+    config = DegradationConfig(noise_sigma, blur_kernel, motion_blur_length, jpeg_quality)
+    return config.apply(image, rng)
 
 
 def to_chw_tensor(image: np.ndarray) -> torch.Tensor:

@@ -135,8 +135,9 @@ def test_pseudo_sequence_frames_are_shifted_copies(root_300w: Path) -> None:
         dx, dy = (int(v) for v in np.rint(_shift_of(sample, t)))
         a = frames[0][:, 8 : SIZE - 8, 8 : SIZE - 8]
         b = frames[t][:, 8 + dy : SIZE - 8 + dy, 8 + dx : SIZE - 8 + dx]
-        # equal up to OpenCV's fixed-point rounding of the sub-pixel source positions
-        assert np.abs(a - b).max() <= 1 and np.abs(a - b).mean() < 0.2
+        # equal up to OpenCV's fixed-point rounding of the sub-pixel source positions, which
+        # each of the three uint8 colour steps (albumentations) may round a level further
+        assert np.abs(a - b).max() <= 4 and np.abs(a - b).mean() < 0.2
 
 
 def test_augmentation_differs_between_sequences_and_epochs(root_300w: Path) -> None:

@@ -19,6 +19,7 @@ from data_modules.transforms import (
     apply_colour,
     box_to_center_scale,
     crop_affine,
+    crop_frame,
     degrade,
     flip_landmarks,
     invert_affine,
@@ -269,3 +270,143 @@ def test_motion_blur_direction_comes_from_rng() -> None:
         assert max(extent) >= 8  # a line ~11 px long, not a blob
         assert math.isclose(out[..., 0].astype(float).sum(), 255, rel_tol=0.15)
     assert any((outs[0] != o).any() for o in outs[1:])
+
+
+# ----------------------------------------------------------------------------- albumentations
+
+
+def _photo(height: int = 48, width: int = 64, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return cv2.GaussianBlur(rng.integers(0, 256, (height, width, 3), dtype=np.uint8), (5, 5), 0)
+
+
+def test_apply_colour_clips_after_each_step() -> None:
+    # torchvision / albumentations semantics: each step is rounded and clipped to uint8, so a
+    # brightened highlight saturates before the contrast step (the earlier code clipped once).
+    image = np.zeros((1, 3, 3), np.uint8)
+    image[0] = [(250, 250, 250), (20, 20, 20), (120, 60, 30)]
+    out = apply_colour(image, AugmentParams(brightness=1.2, contrast=0.5, saturation=1.5))
+    weights = np.array([0.299, 0.587, 0.114])
+    bright = np.clip(np.rint(image * 1.2), 0, 255)
+    mean = np.rint(bright @ weights).mean()
+    contrast = np.clip(np.rint(bright * 0.5 + mean * 0.5), 0, 255)
+    grey = np.rint(contrast @ weights)[..., None]
+    expected = np.clip(np.rint(contrast * 1.5 - grey * 0.5), 0, 255)
+    np.testing.assert_allclose(out.astype(int), expected, atol=1)
+    assert out[0, 0, 0] < 220  # unclipped arithmetic would keep the highlight at 255
+
+
+def test_colour_factors_do_what_they_say() -> None:
+    grey = np.full((8, 8, 3), 100, np.uint8)
+    np.testing.assert_array_equal(apply_colour(grey, AugmentParams(brightness=1.15)), 115)
+    colour = _photo()
+    flat = apply_colour(colour, AugmentParams(saturation=0.0))
+    np.testing.assert_array_equal(flat[..., 0], flat[..., 1])  # no saturation: grey
+    np.testing.assert_array_equal(flat[..., 1], flat[..., 2])
+    low = apply_colour(colour, AugmentParams(contrast=0.5)).astype(float)
+    assert low.std() < 0.6 * colour.astype(float).std()
+    assert abs(low.mean() - colour.mean()) < 2
+
+
+def test_zero_strength_configs_are_the_identity() -> None:
+    image = _photo()
+    off = AugmentConfig(brightness=0.0, contrast=0.0, saturation=0.0)
+    for seed in range(5):
+        params = sample_augmentation(np.random.default_rng(seed), off)
+        assert (params.brightness, params.contrast, params.saturation) == (1.0, 1.0, 1.0)
+        assert apply_colour(image, params) is image
+    rng = np.random.default_rng(0)
+    state = rng.bit_generator.state
+    assert DegradationConfig().apply(image, rng) is image
+    assert DegradationConfig(blur_kernel=1, motion_blur_length=1).apply(image, rng) is image
+    assert rng.bit_generator.state == state  # nothing drawn
+
+
+def test_colour_factors_drawn_in_range() -> None:
+    config = AugmentConfig(brightness=0.1, contrast=0.2, saturation=0.3)
+    draws = [sample_augmentation(np.random.default_rng(s), config) for s in range(40)]
+    assert all(0.9 <= d.brightness <= 1.1 for d in draws)
+    assert all(0.8 <= d.contrast <= 1.2 for d in draws)
+    assert all(0.7 <= d.saturation <= 1.3 for d in draws)
+    assert len({d.saturation for d in draws}) == 40
+
+
+def _sequence(frames: list[np.ndarray], seed: int, degradation: DegradationConfig | None):
+    # As the datasets do: one generator per sample, one colour draw per sequence, then a crop
+    # (warp, colour, this frame's degradation) per frame from the same generator.
+    rng = np.random.default_rng(seed)
+    params = sample_augmentation(rng, AugmentConfig(brightness=0.4, contrast=0.4, saturation=0.4))
+    affine = crop_affine((32.0, 24.0), 40.0, (32, 32))
+    return params, [crop_frame(f, affine, (32, 32), params, degradation, rng) for f in frames]
+
+
+def test_colour_is_the_same_for_every_frame_of_a_sequence() -> None:
+    frames = [_photo()] * 4
+    params, crops = _sequence(frames, seed=3, degradation=None)
+    assert not params.is_identity
+    for crop in crops[1:]:
+        torch.testing.assert_close(crop, crops[0])
+    plain = warp_image(frames[0], crop_affine((32.0, 24.0), 40.0, (32, 32)), (32, 32))
+    assert (crops[0].numpy().transpose(1, 2, 0) != plain).any()  # the jitter did something
+
+
+def test_degradations_differ_per_frame_and_repeat_per_seed() -> None:
+    frames = [_photo()] * 3
+    degradation = DegradationConfig(noise_sigma=6.0, motion_blur_length=7, jpeg_quality=80)
+    _, first = _sequence(frames, seed=5, degradation=degradation)
+    _, again = _sequence(frames, seed=5, degradation=degradation)
+    _, other = _sequence(frames, seed=6, degradation=degradation)
+    for a, b in zip(first, again, strict=True):
+        torch.testing.assert_close(a, b)  # same seed: identical, frame by frame
+    assert (first[0] != first[1]).any() and (first[1] != first[2]).any()  # drawn per frame
+    assert all((a != b).any() for a, b in zip(first, other, strict=True))
+
+
+@pytest.mark.parametrize(
+    "levels",
+    [
+        {"noise_sigma": 4.0},
+        {"blur_kernel": 5},
+        {"motion_blur_length": 9},
+        {"jpeg_quality": 30},
+        {"noise_sigma": 4.0, "blur_kernel": 3, "motion_blur_length": 5, "jpeg_quality": 70},
+    ],
+)
+def test_degradations_keep_uint8_shape(levels: dict) -> None:
+    image = _photo(37, 50)
+    out = degrade(image, np.random.default_rng(0), **levels)
+    assert out.dtype == np.uint8 and out.shape == image.shape and out.flags.c_contiguous
+    assert (out != image).any()
+    coloured = apply_colour(image, AugmentParams(brightness=0.9, contrast=1.2, saturation=0.8))
+    assert coloured.dtype == np.uint8 and coloured.shape == image.shape
+
+
+@pytest.mark.parametrize("quality", [5, 50, 95])
+def test_jpeg_path_of_the_synthetic_benchmark_is_unchanged(quality: int) -> None:
+    # synthetic.py calls degrade(image, rng, jpeg_quality=q): it must stay the plain OpenCV
+    # round trip of the BGR view and draw nothing from rng, so `make finetune` repeats exactly.
+    image = _photo(40, 56, seed=quality)
+    rng = np.random.default_rng(1)
+    state = rng.bit_generator.state
+    out = degrade(image, rng, jpeg_quality=quality)
+    _, buf = cv2.imencode(".jpg", image[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])
+    reference = cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1]
+    np.testing.assert_array_equal(out, reference)
+    assert rng.bit_generator.state == state
+    assert degrade(image, rng, jpeg_quality=None) is image
+
+
+@pytest.mark.parametrize(
+    "levels,words",
+    [
+        ({"motion_blur_length": 6}, "motion_blur_length must be odd"),
+        ({"blur_kernel": -3}, "blur_kernel must be an integer >= 0"),
+        ({"noise_sigma": -1.0}, "noise_sigma must be a finite number >= 0"),
+        ({"noise_sigma": math.nan}, "noise_sigma must be a finite number >= 0"),
+        ({"jpeg_quality": 101}, "jpeg_quality must be in 1..100"),
+        ({"jpeg_quality": True}, "jpeg_quality must be in 1..100"),
+    ],
+)
+def test_degradation_config_refuses_bad_levels(levels: dict, words: str) -> None:
+    with pytest.raises(ValueError, match=words):
+        DegradationConfig(**levels)
