@@ -277,10 +277,10 @@ class DegradationConfig:
             raise ValueError(f"jpeg_quality must be in 1..100 (or None for off), got {quality!r}")
 
     def apply(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Degrade an RGB uint8 image; the random steps are seeded by one draw from ``rng``
-        (none when only blur / JPEG are on, which draw nothing)."""
+        """Degrade an RGB uint8 image; the albumentations steps are seeded by one draw from
+        ``rng`` (nothing is drawn when only JPEG is on)."""
         out = image
-        steps = _random_steps(self)
+        steps = _albumentations_steps(self)
         if steps is not None:
             steps.set_random_seed(int(rng.integers(2**32)))
             out = steps(image=out)["image"]
@@ -290,7 +290,7 @@ class DegradationConfig:
 
 
 @functools.lru_cache(maxsize=16)
-def _random_steps(config: DegradationConfig):
+def _albumentations_steps(config: DegradationConfig):
     """albumentations pipeline of ``config``'s blur, motion blur and noise (None when all off).
 
     Built once per config and reseeded for every frame (each DataLoader worker process has its
@@ -315,7 +315,9 @@ def _random_steps(config: DegradationConfig):
             )
         )
     if config.noise_sigma > 0:
-        std = config.noise_sigma / 255.0  # albumentations gives it as a fraction of uint8's 255
+        # std as a fraction of uint8's 255. Its noise field comes from cv2.randn seeded with one
+        # of 2**16 values drawn from the step's seed: fields can repeat across many frames.
+        std = config.noise_sigma / 255.0
         steps.append(A.GaussNoise(std_range=(std, std), mean_range=(0.0, 0.0), p=1.0))
     return A.Compose(steps) if steps else None
 
