@@ -1124,6 +1124,10 @@ def bench_tracker_long(ctx: BenchContext) -> Figures:
         tenth / (stamps[k + tenth] - stamps[k]) for k in range(0, frames - tenth + 1, tenth)
     ]
     first_fps, last_fps = by_tenth[0], tenth / (stamps[-1] - stamps[-1 - tenth])
+    # Medians of single frames: a second-long stall of a shared machine moves a tenth's
+    # frames/s but not its median frame.
+    frame_ms = 1e3 * np.diff(stamps)
+    first_ms, last_ms = np.median(frame_ms[:tenth]), np.median(frame_ms[-tenth:])
     baseline = min(LONG_RUN_BASELINE_FRAME, frames // 6)
     figures: Figures = {
         "backbone": f"tiny HRNet {LONG_RUN_INPUT}x{LONG_RUN_INPUT} ({parameter_count(backbone)} parameters)",
@@ -1134,6 +1138,9 @@ def bench_tracker_long(ctx: BenchContext) -> Figures:
         "fps_last_tenth": round(last_fps, 2),
         "speed_change_pct": round(100 * (last_fps / first_fps - 1), 2),
         "fps_by_tenth": [round(fps, 1) for fps in by_tenth],
+        "median_frame_ms_first_tenth": round(float(first_ms), 3),
+        "median_frame_ms_last_tenth": round(float(last_ms), 3),
+        "median_frame_change_pct": round(100 * (last_ms / first_ms - 1), 2),
         "rss_baseline_frame": baseline,
     }
     if rss_kib[baseline] is not None:

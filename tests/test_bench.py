@@ -103,6 +103,10 @@ def test_smoke_tracker_long_reports_memory_growth_and_speed_at_both_ends(tmp_pat
     assert long_run["frames"] == 60  # every frame of the written video was tracked
     assert long_run["rss_baseline_frame"] == 10  # a sixth of a video shorter than 500 frames
     assert long_run["fps_first_tenth"] > 0 and long_run["fps_last_tenth"] > 0
+    assert len(long_run["fps_by_tenth"]) == 10
+    assert (
+        long_run["median_frame_ms_first_tenth"] > 0 and long_run["median_frame_ms_last_tenth"] > 0
+    )
     assert 0 < long_run["rss_mib_at_baseline"] and 0 < long_run["rss_mib_at_end"]
     assert isinstance(long_run["rss_growth_pct"], float)
     assert long_run["outputs_mib"]["long.csv"] > 0 and long_run["outputs_mib"]["long.json"] > 0
