@@ -1,7 +1,8 @@
 """Replaceable heatmap backbones: protocol, registry, safe checkpoints, built-in models.
 
-Importing this package registers the built-in names (hrnet_w18, hrnet_lite, hourglass, cpm, dlib);
-their classes are the ones a checkpoint may ask to rebuild (`allow_checkpoint_class` adds more).
+Importing this package registers the built-in names (hrnet_w18, hrnet_lite, hourglass, cpm, dlib,
+mediapipe); their classes are the ones a checkpoint may ask to rebuild (`allow_checkpoint_class`
+adds more).
 """
 
 from .adapters import (
@@ -24,14 +25,17 @@ from .base import (
 from .cpm import CPM
 from .hourglass import StackedHourglass
 from .hrnet import HRNet, HRNetConfig
+from .mediapipe import IBUG68_FROM_MESH, MediaPipeFaceMesh
 
 __all__ = [
     "CPM",
+    "IBUG68_FROM_MESH",
     "Backbone",
     "CoordinateDetectorBackbone",
     "DlibBackbone",
     "HRNet",
     "HRNetConfig",
+    "MediaPipeFaceMesh",
     "ModuleBackbone",
     "StackedHourglass",
     "TorchScriptBackbone",
