@@ -230,8 +230,15 @@ def main(argv: list[str]) -> int:
     metrics_path, report_path = args.out / "metrics.json", args.out / "report.md"
     with claim_outputs([(metrics_path, "--out"), (report_path, "--out")]):
         keys = video_keys(args.videos)
-        for video in args.videos:
-            open_capture(video)[0].release()
+        for video in args.videos:  # every video readable, and the cutoff below its Nyquist rate
+            capture, _ = open_capture(video)
+            fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
+            capture.release()
+            if args.cutoff_hz >= fps / 2:
+                raise ValueError(
+                    f"--cutoff-hz {args.cutoff_hz} must be below half the frame rate of {video} "
+                    f"({fps:g} frames/s)"
+                )
         step = load_step(
             args.checkpoint, args.backbone, args.engine, args.num_landmarks, device=args.device
         )

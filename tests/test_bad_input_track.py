@@ -101,6 +101,7 @@ EVALUATE_CASES: dict[str, tuple[list[str], str]] = {
     "cutoff-nan": (["{v}", "--cutoff-hz", "nan"], "--cutoff-hz must be a positive number, got nan"),
     "device-not-a-device": (["{v}", "--device", "gpu7"], "--device 'gpu7' is not a device"),
     "checkpoint-missing": (["{v}", "--checkpoint", "{tmp}/none.ckpt"], "none.ckpt"),
+    "cutoff-above-nyquist": (["{v}", "--cutoff-hz", "12.5"], "half the frame rate of"),
 }  # fmt: skip
 
 
