@@ -199,3 +199,31 @@ def test_command_writes_json_and_tables(tmp_path, capsys):
     assert "### (c) Bounds" in capsys.readouterr().out
     assert sb.main([str(tmp_path / "missing"), "--no-heatmaps"]) == 2
     assert "tracks.npz not found" in capsys.readouterr().err
+
+
+def test_evidence_follows_a_level_that_scales_a_shared_shift():
+    """Every landmark is shifted along x by +-level_t (pairs of frames, so the temporal mean is
+    the bias alone): |e - bias| = level_t everywhere, all of it shared by the face."""
+    rng = np.random.default_rng(6)
+    frames = 40
+    truth = np.repeat(_shapes(rng, 1, 1), frames, axis=1)
+    level = np.repeat(rng.uniform(0.1, 2.0, frames // 2), 2)[None]  # (1, T)
+    sign = np.tile([1.0, -1.0], frames // 2)[None]
+    bias = rng.normal(0, 1, size=(1, 1, L, 2))
+    errors = np.repeat(bias, frames, axis=1)
+    errors[..., 0] += (level * sign)[..., None]
+    per_map = {"spread": np.repeat(level[..., None], L, axis=-1)}
+    # (abs=1e-3: the frame pairs tie, and rounding in |e - bias| may break a tie)
+    result = sb.evidence(errors, truth, {"blur_streak_px": level}, per_map)
+    frame = result["per_frame"]["blur_streak_px"]
+    assert frame["spearman_deviation"]["mean"] == pytest.approx(1.0, abs=1e-3)
+    assert frame["spearman_shared_deviation"]["mean"] == pytest.approx(1.0, abs=1e-3)
+    shares = sb.decomposition(errors, truth)["models"]["translation"]
+    assert shares["fluctuation_shared"] == pytest.approx(1.0, abs=1e-12)
+    spread = result["per_landmark"]["spread"]
+    assert spread["spearman_deviation"]["mean"] == pytest.approx(1.0, abs=1e-3)
+    assert spread["frame_mean_spearman_shared_deviation"]["mean"] == pytest.approx(1.0, abs=1e-3)
+    low, high = np.quantile(level, [0.25, 0.75])
+    by_hand = (level[level >= high] ** 2).mean() / (level[level <= low] ** 2).mean()
+    ratio = spread["deviation_variance_top_vs_bottom_quartile"]["median"]
+    assert ratio == pytest.approx(by_hand)
