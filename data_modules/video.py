@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from scipy.ndimage import uniform_filter1d
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from tqdm.auto import tqdm
 
 from data_modules.checks import check_ints
 from data_modules.formats import OnError, log_skipped, read_pts
@@ -153,7 +154,12 @@ class FrameStore:
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
         count = 0
         try:
-            for count, frame in enumerate(read_video_frames(video_path), start=1):
+            frames = tqdm(
+                read_video_frames(video_path),
+                desc=f"caching {video_path.parent.name}",
+                unit="frame",
+            )
+            for count, frame in enumerate(frames, start=1):
                 target = _frame_file(tmp, count, self.cache_format)
                 if self.cache_format == "jpg":
                     cv2.imwrite(str(target), frame[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 95])
