@@ -62,6 +62,12 @@ node {
   output_side_packet: "MODEL:model"
 }
 node {
+  # MediaPipe's own TFLite ops (the attention mesh's Landmarks2TransformMatrix and friends).
+  calculator: "TfLiteCustomOpResolverCalculator"
+  output_side_packet: "OP_RESOLVER:op_resolver"
+  options { [mediapipe.TfLiteCustomOpResolverCalculatorOptions.ext] { use_gpu: false } }
+}
+node {
   calculator: "ImageToTensorCalculator"
   input_stream: "IMAGE:image"
   output_stream: "TENSORS:input"
@@ -74,6 +80,7 @@ node {
   calculator: "InferenceCalculator"
   input_stream: "TENSORS:input"
   input_side_packet: "MODEL:model"
+  input_side_packet: "OP_RESOLVER:op_resolver"
   output_stream: "TENSORS:output"
   options { [mediapipe.InferenceCalculatorOptions.ext] { delegate { xnnpack {} } } }
 }
@@ -103,7 +110,7 @@ node {
 
 def import_mediapipe() -> Any:
     """The `mediapipe` module, or ImportError with the install hint."""
-    if "mediapipe" not in sys.modules:
+    if sys.modules.get("mediapipe") is None:
         # With protobuf >= 5 the bindings print one harmless AttributeError (GetPrototype) while
         # importing; keep it off the user's terminal but pass anything else through.
         captured = io.StringIO()
