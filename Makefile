@@ -61,14 +61,14 @@ gpu-check: ## On a CUDA machine: GPU tests, a bf16 fine-tuning smoke run, `bench
 
 pretrain: ## Pretrain the backbone on synthetic face images (cached in cache/backbones; RETRAIN=1 forces)
 ifeq ($(DATA),synthetic)
-	$(PY) -m lightning_fa demo --out $(RUN_DIR) --pretrain-only $(if $(RETRAIN),--retrain)
+	$(PY) -m lightning_fa demo --out $(RUN_DIR) --backbone $(BACKBONE) --pretrain-only $(if $(RETRAIN),--retrain)
 else
 	@echo "make pretrain runs the synthetic pretraining only; pretrain on $(DATA) with lightning-fa fit and BackbonePretrainModule" >&2; exit 2
 endif
 
-finetune: ## Fine-tune the ConvLSTM: synthetic default = embedded end-to-end run; DATA=300vw [CKPT=...] = Lightning CLI
+finetune: ## Fine-tune the ConvLSTM: synthetic default = embedded end-to-end run (experiments/embedded.yaml, HRNet-lite only); DATA=300vw [CKPT=...] = Lightning CLI
 ifeq ($(DATA),synthetic)
-	$(PY) -m lightning_fa demo --out $(RUN_DIR) $(if $(RETRAIN),--retrain)
+	$(PY) -m lightning_fa demo --out $(RUN_DIR) --backbone $(BACKBONE) $(if $(RETRAIN),--retrain)
 else
 	$(PY) -m lightning_fa fit --config experiments/base.yaml --config experiments/backbone/$(BACKBONE).yaml --config experiments/data/$(DATA).yaml $(if $(CKPT),--model.init_args.backbone_checkpoint=$(CKPT)) $(ARGS)
 endif

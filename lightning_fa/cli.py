@@ -112,6 +112,15 @@ class FaceAlignmentCLI(LightningCLI):
         backbone = config.get("model.init_args.backbone")
         if backbone is not None and "num_landmarks" not in backbone.get("init_args", {}):
             backbone["init_args.num_landmarks"] = None
+        # A frozen backbone's random init is replaced by its checkpoint: build it without drawing
+        # from the global RNG, so the trainable stage's initial weights depend on the seed alone,
+        # not on which backbone was built before it (and `lightning-fa fit` starts the embedded
+        # stage where the demo does: tests/test_embedded_config.py).
+        from jsonargparse import add_instantiator
+
+        from lightning_fa.backbones import Backbone
+
+        add_instantiator(_build_without_rng, Backbone, subclasses=True)
 
     def instantiate_classes(self) -> None:
         try:
@@ -220,14 +229,28 @@ def run_lightning_cli(argv: list[str]) -> None:
         raise SystemExit(code)
 
 
+def _build_without_rng(class_type: type, *args: Any, **kwargs: Any) -> Any:
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        return class_type(*args, **kwargs)
+
+
 def _lightning_cli(argv: list[str]) -> None:
+    build_cli(argv)
+
+
+def build_cli(argv: list[str], run: bool = True) -> FaceAlignmentCLI:
+    """The Lightning CLI of `argv`; with ``run=False`` (`argv` without a subcommand) it only builds
+    the model, data and trainer of the config (the demo fine-tunes through it)."""
     check_config_files(argv)
     # "omegaconf+" resolves `${...}` once, on the merged config, so later configs and command-line
     # overrides (`--run_name`, a swept `pdc_threshold`) reach the keys that interpolate them; plain
     # "omegaconf" resolves each file on its own. Absolute paths (`${trainer.x}`) are kept working.
     set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
-    FaceAlignmentCLI(
+    return FaceAlignmentCLI(
         args=argv,
+        run=run,
         subclass_mode_model=True,
         subclass_mode_data=True,
         parser_kwargs={"parser_mode": "omegaconf+"},

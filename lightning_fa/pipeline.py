@@ -31,25 +31,18 @@ import torch
 from torch.utils.data import ConcatDataset, DataLoader
 from tqdm.auto import tqdm
 
-from data_modules.image import EpochSampler
-from data_modules.synthetic import (
-    CHANNELS,
-    NUM_LANDMARKS,
-    SPLIT_SEED_OFFSET,
-    Degradation,
-    SyntheticFaceImages,
-    SyntheticFaceVideos,
-    SyntheticVideo,
-    project,
-)
+from data_modules.embedded import HELD_OUT_SETS, held_out_sources, held_out_videos, render, rendered
+from data_modules.embedded import slow_video as slow_video  # the tests' and report's names
+from data_modules.embedded import still_video as still_video
+from data_modules.synthetic import NUM_LANDMARKS, Degradation, SyntheticFaceImages, SyntheticVideo
 from lightning_fa.backbones import create_backbone, load_checkpoint
-from lightning_fa.heatmaps import decode, heatmap_to_crop, landmark_patches
-from lightning_fa.losses import JitterLoss
+from lightning_fa.cli import build_cli
+from lightning_fa.heatmaps import decode, heatmap_to_crop
 from lightning_fa.metrics import functional as F
 from lightning_fa.outputs import atomic_output, atomic_write, check_writable, claim_outputs
 from lightning_fa.systems.finetune import StableAlignmentModule
 from lightning_fa.systems.pretrain import BackbonePretrainModule
-from lightning_fa.temporal import ConvLSTM, apply_filter, make_filter
+from lightning_fa.temporal import apply_filter, make_filter
 
 NORM_INDICES = (36, 45)
 # Bump when the meaning of a cached backbone changes without its config changing.
@@ -83,67 +76,23 @@ class PretrainConfig:
 
 @dataclass(frozen=True)
 class FinetuneConfig:
-    """ConvLSTM fine-tuning with the Jitter loss on degraded synthetic sequences.
-
-    The frozen backbone runs once over the training videos (heatmaps kept as float16); the
-    ConvLSTM then trains for ``epochs`` of ``windows_per_epoch`` windows of those heatmaps,
-    drawn afresh each epoch, so the many optimizer steps it needs cost no backbone passes.
-    ``crop``: with a landmark-wise ConvLSTM each landmark's window is cut to a crop x crop patch
-    around it (the cell sees each map alone, and the rest of the map is empty), about 7x fewer
-    pixels per step at 12 of 32. ``gated_blend`` / ``max_blend`` / ``motion_smoothing``: the
-    stage blends its previous output into each new map, gated by the cell (`ConvLSTM`).
-    ``slowed_fraction`` of the training videos become nearly still talking heads (`slow_video`
-    with ``slowed_motion`` = head pose and expression scales), so the stage sees faces that hold
-    still as well as faces that move.
-    ``pixel_weight``: `JitterLoss`'s unmodulated share of the pixel loss, which makes a lag
-    behind a move cost something.
+    """The fine-tuning stage: ``config``, a LightningCLI config (by default
+    `experiments/embedded.yaml`: the ConvLSTM's and the Jitter loss's own arguments, the windows
+    data, the optimiser settings, epochs and seed), plus ``overrides`` as `lightning-fa fit` takes
+    them (``key=value``, without the leading ``--``). The demo builds the model and the data
+    exactly as `lightning-fa fit --config <config> --<override> ...` does, so both routes train
+    the same weights; a relative ``config`` is looked up from the working directory, then from
+    the repository root.
     """
 
-    train_videos: int = 32
-    video_frames: int = 90
-    degradations: tuple[str, ...] = ("mild", "heavy")
-    windows_per_epoch: int = 480
-    epochs: int = 4
-    batch_size: int = 4
-    seq_len: int = 16
-    tbptt_chunk: int = 4
-    crop: int | None = 12
-    lr: float = 1e-2
-    lr_scheduler: str = "cosine"
-    hidden_channels: int = 4
-    num_layers: int = 1
-    kernel_size: int = 3
-    input_proj: int | None = None
-    landmark_wise: bool = True
-    gated_blend: bool = True
-    max_blend: float = 0.98
-    motion_smoothing: float = 0.2
-    slowed_fraction: float = 0.5
-    slowed_motion: tuple[float, float] = (0.02, 0.25)
-    theta: float = 1.0
-    xi: float = 1e-3
-    pixel_weight: float = 1.0
-    pdc_threshold: float = 0.2
-    sigma: float = 1.5
-    seed: int = 100
+    config: str = "experiments/embedded.yaml"
+    overrides: tuple[str, ...] = ()
 
-    def __post_init__(self) -> None:
-        if self.crop is not None and not self.landmark_wise:
-            raise ValueError(
-                "FinetuneConfig.crop cuts every landmark's heatmap to its own patch, which only a "
-                f"landmark_wise ConvLSTM can train on; got crop={self.crop}, landmark_wise=False "
-                "(set crop=None)"
-            )
-        if self.video_frames < self.seq_len:
-            raise ValueError(
-                f"FinetuneConfig.video_frames ({self.video_frames}) must be >= seq_len "
-                f"({self.seq_len})"
-            )
-        if not 0.0 <= self.slowed_fraction <= 1.0:
-            raise ValueError(
-                f"FinetuneConfig.slowed_fraction is a share of the training videos, in [0, 1]; "
-                f"got {self.slowed_fraction}"
-            )
+    def path(self) -> Path:
+        path = Path(self.config)
+        if path.is_absolute() or path.is_file():
+            return path
+        return Path(__file__).resolve().parents[1] / path
 
 
 @dataclass(frozen=True)
@@ -161,11 +110,7 @@ class EvalConfig:
     frames: int = 150
     still_videos: int = 4
     still_frames: int = 30
-    sets: tuple[tuple[str, str, float, float], ...] = (
-        ("degraded", "heavy", 1.0, 1.0),
-        ("degraded-slow", "heavy", 0.02, 0.25),
-        ("clean", "clean", 1.0, 1.0),
-    )
+    sets: tuple[tuple[str, str, float, float], ...] = HELD_OUT_SETS
     acceptance_set: str = "degraded-slow"
     still_degradation: str = "heavy"
     noise_levels: tuple[float, ...] = (0.0, 5.0, 10.0, 20.0, 30.0)
@@ -175,6 +120,17 @@ class EvalConfig:
     latency_frames: int = 20
     batch_size: int = 32
     seed: int = 0
+
+
+# The fast sizes of the fine-tuning stage (`PipelineConfig.fast`), as `lightning-fa fit` overrides.
+FAST_FINETUNE = (
+    "data.init_args.train_videos=2",
+    "data.init_args.video_frames=8",
+    "data.init_args.batch_size=2",
+    "data.init_args.seq_len=4",
+    "model.init_args.tbptt_chunk=2",
+    "trainer.max_epochs=1",
+)
 
 
 @dataclass(frozen=True)
@@ -189,9 +145,7 @@ class PipelineConfig:
         """Tiny sizes for tests and smoke runs (seconds, meaningless numbers)."""
         return cls(
             pretrain=PretrainConfig(image_size=64, images_per_epoch=8, epochs=1, batch_size=4),
-            finetune=FinetuneConfig(
-                train_videos=2, video_frames=8, epochs=1, batch_size=2, seq_len=4, tbptt_chunk=2
-            ),
+            finetune=FinetuneConfig(overrides=FAST_FINETUNE),
             evaluate=EvalConfig(
                 videos=1,
                 frames=12,
@@ -340,99 +294,18 @@ def track_metrics(preds: np.ndarray, targets: np.ndarray) -> dict[str, float]:
 # --------------------------------------------------------------------------- data
 
 
-def still_video(videos: SyntheticFaceVideos, index: int) -> SyntheticVideo:
-    """Video ``index`` frozen at its first pose with open eyes: the face does not move, only the
-    per-frame camera degradation changes (the paper's Figure 1 case)."""
-    video = videos.video(index)
-    params = np.repeat(video.params[:1], len(video), axis=0)
-    params[:, CHANNELS.index("blink_left") :] = 0.0
-    video.params = params
-    video.points = project(video.identity, params, video.image_size)
-    video.landmarks = video.points[:, :NUM_LANDMARKS]
-    video.motion = np.zeros_like(video.motion)
-    return video
-
-
-def slow_video(
-    video: SyntheticVideo, head_motion: float, expression: float = 1.0
-) -> SyntheticVideo:
-    """``video`` (changed in place and returned) with its head pose (scale, translation,
-    rotations) pulled towards its mean pose, every excursion scaled by ``head_motion``, and its
-    expressions (mouth, smile, brows) by ``expression``; blinks unchanged. Mean and frames lie in
-    the generator's convex admissible sets, so every blend does too."""
-    for name, value in (("head_motion", head_motion), ("expression", expression)):
-        if not 0.0 <= value <= 1.0:
-            raise ValueError(f"{name} must be in [0, 1], got {value}")
-    params = video.params.copy()
-    blink = CHANNELS.index("blink_left")
-    for channels, factor in ((slice(0, CHANNELS.index("pitch") + 1), head_motion),
-                             (slice(CHANNELS.index("mouth_open"), blink), expression)):  # fmt: skip
-        mean = params[:, channels].mean(axis=0)
-        params[:, channels] = mean + factor * (params[:, channels] - mean)
-    video.params = params
-    video.points = project(video.identity, params, video.image_size)
-    video.landmarks = video.points[:, :NUM_LANDMARKS]
-    # Motion blur follows the new (slower) motion.
-    video.motion = np.gradient(video.landmarks.mean(axis=1), axis=0)
-    return video
-
-
-def render(video: SyntheticVideo) -> tuple[torch.Tensor, np.ndarray]:
-    """All frames uint8 (T, 3, H, W) and landmarks (T, L, 2) of a generated video."""
-    frames = np.stack([video.frame(t) for t in range(len(video))])
-    return torch.from_numpy(frames.transpose(0, 3, 1, 2).copy()), video.landmarks.astype(np.float32)
-
-
 def eval_videos(config: EvalConfig, image_size: int, degradation: str | Degradation, seed: int):
     """Held-out videos (test-split seeds, disjoint from training)."""
-    return SyntheticFaceVideos(
-        config.videos,
-        config.frames,
-        image_size=image_size,
-        degradation=degradation,
-        seed=config.seed + 2 * SPLIT_SEED_OFFSET + seed,
+    return held_out_videos(
+        config.videos, config.frames, image_size, degradation, config.seed + seed
     )
 
 
 def eval_sources(config: PipelineConfig) -> dict[str, Callable[[], list[SyntheticVideo]]]:
     """Eval set name -> the SyntheticVideo objects it streams (lazy; the report re-renders)."""
-    e, size = config.evaluate, config.pretrain.image_size
-    sources: dict[str, Callable[[], list[SyntheticVideo]]] = {}
-    for i, (name, degradation, head, expression) in enumerate(e.sets):
-        generated = head == expression == 1.0
-        # Slowed sets get their own faces (seed offset by the set's position).
-        ds = eval_videos(e, size, degradation, 0 if generated else 10 + i)
-        sources[name] = lambda ds=ds, m=(head, expression), g=generated: [
-            ds.video(k) if g else slow_video(ds.video(k), *m) for k in range(len(ds))
-        ]
-    still = SyntheticFaceVideos(
-        e.still_videos,
-        e.still_frames,
-        image_size=size,
-        degradation=e.still_degradation,
-        seed=e.seed + 2 * SPLIT_SEED_OFFSET + 7,
-    )
-    sources["still"] = lambda: [still_video(still, i) for i in range(len(still))]
-    return sources
-
-
-class _Rendered(torch.utils.data.Dataset):
-    """Renders whole videos in a DataLoader worker while the main process runs the models."""
-
-    def __init__(self, videos: list[SyntheticVideo]) -> None:
-        self.videos = videos
-
-    def __len__(self) -> int:
-        return len(self.videos)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, np.ndarray]:
-        return render(self.videos[index])
-
-
-def rendered(videos: list[SyntheticVideo], num_workers: int) -> DataLoader:
-    return DataLoader(
-        _Rendered(videos), batch_size=None, num_workers=num_workers, collate_fn=lambda x: x
-    )
+    e = config.evaluate
+    still = (e.still_videos, e.still_frames, e.still_degradation)
+    return held_out_sources(e.sets, e.videos, e.frames, config.pretrain.image_size, e.seed, still)
 
 
 # --------------------------------------------------------------------------- stages
@@ -509,157 +382,36 @@ def pretrain_backbone(
     return path, False
 
 
-class HeatmapWindows(torch.utils.data.Dataset):
-    """Training windows over precomputed backbone heatmaps, as sequence-mode batches whose
-    ``backbone_heatmaps`` the system uses instead of running the backbone.
-
-    Item ``(epoch, i)`` (or ``i`` for epoch 0) is ``seq_len`` frames of one video, the video, the
-    start and the patch shifts drawn from (seed, epoch, i): every epoch sees new windows
-    (`EpochSampler` passes the epoch). ``frames`` is an empty (T, 3, 0, 0) tensor: the system
-    reads only its batch and time sizes when heatmaps are given. With ``crop``, landmark k's
-    heatmaps are cut to the crop x crop patch around its mean ground-truth position in the
-    window (shifted by up to 2 pixels) and its landmarks moved into that patch.
-
-    Args:
-        heatmaps: (V, F, L, h, w) backbone heatmaps of V videos of F frames.
-        landmarks: (V, F, L, 2) ground truth in crop pixels.
-        stride: crop pixels per heatmap pixel.
-        num_windows: windows per epoch.
-    """
-
-    def __init__(
-        self,
-        heatmaps: torch.Tensor,
-        landmarks: torch.Tensor,
-        stride: float,
-        seq_len: int,
-        num_windows: int,
-        crop: int | None = None,
-        seed: int = 0,
-    ) -> None:
-        if heatmaps.ndim != 5 or tuple(landmarks.shape) != (*heatmaps.shape[:3], 2):
-            raise ValueError(
-                "heatmaps must be (V, F, L, h, w) and landmarks (V, F, L, 2); got "
-                f"{tuple(heatmaps.shape)} and {tuple(landmarks.shape)}"
-            )
-        frames, size = heatmaps.shape[1], min(heatmaps.shape[-2:])
-        if not 1 <= seq_len <= frames or num_windows < 1:
-            raise ValueError(
-                f"seq_len must be in 1..{frames} (frames per video) and num_windows >= 1; got "
-                f"seq_len={seq_len}, num_windows={num_windows}"
-            )
-        if crop is not None and not 1 <= crop <= size:
-            raise ValueError(f"crop must be in 1..{size} (the heatmap size), got {crop}")
-        self.heatmaps, self.landmarks, self.stride = heatmaps, landmarks, stride
-        self.seq_len, self.num_windows, self.crop, self.seed = seq_len, num_windows, crop, seed
-
-    def __len__(self) -> int:
-        return self.num_windows
-
-    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor]:
-        epoch, index = key if isinstance(key, tuple) else (0, key)
-        if not 0 <= index < self.num_windows:
-            raise IndexError(f"index {index} out of range for {self.num_windows} windows")
-        rng = np.random.default_rng((self.seed, epoch, index))
-        video = int(rng.integers(len(self.heatmaps)))
-        start = int(rng.integers(self.heatmaps.shape[1] - self.seq_len + 1))
-        window = slice(start, start + self.seq_len)
-        heatmaps, landmarks = self.heatmaps[video, window], self.landmarks[video, window]
-        if self.crop is not None:
-            heatmaps, landmarks = landmark_patches(heatmaps, landmarks, self.stride, self.crop, rng)
-        return {
-            "frames": torch.zeros((self.seq_len, 3, 0, 0), dtype=torch.uint8),
-            "landmarks": landmarks,
-            "backbone_heatmaps": heatmaps,
-        }
-
-
-def training_videos(config: PipelineConfig) -> list[SyntheticVideo]:
-    """The fine-tuning videos: an equal share per degradation preset (training-split seeds)."""
-    f, p = config.finetune, config.pretrain
-    per_set = -(-f.train_videos // len(f.degradations))
-    videos = []
-    for i, degradation in enumerate(f.degradations):
-        ds = SyntheticFaceVideos(
-            per_set,
-            f.video_frames,
-            image_size=p.image_size,
-            degradation=degradation,
-            seed=f.seed + i,
+def finetune_args(config: PipelineConfig, backbone_path: Path) -> list[str]:
+    """The `lightning-fa fit` arguments (without ``fit``) of the demo's fine-tuning: the embedded
+    YAML, the pretrained backbone (its weights, size and workers from the pretraining), then the
+    config's own overrides."""
+    p, f = config.pretrain, config.finetune
+    if p.backbone != "hrnet_lite":
+        raise ValueError(
+            f"the embedded YAML fine-tunes hrnet_lite; the pretraining config names {p.backbone!r}"
         )
-        videos += [ds.video(k) for k in range(per_set)]
-    videos = videos[: f.train_videos]
-    # The nearly still talking heads are spread evenly over the list, so each preset gets its share.
-    slowed = round(f.slowed_fraction * len(videos))
-    for i in np.linspace(0, len(videos) - 1, slowed).round().astype(int):
-        videos[i] = slow_video(videos[i], *f.slowed_motion)
-    return videos
-
-
-@torch.no_grad()
-def video_heatmaps(
-    module: StableAlignmentModule, videos: list[SyntheticVideo], config: PipelineConfig
-) -> torch.Tensor:
-    """(V, T, L, h, w) float16 heatmaps of the frozen backbone over whole videos (on the CPU)."""
-    out = []
-    for frames, _ in tqdm(rendered(videos, config.num_workers), desc="backbone", unit="video"):
-        chunks = frames.split(config.evaluate.batch_size)
-        maps = torch.cat([module.backbone_heatmaps(c.to(module.device)) for c in chunks])
-        out.append(maps.to("cpu", torch.float16))
-    return torch.stack(out)
+    size = p.image_size
+    return [
+        "--config",
+        str(f.path()),
+        f"--model.init_args.backbone_checkpoint={backbone_path}",
+        f"--model.init_args.backbone.init_args.input_size=[{size}, {size}]",
+        f"--data.init_args.image_size={size}",
+        f"--data.init_args.num_workers={config.num_workers}",
+        *(f"--{item}" for item in f.overrides),
+    ]
 
 
 def finetune(config: PipelineConfig, backbone_path: Path, run_dir: Path) -> StableAlignmentModule:
-    """Train the ConvLSTM on top of the frozen backbone; saves ``finetuned.ckpt``."""
-    f, p = config.finetune, config.pretrain
+    """Train the ConvLSTM on top of the frozen backbone, built from `experiments/embedded.yaml`
+    exactly as `lightning-fa fit --config experiments/embedded.yaml` builds it (same model, data
+    and seed); trained here without validation or checkpoint callbacks; saves ``finetuned.ckpt``."""
     print("[demo] fine-tuning the ConvLSTM with the Jitter loss on degraded sequences")
-    pl.seed_everything(f.seed, workers=True)
-    temporal = ConvLSTM(
-        NUM_LANDMARKS,
-        hidden_channels=f.hidden_channels,
-        num_layers=f.num_layers,
-        kernel_size=f.kernel_size,
-        input_proj=f.input_proj,
-        landmark_wise=f.landmark_wise,
-        gated_blend=f.gated_blend,
-        max_blend=f.max_blend,
-        motion_smoothing=f.motion_smoothing,
-    )
-    module = StableAlignmentModule(
-        backbone=build_backbone(p),
-        temporal=temporal,
-        loss=JitterLoss(
-            theta=f.theta, xi=f.xi, threshold=f.pdc_threshold, pixel_weight=f.pixel_weight
-        ),
-        backbone_checkpoint=str(backbone_path),
-        store_backbone_weights=True,
-        pdc_threshold=f.pdc_threshold,
-        sigma=f.sigma,
-        tbptt_chunk=f.tbptt_chunk,
-        lr=f.lr,
-        lr_scheduler=f.lr_scheduler,
-    )
-    videos = training_videos(config)
-    landmarks = torch.from_numpy(np.stack([v.landmarks for v in videos]).astype(np.float32))
-    windows = HeatmapWindows(
-        video_heatmaps(module, videos, config),
-        landmarks,
-        module.stride,
-        f.seq_len,
-        f.windows_per_epoch,
-        f.crop,
-        seed=f.seed,
-    )
-    # EpochSampler hands the epoch to the windows, so each epoch draws new ones. They are in
-    # memory: batches are slices, no worker needed.
-    loader = DataLoader(
-        windows,
-        batch_size=f.batch_size,
-        sampler=EpochSampler(len(windows), seed=f.seed),
-        drop_last=len(windows) >= f.batch_size,
-    )
-    trainer = _trainer(run_dir, "finetune", max_epochs=f.epochs)
-    trainer.fit(module, loader)
+    cli = build_cli(finetune_args(config, backbone_path), run=False)
+    module = cli.model
+    trainer = _trainer(run_dir, "finetune", max_epochs=cli.trainer.max_epochs)
+    trainer.fit(module, datamodule=cli.datamodule)
     with atomic_output(run_dir / "finetuned.ckpt") as partial:
         trainer.save_checkpoint(partial)
     return module.eval()
@@ -945,12 +697,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="runs/embedded", help="run directory")
     parser.add_argument("--cache-dir", default="cache/backbones", help="pretrained backbones")
     parser.add_argument("--fast", action="store_true", help="tiny sizes: a smoke test")
+    parser.add_argument(
+        "--backbone",
+        default="hrnet_lite",
+        help="the embedded default pretrains and fine-tunes hrnet_lite ('hrnet' means it too); "
+        "other backbones need their own data (make finetune DATA=300vw BACKBONE=...)",
+    )
     parser.add_argument("--retrain", action="store_true", help="ignore the cached backbone")
     parser.add_argument("--no-report", action="store_true", help="skip report.md and figures")
     parser.add_argument(
         "--pretrain-only", action="store_true", help="only pretrain (or find) the backbone"
     )
     args = parser.parse_args(argv)
+    if args.backbone not in ("hrnet", "hrnet_lite"):
+        # Refused before any work: the synthetic pretraining and experiments/embedded.yaml are
+        # for the small HRNet only.
+        raise ValueError(
+            f"--backbone {args.backbone}: the embedded default (DATA=synthetic) pretrains and "
+            "fine-tunes hrnet_lite only; fine-tune another backbone on real data, e.g. make "
+            f"finetune DATA=300vw BACKBONE={args.backbone} CKPT=<its weights>"
+        )
     # One core computes, the other renders frames in the DataLoader worker: on a 2-core CPU,
     # two compute threads plus a worker oversubscribe and run slower.
     torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))

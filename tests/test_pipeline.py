@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
+from data_modules.embedded import HeatmapWindows
 from lightning_fa import pipeline
-from lightning_fa.pipeline import FinetuneConfig, HeatmapWindows, PipelineConfig, PretrainConfig
+from lightning_fa.pipeline import PipelineConfig, PretrainConfig
 
 
 def test_cache_key_depends_on_every_pretraining_field():
@@ -102,25 +103,6 @@ def test_slow_video_scales_the_head_pose_about_its_mean_and_keeps_expressions():
         pipeline.slow_video(source.video(0), 0.5, expression=-0.1)
 
 
-def test_training_videos_slow_the_configured_share_spread_over_the_presets():
-    base = PipelineConfig.fast()
-    config = replace(base, finetune=replace(base.finetune, train_videos=4, slowed_fraction=0.5))
-    unslowed = replace(config, finetune=replace(config.finetune, slowed_fraction=0.0))
-    plain, to_slow = pipeline.training_videos(unslowed), pipeline.training_videos(unslowed)
-    mixed = pipeline.training_videos(config)
-    assert len(mixed) == len(plain) == 4
-    head, expression = config.finetune.slowed_motion
-    for i in (0, 3):  # one video of each preset (videos 0-1 mild, 2-3 heavy)
-        want = pipeline.slow_video(to_slow[i], head, expression)  # slow_video works in place
-        np.testing.assert_allclose(mixed[i].params, want.params)
-        np.testing.assert_allclose(mixed[i].landmarks, want.landmarks)
-        assert np.ptp(mixed[i].landmarks, axis=0).mean() < np.ptp(plain[i].landmarks, axis=0).mean()
-    for i in (1, 2):
-        np.testing.assert_array_equal(mixed[i].params, plain[i].params)
-    with pytest.raises(ValueError, match="slowed_fraction"):
-        FinetuneConfig(slowed_fraction=1.5)
-
-
 def test_eval_sources_hold_every_configured_set():
     config = PipelineConfig.fast()
     names = [name for name, *_ in config.evaluate.sets]
@@ -191,12 +173,6 @@ def test_heatmap_windows_check_arguments():
         HeatmapWindows(heatmaps, landmarks[..., :1], 4.0, seq_len=2, num_windows=2)
     with pytest.raises(IndexError):
         HeatmapWindows(heatmaps, landmarks, 4.0, seq_len=2, num_windows=2)[2]
-
-
-def test_patch_training_needs_a_landmark_wise_convlstm():
-    with pytest.raises(ValueError, match="landmark_wise"):
-        FinetuneConfig(landmark_wise=False, input_proj=16)
-    FinetuneConfig(landmark_wise=False, input_proj=16, crop=None)  # full maps: fine
 
 
 def test_acceptance_rule():

@@ -1,0 +1,191 @@
+"""experiments/embedded.yaml: the embedded default as a LightningCLI config that `lightning-fa fit`
+reruns and overrides, and that the demo (`make finetune`) builds its fine-tuning from."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from data_modules.embedded import (
+    EmbeddedWindowsDataModule,
+    slow_video,
+    training_videos,
+)
+from lightning_fa import pipeline
+from lightning_fa.cli import build_cli
+from lightning_fa.cli import main as cli_main
+from lightning_fa.pipeline import EvalConfig, FinetuneConfig, PipelineConfig, PretrainConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+YAML = ROOT / "experiments" / "embedded.yaml"
+# The fast sizes, written out here (not read from the code under test); fewer windows keep the
+# two trainings short.
+FAST = [
+    "data.init_args.train_videos=2",
+    "data.init_args.video_frames=8",
+    "data.init_args.batch_size=2",
+    "data.init_args.seq_len=4",
+    "model.init_args.tbptt_chunk=2",
+    "trainer.max_epochs=2",
+    "data.init_args.windows_per_epoch=8",
+]
+
+
+@pytest.fixture(scope="module")
+def fast_backbone(tmp_path_factory) -> Path:
+    """The fast pretraining's backbone weights (seconds)."""
+    root = tmp_path_factory.mktemp("embedded")
+    path, _ = pipeline.pretrain_backbone(PipelineConfig.fast(), root / "run", root / "cache", False)
+    return path
+
+
+def fast_args(backbone: Path) -> list[str]:
+    return [
+        "--config",
+        str(YAML),
+        f"--model.init_args.backbone_checkpoint={backbone}",
+        "--model.init_args.backbone.init_args.input_size=[64, 64]",
+        "--data.init_args.image_size=64",
+        "--data.init_args.num_workers=0",
+        *(f"--{item}" for item in FAST),
+    ]
+
+
+def test_yaml_parses_and_prints_its_config(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["fit", "--config", str(YAML), "--print_config"])
+    assert exit_info.value.code in (0, None)
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["data"]["class_path"] == "data_modules.embedded.EmbeddedWindowsDataModule"
+    model = printed["model"]["init_args"]
+    assert model["temporal"]["init_args"]["gated_blend"] is True
+    assert model["loss"]["init_args"]["theta"] == 1.0
+    assert model["loss"]["init_args"]["threshold"] == model["pdc_threshold"] == 0.2
+
+
+def test_yaml_names_the_demo_backbone_and_held_out_sets():
+    config = yaml.safe_load(YAML.read_text())
+    key = PretrainConfig().cache_key()
+    assert config["model"]["init_args"]["backbone_checkpoint"] == f"cache/backbones/{key}.pth"
+    data, e = config["data"]["init_args"], EvalConfig()
+    assert [tuple(row) for row in data["test_sets"]] == list(e.sets)
+    assert (data["test_videos"], data["test_frames"]) == (e.videos, e.frames)
+    assert (data["still_videos"], data["still_frames"]) == (e.still_videos, e.still_frames)
+    assert data["still_degradation"] == e.still_degradation and data["test_seed"] == e.seed
+
+
+def test_an_override_reaches_the_loss(fast_backbone):
+    args = [*fast_args(fast_backbone), "--model.init_args.loss.init_args.theta=2"]
+    cli = build_cli([*args, "--model.init_args.pdc_threshold=0.4"], run=False)
+    assert cli.model.loss.theta == 2.0
+    assert cli.model.loss.threshold == 0.4  # interpolated from the system's pdc_threshold
+    assert cli.model.hparams.pdc_threshold == 0.4
+
+
+def test_fit_through_the_yaml_reproduces_the_demo_finetuning(fast_backbone, tmp_path):
+    torch.set_num_threads(1)
+    base = PipelineConfig.fast()
+    config = PipelineConfig(
+        pretrain=base.pretrain,
+        finetune=FinetuneConfig(overrides=tuple(FAST)),
+        evaluate=base.evaluate,
+        num_workers=0,
+    )
+    demo = pipeline.finetune(config, fast_backbone, tmp_path / "demo")
+    # The fit route also validates each epoch and keeps checkpoints: neither may change training.
+    fit_dir = tmp_path / "fit"
+    extra = ["--data.init_args.val_videos=1", "--data.init_args.val_frames=6"]
+    assert cli_main(["fit", *fast_args(fast_backbone), *extra, f"--trainer.default_root_dir={fit_dir}"]) == 0  # fmt: skip
+    state = torch.load(fit_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    trained = {
+        k.removeprefix("temporal."): v for k, v in state.items() if k.startswith("temporal.")
+    }
+    reference = demo.temporal.state_dict()
+    assert trained.keys() == reference.keys() and trained
+    for name, value in reference.items():
+        assert torch.equal(trained[name], value), name
+    # The fine-tuning moved the stage: equal weights are not just both initial ones.
+    initial = build_cli(fast_args(fast_backbone), run=False).model.temporal.state_dict()
+    assert any(not torch.equal(initial[k], v) for k, v in reference.items())
+
+
+def test_crop_patches_need_a_landmark_wise_stage(fast_backbone, tmp_path, capsys):
+    args = ["fit", *fast_args(fast_backbone), f"--trainer.default_root_dir={tmp_path}"]
+    stage = "--model.init_args.temporal.init_args."
+    flat = [f"{stage}landmark_wise=false", f"{stage}gated_blend=false", f"{stage}input_proj=16"]
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main([*args, *flat])
+    assert exit_info.value.code == 2
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert message.startswith("lightning-fa fit: ") and "crop" in message
+    assert "landmark_wise" in message
+    # Whole maps: a full-map stage trains.
+    whole = ["--data.init_args.crop=null", "--data.init_args.val_videos=0"]
+    assert cli_main([*args, *flat, *whole]) == 0
+
+
+def test_make_finetune_refuses_another_backbone_with_the_synthetic_data(tmp_path):
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    for target in ("finetune", "pretrain"):
+        result = subprocess.run(
+            [
+                "make",
+                "-s",
+                target,
+                "BACKBONE=hourglass",
+                f"RUN_DIR={tmp_path / 'run'}",
+                f"VENV={Path(sys.executable).parents[1]}",
+            ],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 2, result.stderr
+        lines = [line for line in result.stderr.splitlines() if "lightning-fa demo:" in line]
+        assert len(lines) == 1 and "--backbone hourglass" in lines[0] and "hrnet_lite" in lines[0]
+    assert not (tmp_path / "run").exists()  # refused before any work
+
+
+def test_training_videos_slow_the_configured_share_spread_over_the_presets():
+    def videos(slowed_fraction: float):
+        return training_videos(4, 8, 64, ("mild", "heavy"), slowed_fraction, (0.02, 0.25), 100)
+
+    plain, to_slow, mixed = videos(0.0), videos(0.0), videos(0.5)
+    assert len(mixed) == len(plain) == 4
+    for i in (0, 3):  # one video of each preset (videos 0-1 mild, 2-3 heavy)
+        want = slow_video(to_slow[i], 0.02, 0.25)  # slow_video works in place
+        np.testing.assert_allclose(mixed[i].params, want.params)
+        np.testing.assert_allclose(mixed[i].landmarks, want.landmarks)
+        assert np.ptp(mixed[i].landmarks, axis=0).mean() < np.ptp(plain[i].landmarks, axis=0).mean()
+    for i in (1, 2):
+        np.testing.assert_array_equal(mixed[i].params, plain[i].params)
+    with pytest.raises(ValueError, match="slowed_fraction"):
+        EmbeddedWindowsDataModule(slowed_fraction=1.5)
+    with pytest.raises(ValueError, match="seq_len"):
+        EmbeddedWindowsDataModule(video_frames=8, seq_len=16)
+
+
+def test_held_out_loaders_stream_whole_videos_of_every_set():
+    data = EmbeddedWindowsDataModule(
+        image_size=64, test_videos=1, test_frames=5, still_videos=1, still_frames=3, val_videos=1,
+        val_frames=4, num_workers=0,
+    )  # fmt: skip
+    tests, vals = data.test_dataloader(), data.val_dataloader()
+    assert len(tests) == 4 and len(vals) == 3  # the three sets (+ still for test)
+    batch = next(iter(tests[0]))
+    assert batch["frames"].shape == (1, 5, 3, 64, 64) and batch["frames"].dtype == torch.uint8
+    assert batch["landmarks"].shape == (1, 5, 68, 2)
+    assert batch["frame_index"].tolist() == [[0, 1, 2, 3, 4]]
+    still = next(iter(tests[3]))["landmarks"][0]
+    assert torch.equal(still[0], still[-1])  # the frozen face does not move
+    # Validation videos are not test videos.
+    assert not torch.equal(next(iter(vals[0]))["frames"][0, 0], batch["frames"][0, 0])
