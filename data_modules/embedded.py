@@ -10,11 +10,14 @@ Validation and test stream whole held-out videos (validation- and test-split see
 per set of ``test_sets`` (and a ``still`` set for test), so ``test`` after ``fit`` reports the
 NRMSE / MCV / MAV of the raw and the fine-tuned tracks on the demo's evaluation sets.
 
-Everything is generated from (seed, index): reruns give the same data.
+Everything is generated from (seed, index): reruns give the same data. The training heatmaps of
+the last fit are kept in memory and reused by the next fit in the same process when the backbone
+checkpoint and the training videos are the same (the points of `lightning-fa sweep-local`).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -38,6 +41,10 @@ from data_modules.synthetic import (
 )
 from lightning_fa.heatmaps import landmark_patches
 
+# The last training heatmaps computed in this process and what they depend on (`_heatmap_key`):
+# the points of a local sweep (`lightning-fa sweep-local`, one process) share one backbone and
+# one set of training videos, so only the first point runs the backbone over them.
+_HEATMAPS: dict[str, Any] = {}
 # (name, degradation preset, head motion, expression motion) of each held-out set (`slow_video`).
 HeldOutSet = tuple[str, str, float, float]
 HELD_OUT_SETS: tuple[HeldOutSet, ...] = (
@@ -424,12 +431,32 @@ class EmbeddedWindowsDataModule(L.LightningDataModule):
             )
         videos = self.training_videos()
         landmarks = torch.from_numpy(np.stack([v.landmarks for v in videos]).astype(np.float32))
-        heatmaps = video_heatmaps(
-            model.backbone_heatmaps, videos, h.heatmap_batch_size, h.num_workers, model.device
-        )
+        key = self._heatmap_key(model)
+        if key is not None and _HEATMAPS.get("key") == key:
+            heatmaps = _HEATMAPS["heatmaps"]
+        else:
+            _HEATMAPS.clear()
+            heatmaps = video_heatmaps(
+                model.backbone_heatmaps, videos, h.heatmap_batch_size, h.num_workers, model.device
+            )
+            if key is not None:
+                _HEATMAPS.update(key=key, heatmaps=heatmaps)
         self.train_set = HeatmapWindows(
             heatmaps, landmarks, model.stride, h.seq_len, h.windows_per_epoch, h.crop, seed=h.seed
         )
+
+    def _heatmap_key(self, model: Any) -> str | None:
+        """What the training heatmaps depend on: the backbone (its checkpoint's SHA-256 and
+        constructor, `StableAlignmentModule.backbone_reference`) and the training videos. None
+        (no reuse) for a backbone without a checkpoint file."""
+        reference = getattr(model, "backbone_reference", None) or {}
+        if not reference.get("sha256"):
+            return None
+        h = self.hparams
+        videos = ("image_size", "train_videos", "video_frames", "degradations", "slowed_fraction",
+                  "slowed_motion", "seed", "heatmap_batch_size")  # fmt: skip
+        settings = {name: h[name] for name in videos}
+        return json.dumps([reference, settings, str(model.device)], sort_keys=True, default=str)
 
     def train_dataloader(self) -> DataLoader:
         h = self.hparams

@@ -8,7 +8,9 @@ Every grid point of `parameters` (`{values: [...]}` or `{value: x}`) becomes one
 Lightning command come from the sweep's `command`; `--config` here replaces its configs), then
 `lightning-fa <eval> --ckpt_path <its last checkpoint>`. The last value of every metric logged to
 the point's CSV files goes into `results.csv` and `results.md` (one row per point); a failing
-point is recorded with its error and the sweep goes on.
+point is recorded with its error and the sweep goes on. A two-parameter grid also gets
+`tables.md`: NRMSE x MCV and NRMSE x MAV per test set, one parameter down and one across (the
+paper's Tables 3-4).
 """
 
 from __future__ import annotations
@@ -238,6 +240,50 @@ def write_table(rows: list[dict[str, Any]], sweep: Sweep, out: Path) -> tuple[Pa
     return csv_path, md_path
 
 
+# Products of the paper's Tables 3-4 (accuracy x stability; lower is better), from the metric
+# names the system logs per test set and variant (`test/<set>/<variant>/<name>`).
+GRID_PRODUCTS = (("NRMSE x MCV", "mcv"), ("NRMSE x MAV", "mav"))
+
+
+def grid_tables(rows: list[dict[str, Any]], sweep: Sweep) -> str | None:
+    """Markdown of the paper's Table 3 / Table 4 layout for a two-parameter grid: per test set
+    and product, the first parameter down, the second across, the fine-tuned model's value in
+    each cell and the raw backbone's (at the first value of the first parameter) in the last row
+    (with a loss parameter down, it changes only across, with the decoding). None
+    when the grid has not two parameters or no point logged test NRMSE."""
+    if len(sweep.parameters) != 2:
+        return None
+    (down, down_values), (across, across_values) = sweep.parameters.items()
+    short = {key: key.rsplit(".", 1)[-1] for key in (down, across)}  # the argument's own name
+    sets = sorted({k.split("/")[1] for row in rows for k in row if k.startswith("test/") and k.endswith("/finetuned/nrmse")})  # fmt: skip
+    if not sets:
+        return None
+
+    def product(row: dict[str, Any] | None, name: str, variant: str, metric: str) -> str:
+        keys = (f"test/{name}/{variant}/nrmse", f"test/{name}/{variant}/{metric}")
+        if row is None or any(k not in row for k in keys):
+            return "-"
+        return f"{row[keys[0]] * row[keys[1]]:.4g}"
+
+    def point(a: Any, b: Any) -> dict[str, Any] | None:
+        found = [r for r in rows if r.get(down) == a and r.get(across) == b]
+        return found[0] if found else None
+
+    lines = [f"# Sweep {sweep.name}: {down} (rows) x {across} (columns)", ""]
+    for name in sets:
+        for title, metric in GRID_PRODUCTS:
+            lines += [f"## {name}: {title} (fine-tuned; lower is better)", ""]
+            head = f"{short[down]} \\ {short[across]}"
+            lines += [f"| {head} | " + " | ".join(map(str, across_values)) + " |"]
+            lines += ["|" + "---|" * (len(across_values) + 1)]
+            for a in down_values:
+                cells = [product(point(a, b), name, "finetuned", metric) for b in across_values]
+                lines += [f"| {a} | " + " | ".join(cells) + " |"]
+            raw = [product(point(down_values[0], b), name, "backbone", metric) for b in across_values]  # fmt: skip
+            lines += [f"| raw backbone ({short[down]} {down_values[0]}) | " + " | ".join(raw) + " |", ""]  # fmt: skip
+    return "\n".join(lines)
+
+
 def run_sweep(
     sweep_path: str | Path,
     out: str | Path | None = None,
@@ -260,7 +306,8 @@ def run_sweep(
     out = Path(out) if out is not None else Path("runs") / "sweeps" / sweep.name
     # The tables are checked and locked before the first point: a sweep must not train for
     # hours and then fail to write them, nor interleave its table with another sweep's.
-    tables = [] if dry_run else [(out / "results.csv", "--out"), (out / "results.md", "--out")]
+    names = ["results.csv", "results.md", *(["tables.md"] if len(sweep.parameters) == 2 else [])]
+    tables = [] if dry_run else [(out / name, "--out") for name in names]
     with claim_outputs(tables):
         rows = []
         points = grid(sweep.parameters)
@@ -274,6 +321,10 @@ def run_sweep(
             )
         if not dry_run:
             csv_path, md_path = write_table(rows, sweep, out)
+            tables = grid_tables(rows, sweep)
+            if tables is not None:
+                write_text_atomic(out / "tables.md", tables)
+                md_path = f"{md_path}, {out / 'tables.md'}"
             failed = sum(row["status"] != "ok" for row in rows)
             print(
                 f"[sweep-local] {len(rows) - failed}/{len(rows)} points ok; {csv_path}, {md_path}"

@@ -13,6 +13,7 @@ import pytest
 import torch
 import yaml
 
+from data_modules import embedded
 from data_modules.embedded import (
     EmbeddedWindowsDataModule,
     slow_video,
@@ -22,6 +23,7 @@ from lightning_fa import pipeline
 from lightning_fa.cli import build_cli
 from lightning_fa.cli import main as cli_main
 from lightning_fa.pipeline import EvalConfig, FinetuneConfig, PipelineConfig, PretrainConfig
+from lightning_fa.sweep import Sweep, grid_tables
 
 ROOT = Path(__file__).resolve().parents[1]
 YAML = ROOT / "experiments" / "embedded.yaml"
@@ -99,6 +101,7 @@ def test_fit_through_the_yaml_reproduces_the_demo_finetuning(fast_backbone, tmp_
         num_workers=0,
     )
     demo = pipeline.finetune(config, fast_backbone, tmp_path / "demo")
+    embedded._HEATMAPS.clear()  # the fit computes its own heatmaps (no reuse of the demo's)
     # The fit route also validates each epoch and keeps checkpoints: neither may change training.
     fit_dir = tmp_path / "fit"
     extra = ["--data.init_args.val_videos=1", "--data.init_args.val_frames=6"]
@@ -189,3 +192,33 @@ def test_held_out_loaders_stream_whole_videos_of_every_set():
     assert torch.equal(still[0], still[-1])  # the frozen face does not move
     # Validation videos are not test videos.
     assert not torch.equal(next(iter(vals[0]))["frames"][0, 0], batch["frames"][0, 0])
+
+
+def test_grid_tables_lay_out_nrmse_times_mcv_and_mav_per_test_set():
+    sweep = Sweep("s", "fit", [], {"model.init_args.loss.init_args.theta": [1.0, 2.0],
+                                   "model.init_args.pdc_threshold": [0.1, 0.2]}, None, "minimize")  # fmt: skip
+    rows = []
+    for theta in (1.0, 2.0):
+        for pdc in (0.1, 0.2):
+            row = {
+                "model.init_args.loss.init_args.theta": theta,
+                "model.init_args.pdc_threshold": pdc,
+            }
+            row.update({"test/clean/finetuned/nrmse": 2.0, "test/clean/finetuned/mcv": theta * 10 + pdc * 100,
+                        "test/clean/finetuned/mav": 0.5, "test/clean/backbone/nrmse": 3.0,
+                        "test/clean/backbone/mcv": 1.0, "test/clean/backbone/mav": pdc})  # fmt: skip
+            rows.append(row)
+    rows.pop()  # a failed point: no metrics
+    text = grid_tables(rows, sweep)
+    lines = text.splitlines()
+    mcv = lines.index("## clean: NRMSE x MCV (fine-tuned; lower is better)")
+    assert lines[mcv + 2] == "| theta \\ pdc_threshold | 0.1 | 0.2 |"
+    assert lines[mcv + 4 : mcv + 7] == [
+        "| 1.0 | 40 | 60 |",  # 2 x (10 + 10), 2 x (10 + 20)
+        "| 2.0 | 60 | - |",
+        "| raw backbone (theta 1.0) | 3 | 3 |",
+    ]
+    mav = lines.index("## clean: NRMSE x MAV (fine-tuned; lower is better)")
+    assert lines[mav + 4 : mav + 7] == ["| 1.0 | 1 | 1 |", "| 2.0 | 1 | - |", "| raw backbone (theta 1.0) | 0.3 | 0.6 |"]  # fmt: skip
+    one = Sweep("s", "fit", [], {"a": [1]}, None, "minimize")
+    assert grid_tables(rows, one) is None  # not a two-parameter grid
