@@ -200,6 +200,12 @@ def test_command_writes_json_and_tables(tmp_path, capsys):
     assert "### (c) Bounds" in capsys.readouterr().out
     assert sb.main([str(tmp_path / "missing"), "--no-heatmaps"]) == 2
     assert "tracks.npz not found" in capsys.readouterr().err
+    np.savez(tmp_path / "tracks.npz", **{"still/gt": truth, "still/raw-pdc": raw})
+    assert sb.main([str(tmp_path), "--no-heatmaps"]) == 2
+    assert "'still/finetuned-pdc' missing" in capsys.readouterr().err
+    (tmp_path / "tracks.npz").write_bytes(b"not a zip")
+    assert sb.main([str(tmp_path), "--no-heatmaps"]) == 2
+    assert "cannot read the tracks archive" in capsys.readouterr().err
 
 
 def test_evidence_follows_a_level_that_scales_a_shared_shift():

@@ -18,7 +18,10 @@ Reads an embedded run folder (`lightning-fa demo --out RUN` / `make finetune RUN
     the bottom quartile of each statistic (what a Kalman gain set by a measured noise uses);
 (c) the bounds: each classical filter swept over its parameters on the raw PDC track, the
     (NRMSE, error-jitter) frontier of the settings with lag <= 1 frame and where ours sits,
-    and the offline zero-phase Butterworth smoother of the raw track over its cutoff.
+    and the offline zero-phase Butterworth smoother of the raw track over its cutoff;
+(d) a probe of a shared face-level motion state built from the classical filters
+    (`SplitFilter`: the similarity part and the per-landmark part of each raw step smoothed
+    apart) against that frontier.
 
     python experiments/analysis/stabiliser_bounds.py RUN [--out JSON] [--no-heatmaps]
 """
@@ -31,6 +34,7 @@ import itertools
 import json
 import math
 import sys
+import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -47,38 +51,6 @@ from lightning_fa.temporal import make_filter
 from lightning_fa.temporal.filters import LandmarkFilter, zero_phase_smooth
 
 MODELS = {"translation": 2, "similarity": 4, "affine": 6}
-
-
-class SplitFilter(LandmarkFilter):
-    """A causal probe of the "shared face-level motion state" candidate, built from the
-    classical filters: each frame's displacement from the previous raw frame is split into its
-    projection onto the similarity motions of the previous raw shape (shared) and the rest
-    (per landmark); the two running sums are smoothed by separate filters (``shared``,
-    ``residual``) and added back to the first frame. No ground truth is used."""
-
-    def __init__(self, shared: LandmarkFilter, residual: LandmarkFilter) -> None:
-        self.shared, self.residual = shared, residual
-        super().__init__()
-
-    def _start(self, x: torch.Tensor) -> None:
-        self._first, self._previous = x.clone(), x.clone()
-        self._sums = [torch.zeros_like(x), torch.zeros_like(x)]
-        for part, total in zip((self.shared, self.residual), self._sums):
-            part.reset()
-            part.step(total)
-
-    def _update(self, x: torch.Tensor, dt: float, scale: float | None) -> torch.Tensor:
-        step = x - self._previous
-        rigid = torch.from_numpy(
-            shared_part(step.numpy(), self._previous.numpy(), "similarity")
-        ).to(x)
-        self._previous = x.clone()
-        self._sums = [self._sums[0] + rigid, self._sums[1] + step - rigid]
-        smoothed = [
-            part.step(total, scale=scale)
-            for part, total in zip((self.shared, self.residual), self._sums)
-        ]
-        return self._first + smoothed[0] + smoothed[1]
 
 
 # (c) sweep grids: name -> (parameter names, value tuples, factory, scale of a track).
@@ -120,6 +92,7 @@ SPLIT = (
     ),
     pipeline.interocular,
 )
+GRIDS = {**SWEEPS, "split": SPLIT}
 ZERO_PHASE_CUTOFFS_HZ = (0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0)
 MAX_LAG = 1.0
 
@@ -391,24 +364,26 @@ def set_evidence(run_dir: Path, tracks: dict[str, np.ndarray]) -> dict[str, Any]
 # --------------------------------------------------------------------------- (c) bounds
 
 
-def _smooth_videos(factory: Callable[[], Any], scale_of: Callable, raw: np.ndarray) -> np.ndarray:
-    return np.stack([pipeline.run_filter(factory, scale_of, video) for video in raw])
-
-
-def sweep(raw: np.ndarray, truth: np.ndarray, grids: dict = SWEEPS) -> list[dict[str, Any]]:
-    """Metrics of every swept filter setting (``grids``: as `SWEEPS`) on (V, T, L, 2) raw tracks."""
+def sweep(
+    raw: np.ndarray, truth: np.ndarray, names: Sequence[str] = tuple(SWEEPS)
+) -> list[dict[str, Any]]:
+    """Metrics of every setting of the grids ``names`` (keys of `GRIDS`) on (V, T, L, 2) raw
+    tracks."""
     points = []
-    for name, (parameters, grid, factory, scale_of) in grids.items():
+    for name in names:
+        parameters, grid = GRIDS[name][:2]
         for values in grid:
-            smoothed = _smooth_videos(lambda f=factory, v=values: f(*v), scale_of, raw)
-            points.append(
-                {
-                    "filter": name,
-                    **dict(zip(parameters, values)),
-                    **pipeline.track_metrics(smoothed, truth),
-                }
-            )
+            point = {"filter": name, **dict(zip(parameters, values))}
+            smoothed = np.stack([smooth(point, video) for video in raw])
+            points.append({**point, **pipeline.track_metrics(smoothed, truth)})
     return points
+
+
+def smooth(point: dict[str, Any], track: np.ndarray) -> np.ndarray:
+    """One (T, L, 2) track under the setting ``point`` (filter name and parameters)."""
+    parameters, _, factory, scale_of = GRIDS[point["filter"]]
+    values = [point[k] for k in parameters]
+    return pipeline.run_filter(lambda: factory(*values), scale_of, track)
 
 
 def _lag_ok(lag: float, limit: float) -> bool:
@@ -433,7 +408,7 @@ def frontier(points: Sequence[dict[str, Any]], max_lag: float = MAX_LAG) -> list
 
 
 def setting_name(point: dict[str, Any]) -> str:
-    parameters = {**SWEEPS, "split": SPLIT}[point["filter"]][0]
+    parameters = GRIDS[point["filter"]][0]
     return f"{point['filter']}(" + ", ".join(f"{k}={point[k]:g}" for k in parameters) + ")"
 
 
@@ -471,13 +446,48 @@ def zero_phase(raw: np.ndarray, truth: np.ndarray) -> dict[str, Any]:
     return {"curve": curve, "best": min(curve, key=lambda p: p["nrmse"])}
 
 
+# --------------------------------------------------------------------------- (d) split probe
+
+
+class SplitFilter(LandmarkFilter):
+    """A causal probe of the "shared face-level motion state" candidate, built from the
+    classical filters: each frame's displacement from the previous raw frame is split into its
+    projection onto the similarity motions of the previous raw shape (shared) and the rest
+    (per landmark); the two running sums are smoothed by separate filters (``shared``,
+    ``residual``) and added back to the first frame. No ground truth is used."""
+
+    def __init__(self, shared: LandmarkFilter, residual: LandmarkFilter) -> None:
+        self.shared, self.residual = shared, residual
+        super().__init__()
+
+    def _start(self, x: torch.Tensor) -> None:
+        self._first, self._previous = x.clone(), x.clone()
+        self._sums = [torch.zeros_like(x), torch.zeros_like(x)]
+        for part, total in zip((self.shared, self.residual), self._sums):
+            part.reset()
+            part.step(total)
+
+    def _update(self, x: torch.Tensor, dt: float, scale: float | None) -> torch.Tensor:
+        step = x - self._previous
+        rigid = torch.from_numpy(
+            shared_part(step.numpy(), self._previous.numpy(), "similarity")
+        ).to(x)
+        self._previous = x.clone()
+        self._sums = [self._sums[0] + rigid, self._sums[1] + step - rigid]
+        smoothed = [
+            part.step(total, scale=scale)
+            for part, total in zip((self.shared, self.residual), self._sums)
+        ]
+        return self._first + smoothed[0] + smoothed[1]
+
+
 def split_probe(
     raw: np.ndarray, truth: np.ndarray, points: list[dict[str, Any]], ours: dict[str, float]
 ) -> dict[str, Any]:
     """`SplitFilter` over its grid: its share of the joint frontier (lag <= 1 frame) with the
     classical filters, and the lowest error-jitter each family reaches at NRMSE <= ours and
     lag <= max(ours, 1 frame), as in `position`."""
-    split = sweep(raw, truth, {"split": SPLIT})
+    split = sweep(raw, truth, ("split",))
     limit = lag_limit(ours)
 
     def best(family: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -486,9 +496,25 @@ def split_probe(
         return None if choice is None else {"setting": setting_name(choice), **choice}
 
     joint = frontier(points + split)
+    chosen = {"split": best(split), "classical": best(points)}
+    per_video = {
+        family: None if point is None else [
+            pipeline.track_metrics(smooth(point, video)[None], target[None])
+            for video, target in zip(raw, truth)
+        ]
+        for family, point in chosen.items()
+    }  # fmt: skip
+    lower = None
+    if None not in per_video.values():
+        lower = sum(
+            a["error_jitter"] < b["error_jitter"]
+            for a, b in zip(per_video["split"], per_video["classical"])
+        )
     return {
-        "best_split": best(split),
-        "best_classical": best(points),
+        "best_split": chosen["split"],
+        "best_classical": chosen["classical"],
+        "per_video": per_video,
+        "videos_split_lower_error_jitter": lower,
         "joint_frontier_split_points": sum(p["filter"] == "split" for p in joint),
         "joint_frontier_points": len(joint),
         "points": split,
@@ -526,10 +552,23 @@ def analyse(run_dir: str | Path, heatmaps: bool = True) -> dict[str, Any]:
     path = run_dir / "tracks.npz"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: run `make finetune RUN_DIR={run_dir}` first")
-    with np.load(path, allow_pickle=False) as data:
-        tracks = {k: data[k].astype(np.float64) for k in data.files}
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            tracks = {k: data[k].astype(np.float64) for k in data.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as error:
+        raise ValueError(f"{path}: cannot read the tracks archive ({error})") from error
+    names = set_names(tracks)
+    if not names:
+        raise ValueError(f"{path}: no '<set>/gt' array; is this a `lightning-fa demo` run?")
+    for name in names:
+        for key in (f"{name}/gt", f"{name}/{pipeline.BASELINE}", f"{name}/{pipeline.OURS}"):
+            shape = tracks[f"{name}/gt"].shape
+            if key not in tracks or tracks[key].shape != shape or len(shape) != 4:
+                raise ValueError(
+                    f"{path}: array {key!r} missing or not (V, T, L, 2) like {name}/gt {shape}"
+                )
     result: dict[str, Any] = {"run_dir": str(run_dir), "sets": {}}
-    for name in set_names(tracks):
+    for name in names:
         errors = tracks[f"{name}/{pipeline.BASELINE}"] - tracks[f"{name}/gt"]
         result["sets"][name] = {
             "decomposition": decomposition(errors, tracks[f"{name}/gt"]),
@@ -613,15 +652,16 @@ def tables(result: dict[str, Any]) -> str:
                            f"{cell(z)} ({z['cutoff_hz']:g} Hz)"]))  # fmt: skip
     lines += ["", "### (d) Split probe: shared (similarity) and per-landmark parts filtered "
               "apart, vs the classical filters (NRMSE <= ours, lag <= max(ours, 1))", ""]  # fmt: skip
-    lines.append(_row(["set", "best classical", "best split", "split points on the joint "
-                       "frontier (lag <= 1)"]))  # fmt: skip
-    lines.append(_row(["---"] * 4))
+    lines.append(_row(["set", "best classical", "best split", "videos where split has lower EJ",
+                       "split points on the joint frontier (lag <= 1)"]))  # fmt: skip
+    lines.append(_row(["---"] * 5))
     for name, s in sets.items():
         probe = s["bounds"]["split_probe"]
         best = [probe[k] for k in ("best_classical", "best_split")]
         lines.append(_row([name] + [
             "none" if b is None else f"{b['setting']}: {cell(b)}" for b in best
-        ] + [f"{probe['joint_frontier_split_points']} / {probe['joint_frontier_points']}"]))  # fmt: skip
+        ] + [f"{probe['videos_split_lower_error_jitter']} / {len(probe['per_video']['split'] or [])}",
+             f"{probe['joint_frontier_split_points']} / {probe['joint_frontier_points']}"]))  # fmt: skip
     lines += ["", "Frontier (lag <= 1 frame):", ""]
     for name, s in sets.items():
         points = ", ".join(
