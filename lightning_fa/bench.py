@@ -1109,7 +1109,7 @@ def bench_tracker_long(ctx: BenchContext) -> Figures:
         csv_path, json_path = Path(folder) / "long.csv", Path(folder) / "long.json"
         outputs = tracking.TrackOutputs(68, csv_path, json_path, None, 25.0, (size, size))
         summary = tracking.track_video(
-            tracker, tracking.FrameReader(capture), outputs, 25.0, progress=False
+            tracker, tracking.FrameReader(capture), outputs, progress=False
         )
         stamps.append(
             time.perf_counter()

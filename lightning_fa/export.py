@@ -5,8 +5,10 @@ module, its ONNX export and an onnxruntime runner with the same interface.
 
 The exported graph takes `images` uint8 (B, 3, H, W) RGB crops and the ConvLSTM state as plain
 tensors `h0, c0, h1, c1, ...` (B, hidden, h, w) and returns `coords`, `raw_coords` (B, L, 2) crop
-pixels, `confidence` (B,) and the new state `h0_out, c0_out, ...`. A new track feeds zeros
-(`init_state`), which is what `state=None` means in PyTorch.
+pixels, `confidence` (B,), the new state `h0_out, c0_out, ...` and, last, `landmark_scores`
+(B, L): each raw heatmap's peak in [0, 1] (graphs exported before it existed end with the state;
+`OnnxStep` runs both). A new track feeds zeros (`init_state`), which is what `state=None` means
+in PyTorch.
 """
 
 from __future__ import annotations
@@ -29,10 +31,21 @@ DEFAULT_OPSET = 17
 OPSETS = range(15, 21)
 
 
+def landmark_peaks(heatmaps: Tensor) -> Tensor:
+    """Each landmark's heatmap peak (B, L) from heatmaps (B, L, h, w), unclipped."""
+    return heatmaps.amax(dim=(-2, -1))
+
+
+def landmark_scores(heatmaps: Tensor) -> Tensor:
+    """Per-landmark confidence (B, L): each map's peak clipped to [0, 1] (a Gaussian target peaks
+    at 1, an empty map at 0)."""
+    return landmark_peaks(heatmaps).clamp(0.0, 1.0)
+
+
 def heatmap_confidence(heatmaps: Tensor) -> Tensor:
     """Per-face confidence (B,) from heatmaps (B, L, h, w): the mean over landmarks of each map's
-    peak, clipped to [0, 1] (a Gaussian target peaks at 1, an empty map at 0)."""
-    return heatmaps.amax(dim=(-2, -1)).mean(dim=-1).clamp(0.0, 1.0)
+    peak, clipped to [0, 1]."""
+    return landmark_peaks(heatmaps).mean(dim=-1).clamp(0.0, 1.0)
 
 
 def flatten_state(state: State) -> list[Tensor]:
@@ -56,8 +69,9 @@ def _fallback_state_names(sizes: list[int]) -> list[str]:
 class StreamingStep(nn.Module):
     """One frame of a `StableAlignmentModule` with the state as explicit flat tensors.
 
-    `forward(images, *state) -> (coords, raw_coords, confidence, *new_state)`; the confidence is
-    that of the raw backbone heatmaps (`heatmap_confidence`).
+    `forward(images, *state) -> (coords, raw_coords, confidence, *new_state, landmark_scores)`;
+    both scores are those of the raw backbone heatmaps (`heatmap_confidence`, `landmark_scores`).
+    The per-landmark scores come last so that the outputs before them keep their positions.
     """
 
     def __init__(self, module: nn.Module) -> None:
@@ -91,6 +105,7 @@ class StreamingStep(nn.Module):
             self.module.decode(raw),
             heatmap_confidence(raw),
             *flatten_state(new_state),
+            landmark_scores(raw),
         )
 
 
@@ -119,7 +134,13 @@ def export_onnx(module: nn.Module, path: str | Path, opset: int = DEFAULT_OPSET)
     images = torch.zeros(1, 3, height, width, dtype=torch.uint8)
     state = step.init_state(1)
     inputs = ["images", *step.state_names]
-    outputs = ["coords", "raw_coords", "confidence", *(f"{n}_out" for n in step.state_names)]
+    outputs = [
+        "coords",
+        "raw_coords",
+        "confidence",
+        *(f"{n}_out" for n in step.state_names),
+        "landmark_scores",
+    ]
     with warnings.catch_warnings():
         # The trace fixes shapes and the PDC threshold constant; that is what we export.
         warnings.simplefilter("ignore", torch.jit.TracerWarning)

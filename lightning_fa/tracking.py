@@ -32,6 +32,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -237,6 +238,9 @@ class TrackResult:
     stabilised: np.ndarray  # the model's output (ConvLSTM), before the filter
     raw: np.ndarray  # the backbone alone
     box: np.ndarray  # crop box (x1, y1, x2, y2) the model saw, before enlargement
+    # (L,) each landmark's raw heatmap peak in [0, 1]; None from a step without that output (an
+    # ONNX file exported before it existed).
+    landmark_scores: np.ndarray | None = None
 
 
 @dataclass
@@ -268,7 +272,8 @@ class StreamingTracker:
 
     Args:
         step: `StreamingStep` / `OnnxStep` (or anything with `init_state(batch)`, `input_size`
-            and `step(images uint8 (B, 3, H, W), *state) -> (coords, raw, confidence, *state)`).
+            and `step(images uint8 (B, 3, H, W), *state) -> (coords, raw, confidence, *state)`,
+            optionally followed by per-landmark scores (B, L)).
         detector: callable RGB frame -> boxes (N, 5) with a `calibration` attribute.
         max_faces: most faces tracked at once (the largest detections win).
         filter: classical filter per track on top of the model (`FILTER_NAMES`).
@@ -326,13 +331,17 @@ class StreamingTracker:
 
     def _run(
         self, frame: np.ndarray, boxes: list[tuple[np.ndarray, float]], states: list[list[Any]]
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[list[Any]]]:
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[list[Any]], np.ndarray | None]:
         """The step on the crops of `boxes` with per-face `states` (batched) -> frame-pixel
-        coords (B, L, 2), raw coords, confidence (B,), new per-face states."""
+        coords (B, L, 2), raw coords, confidence (B,), new per-face states, per-landmark scores
+        (B, L) or None."""
         crops, affines = zip(*(self._crop(frame, c, s) for c, s in boxes))
         images = torch.from_numpy(np.stack(crops)).to(self.device)
         flat = [_cat([state[k] for state in states]) for k in range(len(states[0]))]
-        coords, raw, confidence, *new_flat = self.step_fn(images, *flat)
+        coords, raw, confidence, *rest = self.step_fn(images, *flat)
+        # The new state has as many tensors as the old; per-landmark scores, if any, follow it.
+        new_flat, extra = rest[: len(flat)], rest[len(flat) :]
+        scores = _numpy(extra[0]).astype(np.float64) if extra else None
         inverse = np.stack([invert_affine(a) for a in affines])  # crop -> frame, (B, 2, 3)
 
         def to_frame(points: Any) -> np.ndarray:
@@ -340,7 +349,8 @@ class StreamingTracker:
             return np.einsum("blj,bij->bli", points, inverse[:, :, :2]) + inverse[:, None, :, 2]
 
         new_states = [[tensor[i : i + 1] for tensor in new_flat] for i in range(len(boxes))]
-        return to_frame(coords), to_frame(raw), _numpy(confidence).astype(np.float64), new_states
+        confidence = _numpy(confidence).astype(np.float64)
+        return to_frame(coords), to_frame(raw), confidence, new_states, scores
 
     def _zero_state(self) -> list[Any]:
         return list(self.step_fn.init_state(1, self.device))
@@ -368,7 +378,7 @@ class StreamingTracker:
             return
         areas = (detections[:, 2] - detections[:, 0]) * (detections[:, 3] - detections[:, 1])
         boxes = self._detector_crops(detections[np.argsort(-areas)[:free]])
-        _, raw, _, _ = self._run(frame, boxes, [self._zero_state() for _ in boxes])
+        _, raw, *_ = self._run(frame, boxes, [self._zero_state() for _ in boxes])
         for points in raw:
             centre, side = self._landmark_crop(points)
             crop_filter = self._new_filter("one-euro")
@@ -430,15 +440,25 @@ class StreamingTracker:
         if not self.tracks:
             return []
         boxes = [(t.center, t.side) for t in self.tracks]
-        coords, raw, confidence, states = self._run(frame, boxes, [t.state for t in self.tracks])
+        coords, raw, confidence, states, scores = self._run(
+            frame, boxes, [t.state for t in self.tracks]
+        )
         results, survivors = [], []
-        for track, stabilised, raw_points, conf, state in zip(
-            self.tracks, coords, raw, confidence, states
+        for k, (track, stabilised, raw_points, conf, state) in enumerate(
+            zip(self.tracks, coords, raw, confidence, states)
         ):
             scale = max(face_scale(stabilised), 1e-3)
             final = track.landmark_filter.step(stabilised, t=timestamp, scale=scale)
             results.append(
-                TrackResult(track.track_id, float(conf), final, stabilised, raw_points, track.box())
+                TrackResult(
+                    track.track_id,
+                    float(conf),
+                    final,
+                    stabilised,
+                    raw_points,
+                    track.box(),
+                    None if scores is None else scores[k],
+                )
             )
             track.state, track.age, track.last = state, track.age + 1, final
             centre, side = self._landmark_crop(final)
@@ -485,27 +505,58 @@ def open_capture(source: str) -> tuple[cv2.VideoCapture, bool]:
 
 
 class FrameReader:
-    """Sequential RGB frames from a capture. A frame that fails to decode before the file's
-    end is skipped and counted (`skipped`); `max_failures` failures in a row end the stream."""
+    """Sequential RGB frames from a capture with their timestamps. A frame that fails to decode
+    before the file's end is skipped and counted (`skipped`); `max_failures` failures in a row
+    end the stream.
 
-    def __init__(self, capture: Any, max_frames: int | None = None, max_failures: int = 25) -> None:
+    Timestamps are the container's: after each read, the capture's presentation time of that
+    frame (`CAP_PROP_POS_MSEC`), so variable-frame-rate video (phones) keeps its real timing. A
+    frame without a usable stamp (missing, or not after the previous one) is placed its distance
+    in frames after the previous frame at `fps` (the capture's rate, else 25), and counted in
+    `estimated_times`.
+    """
+
+    def __init__(
+        self,
+        capture: Any,
+        max_frames: int | None = None,
+        max_failures: int = 25,
+        fps: float | None = None,
+    ) -> None:
         check_at_least_one(max_frames, "max_frames")
         self.capture = capture
         self.max_frames = max_frames
         self.max_failures = max_failures
         self.skipped = 0
+        self.estimated_times = 0
         count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
         self.frame_count = count if count > 0 else None
+        if fps is None:
+            fps = capture.get(cv2.CAP_PROP_FPS) or 0.0
+        self.fps = float(fps) if fps > 0 else 25.0
 
     def __iter__(self) -> Iterator[tuple[int, np.ndarray]]:
         """Yields (frame number in the file, RGB frame)."""
+        for position, _, frame in self.timed():
+            yield position, frame
+
+    def timed(self) -> Iterator[tuple[int, float, np.ndarray]]:
+        """Yields (frame number in the file, timestamp in seconds, RGB frame); the timestamps
+        strictly increase, as the filters need."""
         position, failures, delivered = 0, 0, 0
+        previous: tuple[int, float] | None = None
         while self.max_frames is None or delivered < self.max_frames:
             ok, frame = self.capture.read()
             if ok and frame is not None and frame.ndim == 3:
                 failures = 0
                 delivered += 1
-                yield position, np.ascontiguousarray(frame[..., ::-1])
+                t = self.capture.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
+                if not (math.isfinite(t) and (previous is None or t > previous[1])):
+                    last_position, last_t = previous or (0, 0.0)
+                    t = last_t + (position - last_position) / self.fps
+                    self.estimated_times += 1
+                previous = (position, t)
+                yield position, t, np.ascontiguousarray(frame[..., ::-1])
             else:
                 before_end = self.frame_count is not None and position < self.frame_count
                 failures += 1
@@ -523,14 +574,43 @@ def csv_header(num_landmarks: int) -> list[str]:
     return ["frame", "time", "track_id", "confidence", *coords]
 
 
+def openface_header(num_landmarks: int) -> list[str]:
+    """OpenFace's FeatureExtraction column names for the 2-D landmarks (all x, then all y)."""
+    xs = [f"x_{k}" for k in range(num_landmarks)]
+    ys = [f"y_{k}" for k in range(num_landmarks)]
+    return ["frame", "face_id", "timestamp", "confidence", "success", *xs, *ys]
+
+
+def _json_number(value: float, digits: int) -> float | None:
+    return round(float(value), digits) if math.isfinite(value) else None
+
+
 def _json_points(points: np.ndarray) -> list[list[float | None]]:
-    return [[None if not math.isfinite(v) else round(float(v), 3) for v in p] for p in points]
+    return [[_json_number(v, 3) for v in p] for p in points]
+
+
+def _coordinates(values: np.ndarray) -> list[str]:
+    return [f"{v:.3f}" for v in values]
 
 
 def draw_points(image: np.ndarray, points: np.ndarray, colour: tuple[int, int, int]) -> None:
     for x, y in points:
         if math.isfinite(x) and math.isfinite(y):
             cv2.circle(image, (round(x), round(y)), 2, colour, -1, cv2.LINE_AA)
+
+
+def label_pane(image: np.ndarray, text: str) -> None:
+    """`text` in the top-left corner of an overlay pane, white with a black outline (legible on
+    any background), sized to the pane's height."""
+    scale = max(image.shape[0] / 720, 0.3)
+    thickness = max(round(2 * scale), 1)
+    (_, height), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
+    margin = max(round(10 * scale), 2)
+    origin = (margin, margin + height)
+    for colour, width in (((0, 0, 0), thickness + 2), ((255, 255, 255), thickness)):
+        cv2.putText(
+            image, text, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, colour, width, cv2.LINE_AA
+        )
 
 
 def partial_path(path: Path, suffix: str | None = None) -> Path:
@@ -554,8 +634,145 @@ def _json_frame(index: int, t: float, results: list[TrackResult]) -> dict[str, A
     }
 
 
+def _coco_frame(index: int, t: float, results: list[TrackResult]) -> dict[str, Any]:
+    """One frame as MMPoseInferencer saves a video's predictions (`frame_id`, `instances` with
+    `keypoints` [[x, y], ...], `keypoint_scores`, `bbox` as a list holding one [x1, y1, x2, y2],
+    `bbox_score`), plus our `timestamp` and `track_id`."""
+    return {
+        "frame_id": index,
+        "timestamp": round(t, 4),
+        "instances": [
+            {
+                "track_id": r.track_id,
+                "keypoints": _json_points(r.landmarks),
+                "keypoint_scores": [None] * len(r.landmarks)
+                if r.landmark_scores is None
+                else [_json_number(v, 4) for v in r.landmark_scores],
+                "bbox": [[_json_number(v, 2) for v in r.box]],
+                "bbox_score": round(r.confidence, 4),
+            }
+            for r in results
+        ],
+    }
+
+
+VIDEO_CODECS = {".avi": "MJPG", ".mp4": "H.264", ".m4v": "H.264", ".mov": "H.264", ".mkv": "H.264"}
+
+
+def have_h264() -> bool:
+    """Whether PyAV is installed with an H.264 encoder (its wheels bundle libx264)."""
+    try:
+        import av
+    except ImportError:
+        return False
+    return "libx264" in av.codecs_available
+
+
+def overlay_path(path: Path) -> Path:
+    """The overlay video that will be written for `--out-video path`: H.264 needs PyAV; without
+    it an MJPG .avi beside the requested name (with a one-line notice). Extensions whose
+    container holds neither codec are refused."""
+    if path.suffix.lower() not in VIDEO_CODECS:
+        raise ValueError(
+            f"--out-video {path}: unsupported extension {path.suffix!r}; use .mp4 (H.264, plays "
+            "in browsers) or .avi (MJPG)"
+        )
+    if VIDEO_CODECS[path.suffix.lower()] == "H.264" and not have_h264():
+        fallback = path.with_suffix(".avi")
+        print(
+            f"lightning-fa track: no H.264 encoder (pip install av); writing the overlay as "
+            f"MJPG to {fallback}",
+            file=sys.stderr,
+        )
+        return fallback
+    return path
+
+
+class H264Writer:
+    """Browser-playable H.264 (libx264, yuv420p) through PyAV. Each frame keeps its own
+    timestamp, so a variable-frame-rate input gives an overlay with the same timing."""
+
+    TIME_BASE = Fraction(1, 90000)  # the MPEG clock: sub-millisecond stamps
+
+    def __init__(self, path: Path, fps: float, frame_size: tuple[int, int]) -> None:
+        import av
+
+        width, height = frame_size
+        # yuv420p needs even sides; an odd one gets one black row or column.
+        self._size = (width + width % 2, height + height % 2)
+        options = {"movflags": "+faststart"} if path.suffix.lower() != ".mkv" else {}
+        self._container = av.open(str(path), "w", options=options)
+        try:
+            stream = self._container.add_stream(
+                "libx264", rate=Fraction(fps).limit_denominator(1001)
+            )
+            stream.width, stream.height = self._size
+            stream.pix_fmt = "yuv420p"
+            stream.codec_context.time_base = self.TIME_BASE
+            stream.options = {"preset": "veryfast", "crf": "23"}
+        except BaseException:
+            self._container.close()
+            raise
+        self._stream = stream
+        self._first: float | None = None
+        self._last_pts = -1
+
+    def write(self, bgr: np.ndarray, t: float) -> None:
+        import av
+
+        height, width = bgr.shape[:2]
+        if (width, height) != self._size:
+            padded = np.zeros((self._size[1], self._size[0], 3), np.uint8)
+            padded[:height, :width] = bgr
+            bgr = padded
+        frame = av.VideoFrame.from_ndarray(bgr, format="bgr24")
+        self._first = t if self._first is None else self._first
+        self._last_pts = max(round((t - self._first) / self.TIME_BASE), self._last_pts + 1)
+        frame.pts, frame.time_base = self._last_pts, self.TIME_BASE
+        for packet in self._stream.encode(frame):
+            self._container.mux(packet)
+
+    def release(self) -> None:
+        try:
+            for packet in self._stream.encode():  # the frames still in the encoder
+                self._container.mux(packet)
+        finally:
+            self._container.close()
+
+
+class MjpegWriter:
+    """Motion-JPEG .avi through OpenCV (no extra package; a constant frame rate)."""
+
+    def __init__(self, path: Path, fps: float, frame_size: tuple[int, int]) -> None:
+        self._writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, frame_size)
+        if not self._writer.isOpened():
+            raise ValueError(f"cannot open overlay video for writing: {path}")
+
+    def write(self, bgr: np.ndarray, t: float) -> None:
+        self._writer.write(bgr)
+
+    def release(self) -> None:
+        self._writer.release()
+
+
+def open_overlay(path: Path, target: Path, fps: float, frame_size: tuple[int, int]) -> Any:
+    """A writer of `target`'s codec (`VIDEO_CODECS`) writing to `path`."""
+    codec = VIDEO_CODECS.get(target.suffix.lower())
+    if codec == "MJPG":
+        return MjpegWriter(path, fps, frame_size)
+    if codec == "H.264":
+        if not have_h264():
+            raise ValueError(f"{target}: H.264 needs PyAV (pip install av), or write an .avi")
+        try:
+            return H264Writer(path, fps, frame_size)
+        except (OSError, ValueError) as error:
+            raise ValueError(f"cannot open overlay video for writing: {target}: {error}") from error
+    raise ValueError(f"{target}: unsupported overlay extension; use .mp4 (H.264) or .avi (MJPG)")
+
+
 class TrackOutputs:
-    """CSV rows, the JSON document and the raw | stabilised overlay video of one run.
+    """The CSV rows, the JSON document, the COCO-keypoints JSON, the OpenFace CSV and the
+    raw | stabilised overlay video of one run (each optional: None).
 
     Everything is written as it comes to partial files beside the targets (`partial_path`; the
     JSON frames one per line, so memory stays flat however long the video): `close` moves them
@@ -570,39 +787,48 @@ class TrackOutputs:
         video_path: Path | None,
         fps: float,
         frame_size: tuple[int, int],
+        coco_path: Path | None = None,
+        openface_path: Path | None = None,
     ) -> None:
         self.num_landmarks = num_landmarks
         self.csv_path, self.json_path, self.video_path = csv_path, json_path, video_path
+        self.coco_path, self.openface_path = coco_path, openface_path
         self.frames_written = 0
-        self._csv_file = self._json_lines = self._video = None
+        self._csv_file = self._json_lines = self._coco_lines = self._openface_file = None
+        self._video = None
         self._last_flush = time.monotonic()
         try:
             if video_path is not None:
                 width, height = frame_size
-                codec = "MJPG" if video_path.suffix == ".avi" else "mp4v"
-                self._video = cv2.VideoWriter(
-                    str(partial_path(video_path)),
-                    cv2.VideoWriter_fourcc(*codec),
-                    fps,
-                    (2 * width, height),
+                self._video = open_overlay(
+                    partial_path(video_path), video_path, fps, (2 * width, height)
                 )
-                if not self._video.isOpened():
-                    raise ValueError(f"cannot open overlay video for writing: {video_path}")
             if csv_path is not None:
                 self._csv_file = open(partial_path(csv_path), "w", newline="")
                 self._csv = csv.writer(self._csv_file)
                 self._csv.writerow(csv_header(num_landmarks))
+            if openface_path is not None:
+                self._openface_file = open(partial_path(openface_path), "w", newline="")
+                self._openface = csv.writer(self._openface_file)
+                self._openface.writerow(openface_header(num_landmarks))
             if json_path is not None:
                 self._json_lines = open(partial_path(json_path, ".jsonl"), "w", encoding="utf-8")
+            if coco_path is not None:
+                self._coco_lines = open(partial_path(coco_path, ".jsonl"), "w", encoding="utf-8")
         except BaseException:
             self.abort()
             raise
+
+    def _text_files(self) -> list[Any]:
+        return [self._csv_file, self._openface_file, self._json_lines, self._coco_lines]
 
     def partial_files(self) -> list[Path]:
         """The partial files of this run's outputs that exist now."""
         candidates = [
             partial_path(self.csv_path) if self.csv_path else None,
+            partial_path(self.openface_path) if self.openface_path else None,
             partial_path(self.json_path, ".jsonl") if self.json_path else None,
+            partial_path(self.coco_path, ".jsonl") if self.coco_path else None,
             partial_path(self.video_path) if self.video_path else None,
         ]
         return [path for path in candidates if path is not None and path.exists()]
@@ -616,36 +842,52 @@ class TrackOutputs:
                         f"{t:.4f}",
                         r.track_id,
                         f"{r.confidence:.4f}",
-                        *(f"{v:.3f}" for v in r.landmarks.reshape(-1)),
+                        *_coordinates(r.landmarks.reshape(-1)),
                     ]
                 )
             if not results:
                 nan_row = [math.nan] * (2 * self.num_landmarks)
                 self._csv.writerow([index, f"{t:.4f}", -1, "0.0000", *nan_row])
+        if self._openface_file is not None:
+            # OpenFace numbers frames from 1 and writes a failed frame as face 0, success 0,
+            # zeros everywhere.
+            for r in results:
+                self._openface.writerow(
+                    [index + 1, r.track_id, f"{t:.3f}", f"{r.confidence:.4f}", 1,
+                     *_coordinates(r.landmarks[:, 0]), *_coordinates(r.landmarks[:, 1])]
+                )  # fmt: skip
+            if not results:
+                zeros = ["0.000"] * (2 * self.num_landmarks)
+                self._openface.writerow([index + 1, 0, f"{t:.3f}", "0.0000", 0, *zeros])
         if self._json_lines is not None:
             self._json_lines.write(json.dumps(_json_frame(index, t, results)) + "\n")
+        if self._coco_lines is not None:
+            self._coco_lines.write(json.dumps(_coco_frame(index, t, results)) + "\n")
         if self._video is not None:
             left = np.ascontiguousarray(frame[..., ::-1])
             right = left.copy()
             for r in results:
                 draw_points(left, r.raw, (0, 0, 255))
                 draw_points(right, r.landmarks, (0, 255, 0))
-            self._video.write(np.concatenate([left, right], axis=1))
+            label_pane(left, "raw")
+            label_pane(right, "stabilised")
+            self._video.write(np.concatenate([left, right], axis=1), t)
         self.frames_written += 1
         # A hard kill loses at most the last second; Python's buffers would otherwise hold more.
         if time.monotonic() - self._last_flush >= FLUSH_SECONDS:
-            for handle in (self._csv_file, self._json_lines):
+            for handle in self._text_files():
                 if handle is not None:
                     handle.flush()
             self._last_flush = time.monotonic()
 
     def _close_files(self) -> None:
-        for handle in (self._csv_file, self._json_lines):
+        for handle in self._text_files():
             if handle is not None:
                 handle.close()
         if self._video is not None:
             self._video.release()
-        self._csv_file = self._json_lines = self._video = None
+        self._csv_file = self._json_lines = self._coco_lines = self._openface_file = None
+        self._video = None
 
     def abort(self) -> list[Path]:
         """Close everything after a failed run; returns the partial files kept (none when no
@@ -661,29 +903,32 @@ class TrackOutputs:
     def close(self, summary: dict[str, Any]) -> None:
         """Complete the run: each partial file replaces its target (flushed to disk first)."""
         self._close_files()
-        for path in (self.csv_path, self.video_path):
+        for path in (self.csv_path, self.openface_path, self.video_path):
             if path is not None:
                 with open(partial_path(path), "rb") as handle:
                     os.fsync(handle.fileno())
                 os.replace(partial_path(path), path)
         if self.json_path is not None:
-            self._write_json(summary)
+            # The frame list takes the place of a placeholder: "frames" may be a summary key
+            # (the count), whose position in the document the list then keeps.
+            placeholder = "\0frames\0"
+            document = {**summary, "num_landmarks": self.num_landmarks, "frames": placeholder}
+            before, after = json.dumps(document).split(json.dumps(placeholder))
+            _join_json_lines(partial_path(self.json_path, ".jsonl"), self.json_path, before, after)
+        if self.coco_path is not None:
+            _join_json_lines(partial_path(self.coco_path, ".jsonl"), self.coco_path, "", "")
 
-    def _write_json(self, summary: dict[str, Any]) -> None:
-        """The document `{**summary, "num_landmarks", "frames": [...]}` assembled from the
-        partial JSON lines one frame at a time, byte for byte what `json.dumps` gives."""
-        lines_path = partial_path(self.json_path, ".jsonl")
-        # The frame list takes the place of a placeholder: "frames" may be a summary key (the
-        # count), whose position in the document the list then keeps.
-        placeholder = "\0frames\0"
-        document = {**summary, "num_landmarks": self.num_landmarks, "frames": placeholder}
-        before, after = json.dumps(document).split(json.dumps(placeholder))
-        with atomic_write(self.json_path, encoding="utf-8") as out, open(lines_path) as lines:
-            out.write(before + "[")
-            for k, line in enumerate(lines):
-                out.write((", " if k else "") + line.rstrip("\n"))
-            out.write("]" + after)
-        lines_path.unlink()
+
+def _join_json_lines(lines_path: Path, target: Path, before: str, after: str) -> None:
+    """Write `before`, the JSON values of `lines_path` (one a line) as a list, then `after` to
+    `target` atomically, one line at a time (byte for byte what `json.dumps` gives for the
+    whole); the lines file is removed."""
+    with atomic_write(target, encoding="utf-8") as out, open(lines_path) as lines:
+        out.write(before + "[")
+        for k, line in enumerate(lines):
+            out.write((", " if k else "") + line.rstrip("\n"))
+        out.write("]" + after)
+    lines_path.unlink()
 
 
 # --------------------------------------------------------------------------- command line
@@ -693,10 +938,10 @@ def track_video(
     tracker: StreamingTracker,
     reader: FrameReader,
     outputs: TrackOutputs | None = None,
-    fps: float = 25.0,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Run the tracker over every frame of `reader`; returns a summary (frames, faces, skipped)."""
+    """Run the tracker over every frame of `reader` at the reader's timestamps; returns a
+    summary (frames, faces, skipped)."""
     from tqdm import tqdm
 
     total = reader.frame_count if reader.max_frames is None else reader.max_frames
@@ -704,8 +949,7 @@ def track_video(
         total = min(reader.frame_count, reader.max_frames)
     frames = faces = 0
     start = time.perf_counter()
-    for index, frame in tqdm(reader, total=total, unit="frame", disable=not progress):
-        t = index / fps
+    for index, t, frame in tqdm(reader.timed(), total=total, unit="frame", disable=not progress):
         results = tracker.step(frame, t)
         if outputs is not None:
             outputs.add(index, t, frame, results)
@@ -745,7 +989,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--min-confidence", type=float, default=0.3)
     parser.add_argument("--out-csv", type=Path, default=None)
     parser.add_argument("--out-json", type=Path, default=None)
-    parser.add_argument("--out-video", type=Path, default=None)
+    parser.add_argument(
+        "--out-coco", type=Path, default=None,
+        help="COCO-keypoints JSON as MMPoseInferencer saves a video (per-landmark scores)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--out-openface", type=Path, default=None,
+        help="OpenFace-style CSV (frame from 1, timestamp, confidence, x_0.., y_0..)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--out-video", type=Path, default=None,
+        help="labelled raw | stabilised overlay: .mp4 H.264 (needs PyAV) or .avi MJPG",
+    )  # fmt: skip
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--no-progress", action="store_true")
     return parser
@@ -753,11 +1008,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _output_paths(args: argparse.Namespace) -> list[tuple[Path | None, str]]:
     """The run's outputs with their options; `landmarks.csv` when none is given. An output
-    that is the input video, or another output, is refused."""
-    if args.out_csv is None and args.out_json is None and args.out_video is None:
-        args.out_csv = Path("landmarks.csv")
+    that is the input video, or another output, is refused; the overlay becomes an .avi when
+    H.264 cannot be written (`overlay_path`)."""
+    if args.out_video is not None:
+        args.out_video = overlay_path(args.out_video)
     outputs = [(args.out_csv, "--out-csv"), (args.out_json, "--out-json"),
+               (args.out_coco, "--out-coco"), (args.out_openface, "--out-openface"),
                (args.out_video, "--out-video")]  # fmt: skip
+    if all(path is None for path, _ in outputs):
+        args.out_csv = Path("landmarks.csv")
+        outputs[0] = (args.out_csv, "--out-csv")
     source = Path(args.input)
     seen: dict[Path, str] = {}
     for path, what in outputs:
@@ -811,11 +1071,12 @@ def _track(args: argparse.Namespace, capture: cv2.VideoCapture) -> dict[str, Any
     )
     size = (int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)))
     outputs = TrackOutputs(
-        step.num_landmarks, args.out_csv, args.out_json, args.out_video, fps, size
-    )
+        step.num_landmarks, args.out_csv, args.out_json, args.out_video, fps, size,
+        coco_path=args.out_coco, openface_path=args.out_openface,
+    )  # fmt: skip
     try:
         summary = track_video(
-            tracker, FrameReader(capture, args.max_frames), outputs, fps,
+            tracker, FrameReader(capture, args.max_frames, fps=fps), outputs,
             progress=not args.no_progress,
         )  # fmt: skip
         outputs.close({"source": args.input, "fps": fps, **summary})

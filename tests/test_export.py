@@ -71,6 +71,7 @@ def test_onnx_matches_pytorch_over_stream(request, tmp_path, fixture: str, frame
     step = StreamingStep(module).eval()
     assert runtime.input_size == (128, 128)
     assert runtime.num_landmarks == 68
+    assert runtime.output_names[-1] == "landmark_scores"
     torch_state, onnx_state = step.init_state(1), runtime.init_state(1)
     generator = torch.Generator().manual_seed(1)
     base = torch.randint(0, 256, (1, 3, 128, 128), dtype=torch.uint8, generator=generator)
@@ -80,9 +81,11 @@ def test_onnx_matches_pytorch_over_stream(request, tmp_path, fixture: str, frame
         images = (base.int().roll(t, dims=-1) + noise).clamp(0, 255).to(torch.uint8)
         expected = step(images, *torch_state)
         got = runtime(images.numpy(), *onnx_state)
-        for name, a, b in zip(("coords", "raw", "confidence"), expected[:3], got[:3]):
+        # coords, raw, confidence first; the per-landmark scores last, after the state.
+        names = ("coords", "raw", "confidence", "landmark_scores")
+        for name, a, b in zip(names, (*expected[:3], expected[-1]), (*got[:3], got[-1])):
             np.testing.assert_allclose(b, a.numpy(), atol=1e-4, rtol=0, err_msg=f"{name} t={t}")
-        torch_state, onnx_state = list(expected[3:]), list(got[3:])
+        torch_state, onnx_state = list(expected[3:-1]), list(got[3:-1])
     for a, b in zip(torch_state, onnx_state):
         np.testing.assert_allclose(b, a.numpy(), atol=1e-4, rtol=0)
 
@@ -125,6 +128,6 @@ def test_streaming_step_names_and_regroups_a_stage_without_state_names() -> None
     step = StreamingStep(module.eval()).eval()
     assert step.state_names == ["h0", "c0", "state1_0", "state1_1", "state1_2"]
     images = torch.randint(0, 256, (1, 3, 128, 128), dtype=torch.uint8)
-    *_, h, c, a, b, last = step(images, *step.init_state(1))
+    _, _, _, h, c, a, b, last, _ = step(images, *step.init_state(1))
     for tensor, frames in ((h, 1), (c, 1), (a, 2), (b, 2), (last, 2)):
         assert torch.all(tensor == frames)
