@@ -2,6 +2,7 @@
 
     lightning-fa track clip.mp4 --backbone dlib --out-csv lm.csv --out-json lm.json \
         --out-video overlay.mp4 --filter one-euro
+    lightning-fa track clip.mp4 --out-coco lm.coco.json --out-openface lm.openface.csv
     lightning-fa track 0 --checkpoint finetuned.ckpt          (camera 0)
     lightning-fa track clip.mp4 --checkpoint model.onnx --engine onnx
 
@@ -13,9 +14,14 @@ when a track starts; an optional classical filter runs on top. The core is `Stre
 (`step(frame) -> list[TrackResult]`), usable from Python.
 
 Outputs are never lost: every output path is checked and locked before any work (a second run
-writing the same file refuses); while the run goes, the CSV, JSON frames and overlay video grow in
-`<name>.partial.csv`, `<name>.partial.jsonl` and `<name>.partial.<ext>` beside their targets
-(flushed about every second) and replace the targets only once the run completes. A run that is
+writing the same file refuses); while the run goes, the CSVs, JSON frames and overlay video grow
+in `<name>.partial.csv`, `<name>.partial.jsonl` and `<name>.partial.<ext>` beside their targets
+(flushed about every second) and replace the targets only once the run completes.
+
+Frames are timed by the container's presentation times (variable frame rates kept). The COCO
+JSON follows MMPoseInferencer's video predictions (per landmark scores: each raw heatmap's peak),
+the OpenFace CSV OpenFace's columns (frames from 1); the overlay (labelled raw | stabilised) is
+H.264 through PyAV, or MJPG in an .avi. Formats: docs/tracking.md. A run that is
 interrupted or crashes leaves the earlier outputs untouched and keeps the partial files, named on
 stderr.
 """
