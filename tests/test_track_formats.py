@@ -356,3 +356,16 @@ def test_an_overlay_extension_without_a_codec_is_refused(
         f"lightning-fa track: --out-video {tmp_path / 'o.webm'}: unsupported extension "
         "'.webm'; use .mp4 (H.264, plays in browsers) or .avi (MJPG)"
     )
+
+
+def test_h264_overlay_of_an_odd_sized_frame_gets_one_black_row(tmp_path: Path) -> None:
+    av = pytest.importorskip("av")
+    path = tmp_path / "odd.mp4"
+    writer = tracking.open_overlay(path, path, 25.0, (62, 47))  # yuv420p needs even sides
+    for k in range(3):
+        writer.write(np.full((47, 62, 3), 200, np.uint8), k / 25)
+    writer.release()
+    with av.open(str(path)) as container:
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    assert len(frames) == 3 and frames[0].shape == (48, 62, 3)
+    assert frames[0][:40].mean() > 190 and frames[0][-1].mean() < 20
