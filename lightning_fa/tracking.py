@@ -54,6 +54,7 @@ from data_modules.transforms import (
     warp_image,
 )
 from lightning_fa.outputs import atomic_write, claim_outputs
+from lightning_fa.shipped import default_stage
 from lightning_fa.temporal.filters import FILTER_NAMES, LandmarkFilter, make_filter
 
 DETECTORS = ("haar", "dlib")
@@ -185,14 +186,18 @@ def load_step(
     engine: str = "torch",
     num_landmarks: int | None = None,
     device: str = "cpu",
+    allow_untrained: bool = True,
 ) -> Any:
     """The per-frame step: `StreamingStep` (PyTorch) or `OnnxStep` (onnxruntime).
 
     `checkpoint`: a fine-tuned StableAlignmentModule (.ckpt) or, with engine "onnx", an exported
-    .onnx file (a .ckpt is exported to a temporary file first). Without a checkpoint the named
-    backbone runs under an untrained (zero-initialised, hence identity) ConvLSTM.
+    .onnx file (a .ckpt is exported to a temporary file first). Without a checkpoint the dlib
+    backbone runs under the shipped trained stage (`lightning_fa.shipped`), any other backbone
+    under an untrained (zero-initialised, hence identity) ConvLSTM and its own random weights.
     `num_landmarks`: the count the caller expects (None: the checkpoint's own, 68 for a bare
     backbone); a model with another count is refused, naming both.
+    `allow_untrained=False` refuses a backbone with random weights and a stage that is still the
+    identity (an exported .onnx graph is not inspected).
     """
     from lightning_fa.export import OnnxStep, StreamingStep, export_onnx
 
@@ -202,6 +207,7 @@ def load_step(
     check_device(device)
     if checkpoint is not None and not Path(checkpoint).is_file():
         raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
+    module = None
     if engine == "onnx" and checkpoint is not None and Path(checkpoint).suffix == ".onnx":
         step = OnnxStep(checkpoint)
     else:
@@ -219,16 +225,52 @@ def load_step(
             f"{source} predicts {step.num_landmarks} landmarks, but --num-landmarks is "
             f"{num_landmarks}; drop the option or use a {num_landmarks}-point model"
         )
+    reason = untrained_reason(module, checkpoint, backbone) if module is not None else None
+    if reason is not None and not allow_untrained:
+        raise ValueError(
+            f"{reason}, so its landmarks mean nothing; pass a fine-tuned --checkpoint, or "
+            "--allow-untrained to run it anyway"
+        )
     return step
 
 
 def _load_module(checkpoint: str | Path | None, backbone: str, num_landmarks: int) -> Any:
     from lightning_fa.backbones import create_backbone
+    from lightning_fa.shipped import load_stage_file
     from lightning_fa.systems.finetune import StableAlignmentModule
 
     if checkpoint is not None:
         return StableAlignmentModule.from_checkpoint(checkpoint)
+    stage_file = default_stage(checkpoint, backbone)
+    if stage_file is not None:
+        return load_stage_file(stage_file)
     return StableAlignmentModule(backbone=create_backbone(backbone, num_landmarks)).eval()
+
+
+def untrained_reason(module: Any, checkpoint: str | Path | None, backbone: str) -> str | None:
+    """Why `module`'s landmarks are meaningless, or None: a backbone built without a checkpoint
+    that has weights (so they are random), or a temporal stage that is still the identity."""
+    if checkpoint is None and next(iter(module.backbone.state_dict()), None) is not None:
+        return f"--backbone {backbone} without --checkpoint has random weights"
+    if is_identity_stage(module.temporal, module.backbone.num_landmarks):
+        source = checkpoint if checkpoint is not None else f"--backbone {backbone}"
+        return f"{source}: the stabiliser is untrained (the identity: it returns the raw maps)"
+    return None
+
+
+@torch.no_grad()
+def is_identity_stage(stage: torch.nn.Module, num_landmarks: int, frames: int = 3) -> bool:
+    """True when `stage` returns its input maps exactly over a few frames of random maps with
+    the state carried: what every stage of the contract does before training."""
+    generator = torch.Generator().manual_seed(0)
+    device = next(stage.parameters(), torch.empty(0)).device
+    state = None
+    for _ in range(frames):
+        maps = torch.rand(1, num_landmarks, 16, 16, generator=generator).to(device)
+        out, state = stage(maps, state)
+        if not torch.equal(out, maps):
+            return False
+    return True
 
 
 # --------------------------------------------------------------------------- the tracker
@@ -979,9 +1021,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("input", help="video file or camera index (0, 1, ...)")
     parser.add_argument(
-        "--checkpoint", type=Path, help="fine-tuned .ckpt (or .onnx with --engine onnx)"
-    )
+        "--checkpoint", type=Path,
+        help="fine-tuned .ckpt (or .onnx with --engine onnx); default with the dlib backbone: "
+        "the stage shipped with the package",
+    )  # fmt: skip
     parser.add_argument("--backbone", default="dlib", help="backbone name when no checkpoint")
+    parser.add_argument(
+        "--allow-untrained", action="store_true",
+        help="run a backbone with random weights or an untrained (identity) stage anyway",
+    )  # fmt: skip
     parser.add_argument(
         "--num-landmarks", type=int, default=None,
         help="landmarks expected (default: the checkpoint's own; 68 for a bare backbone)",
@@ -1064,7 +1112,13 @@ def _track(args: argparse.Namespace, capture: cv2.VideoCapture) -> dict[str, Any
     (if frames were done) are kept and named, the earlier outputs are untouched."""
     fps = capture.get(cv2.CAP_PROP_FPS) or 0.0
     fps = fps if fps > 0 else 25.0
-    step = load_step(args.checkpoint, args.backbone, args.engine, args.num_landmarks, args.device)
+    step = load_step(
+        args.checkpoint, args.backbone, args.engine, args.num_landmarks, args.device,
+        allow_untrained=args.allow_untrained,
+    )  # fmt: skip
+    stage_file = default_stage(args.checkpoint, args.backbone)
+    if stage_file is not None:
+        print(f"stabiliser: shipped dlib stage ({stage_file})")
     tracker = StreamingTracker(
         step,
         make_detector(args.detector),

@@ -2,13 +2,14 @@
 
 Every video is tracked once (one face, `StreamingTracker`); the backbone's raw track is then
 compared with the classical filters run on it (One Euro tuned and MediaPipe presets, constant-
-velocity Kalman), with the model's own output ("ours", the ConvLSTM; identical to raw without a
-fine-tuned checkpoint) and with the offline zero-phase smoothed raw track (the reference: no lag,
-no jitter). Per method: MCV (%), MAV (px^2), Accel (px), the mean distance to the offline track
-(px) and the lag (frames of delay that maximise the cross-correlation of the method's velocity
-with the offline track's, searched over -5..5; positive = behind). Writes `metrics.json` and
-`report.md` (atomically: an earlier result is replaced only by a complete new one; both are
-locked against a second run writing the same folder).
+velocity Kalman), with the model's own output ("ours": the checkpoint's stage; with the dlib
+backbone and no checkpoint the shipped stage, otherwise identical to raw) and with the offline
+zero-phase smoothed raw track (the reference: no lag, no jitter). Per method: MCV (%), MAV
+(px^2), Accel (px), the mean distance to the offline track (px) and the lag (frames of delay that
+maximise the cross-correlation of the method's velocity with the offline track's, searched over
+-5..5; positive = behind). Writes `metrics.json` and `report.md` (atomically: an earlier result
+is replaced only by a complete new one; both are locked against a second run writing the same
+folder).
 
 Results are keyed by the video's file name; videos that share a name (`a/clip.mp4`,
 `b/clip.mp4`) are keyed by as many trailing path parts as tell them apart. The same file given
@@ -28,6 +29,7 @@ import torch
 
 from lightning_fa.metrics.functional import accel, mav, mcv
 from lightning_fa.outputs import claim_outputs, write_text_atomic
+from lightning_fa.shipped import default_stage
 from lightning_fa.temporal.filters import apply_filter, make_filter, zero_phase_smooth
 from lightning_fa.tracking import (
     DETECTORS,
@@ -208,7 +210,10 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="lightning-fa evaluate-video", description=__doc__)
     parser.add_argument("videos", nargs="+")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
-    parser.add_argument("--checkpoint", type=Path, default=None)
+    parser.add_argument(
+        "--checkpoint", type=Path, default=None,
+        help="fine-tuned .ckpt; default with the dlib backbone: the stage shipped with the package",
+    )  # fmt: skip
     parser.add_argument("--backbone", default="dlib")
     parser.add_argument(
         "--num-landmarks", type=int, default=None,
@@ -252,10 +257,15 @@ def main(argv: list[str]) -> int:
                 per_video[key] = evaluate_tracks(raw, ours, fps, args.cutoff_hz)
             except ValueError as error:  # e.g. no face in the video: say which video
                 raise ValueError(f"{video}: {error}") from error
+        stage_file = default_stage(args.checkpoint, args.backbone)
+        if args.checkpoint:
+            model = str(args.checkpoint)
+        elif stage_file is not None:
+            model = f"shipped dlib stage ({stage_file.name})"
+        else:
+            model = f"{args.backbone} (untrained ConvLSTM)"
         results = {
-            "model": str(args.checkpoint)
-            if args.checkpoint
-            else f"{args.backbone} (untrained ConvLSTM)",
+            "model": model,
             "cutoff_hz": args.cutoff_hz,
             "max_lag": MAX_LAG,
             "mean": mean_over_videos(per_video),
