@@ -67,6 +67,7 @@ class BlazeFaceDetector:
             _DETECTION_GRAPH
             % {"subgraph": subgraph, "model": proto_string(model), "min_score": float(min_score)},
             {"detections": packet_getter.get_proto_list},
+            model=model,
         )
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:

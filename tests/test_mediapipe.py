@@ -213,6 +213,10 @@ def test_blazeface_options(shared_data, tmp_path):
         BlazeFaceDetector(model_path=missing)
     with pytest.raises(ValueError, match="min_score must be a number in"):
         BlazeFaceDetector(min_score=2.0)
+    mesh = _bundled("modules/face_landmark/face_landmark.tflite")  # a model, not a detector
+    with pytest.raises(ValueError, match=f"MediaPipe cannot run the model {mesh}: ") as info:
+        BlazeFaceDetector(model_path=mesh)
+    assert "\n" not in str(info.value)
 
 
 def test_evaluate_video_with_the_mesh_backbone(shared_data, tmp_path):

@@ -161,7 +161,9 @@ class ImageGraph:
 
     `outputs` maps output stream names to packet getters; a call returns the values of the
     streams that produced a packet for that image (a graph may emit nothing, e.g. no face).
-    `side_packets`: name -> packet, given when the graph starts.
+    `side_packets`: name -> packet, given when the graph starts. `model` names the model file
+    in the ValueError raised when the graph cannot run it (checked on one blank image, since
+    MediaPipe opens its calculators on the first packet).
     """
 
     def __init__(
@@ -169,6 +171,7 @@ class ImageGraph:
         text: str,
         outputs: dict[str, Callable[[Any], Any]],
         side_packets: dict[str, Any] | None = None,
+        model: Path | None = None,
     ) -> None:
         mp = import_mediapipe()
         self._mp = mp
@@ -182,6 +185,11 @@ class ImageGraph:
             )
         self._graph.start_run(side_packets or {})
         self._timestamp = 0
+        try:
+            self(np.zeros((64, 64, 3), np.uint8))
+        except (RuntimeError, ValueError) as err:  # failing to open / to process
+            reason = " ".join(str(err).split())  # MediaPipe's status spans several lines
+            raise ValueError(f"MediaPipe cannot run the model {model}: {reason}") from err
 
     def __call__(self, rgb: np.ndarray) -> dict[str, Any]:
         from mediapipe.python import packet_creator
@@ -293,6 +301,7 @@ class MediaPipeMesh:
             },
             {"points": packet_getter.get_float_list, "presence": packet_getter.get_float},
             {"model_blob": packet_creator.create_string(model)},
+            model=source,
         )
 
     def __reduce__(self) -> tuple[type, tuple[float, Path | None]]:
