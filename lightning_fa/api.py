@@ -12,7 +12,7 @@ whole video. A thin layer over `lightning_fa.tracking` (`load_step`, `make_detec
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +36,8 @@ class Tracker:
         checkpoint: a fine-tuned `.ckpt` (or an exported `.onnx` with `engine="onnx"`); None with
             the dlib backbone uses the stage shipped with the package.
         backbone: the backbone's registered name when no checkpoint is given.
-        detector: face detector, "dlib" (HOG) or "haar" (OpenCV).
+        detector: face detector, "dlib" (HOG) or "haar" (OpenCV), or any callable RGB frame ->
+            boxes (N, 5) x1 y1 x2 y2 score (see `StreamingTracker`).
         device: "cpu", "cuda" or "cuda:N".
         filter: an optional classical filter on top ("none", "one-euro", ...).
         max_faces: most faces tracked at once.
@@ -50,7 +51,7 @@ class Tracker:
         self,
         checkpoint: str | Path | None = None,
         backbone: str = "dlib",
-        detector: str = "dlib",
+        detector: str | Callable[[np.ndarray], np.ndarray] = "dlib",
         device: str = "cpu",
         filter: str = "none",
         max_faces: int = 1,
@@ -61,9 +62,11 @@ class Tracker:
         step = load_step(
             checkpoint, backbone, engine, device=device, allow_untrained=allow_untrained
         )
+        if isinstance(detector, str):
+            detector = make_detector(detector)
         self.tracker = StreamingTracker(
             step,
-            make_detector(detector),
+            detector,
             max_faces=max_faces,
             filter=filter,
             fps=fps,

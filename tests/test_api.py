@@ -139,6 +139,12 @@ def test_python_api_refuses_random_weights_unless_allowed() -> None:
     tracker = lightning_fa.Tracker(backbone="hrnet_lite", detector="haar", allow_untrained=True)
     assert tracker(np.full((64, 64, 3), 127, np.uint8)) == []  # no face
     tracker.reset()
+    calls = []
+    tracker = lightning_fa.Tracker(
+        backbone="hrnet_lite", detector=lambda rgb: calls.append(rgb.shape) or np.zeros((0, 5)),
+        allow_untrained=True,
+    )  # fmt: skip
+    assert tracker(np.zeros((48, 40, 3), np.uint8)) == [] and calls == [(48, 40, 3)]
 
 
 def test_a_trained_stage_is_not_the_identity() -> None:
