@@ -57,7 +57,7 @@ from lightning_fa.outputs import atomic_write, claim_outputs
 from lightning_fa.shipped import default_stage
 from lightning_fa.temporal.filters import FILTER_NAMES, LandmarkFilter, make_filter
 
-DETECTORS = ("haar", "dlib")
+DETECTORS = ("haar", "dlib", "blazeface")  # blazeface: the optional extra mediapipe
 ENGINES = ("torch", "onnx")
 EYE_CORNERS_68 = (36, 45)
 FLUSH_SECONDS = 1.0  # how often the partial outputs of a running `track` reach the disk
@@ -151,11 +151,15 @@ class DlibDetector:
         ).reshape(-1, 5)
 
 
-def make_detector(name: str) -> HaarDetector | DlibDetector:
+def make_detector(name: str) -> Any:
     if name == "haar":
         return HaarDetector()
     if name == "dlib":
         return DlibDetector()
+    if name == "blazeface":
+        from lightning_fa.detectors_mediapipe import BlazeFaceDetector
+
+        return BlazeFaceDetector()
     raise ValueError(f"unknown detector {name!r}; expected one of {DETECTORS}")
 
 
@@ -213,8 +217,12 @@ def load_step(
     else:
         module = _load_module(checkpoint, backbone, num_landmarks or 68)
         if engine == "onnx":
-            if type(module.backbone).__name__ == "DlibBackbone":
-                raise ValueError("--engine onnx needs a PyTorch backbone; dlib cannot be exported")
+            # Their points come from numpy / C++ code: a trace would freeze one frame's points.
+            if type(module.backbone).__name__ in ("DlibBackbone", "MediaPipeFaceMesh"):
+                raise ValueError(
+                    "--engine onnx needs a PyTorch backbone; dlib and the MediaPipe mesh "
+                    "cannot be exported"
+                )
             path = Path(tempfile.mkdtemp(prefix="lightning_fa_")) / "step.onnx"
             step = OnnxStep(export_onnx(module, path))
         else:

@@ -219,12 +219,23 @@ def test_blazeface_options(shared_data, tmp_path):
     assert "\n" not in str(info.value)
 
 
-def test_evaluate_video_with_the_mesh_backbone(shared_data, tmp_path):
+def test_evaluate_video_with_the_mesh_and_blazeface(shared_data, tmp_path):
     _needs_mediapipe()
 
     clip = shared_data / "videos" / "liveportrait_d0.mp4"
-    argv = [clip, "--backbone", "mediapipe", "--detector", "haar", "--max-frames", "8"]
+    argv = [clip, "--backbone", "mediapipe", "--detector", "blazeface", "--max-frames", "8"]
     assert main(["evaluate-video", *map(str, argv), "--out", str(tmp_path), "--no-progress"]) == 0
     methods = json.loads((tmp_path / "metrics.json").read_text())["mean"]
     assert {"raw", "one-euro-mediapipe", "ours"} <= set(methods)
     assert methods["raw"]["accel"] > 0  # the mesh moved with the face
+
+
+def test_tracker_hookup_and_no_onnx_export_of_the_mesh():
+    _needs_mediapipe()
+    from lightning_fa.detectors_mediapipe import BlazeFaceDetector
+    from lightning_fa.tracking import load_step, make_detector
+
+    assert isinstance(make_detector("blazeface"), BlazeFaceDetector)
+    # A trace of the mesh would freeze one frame's points into the graph.
+    with pytest.raises(ValueError, match="dlib and the MediaPipe mesh cannot be exported"):
+        load_step(None, "mediapipe", "onnx")
