@@ -90,8 +90,7 @@ def test_an_override_reaches_the_loss(fast_backbone):
     assert cli.model.hparams.pdc_threshold == 0.4
 
 
-def test_fit_through_the_yaml_reproduces_the_demo_finetuning(fast_backbone, tmp_path):
-    torch.set_num_threads(1)
+def test_fit_through_the_yaml_reproduces_the_demo_finetuning(fast_backbone, tmp_path, one_thread):
     base = PipelineConfig.fast()
     config = PipelineConfig(
         pretrain=base.pretrain,

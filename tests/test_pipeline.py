@@ -208,8 +208,7 @@ def test_load_config_round_trip(tmp_path):
 
 
 @pytest.mark.slow
-def test_fast_pipeline_end_to_end_reuses_the_cached_backbone(tmp_path, capsys):
-    torch.set_num_threads(1)
+def test_fast_pipeline_end_to_end_reuses_the_cached_backbone(tmp_path, capsys, one_thread):
     cache = tmp_path / "cache"
     first = pipeline.run(PipelineConfig.fast(), tmp_path / "run1", cache)
     entry = cache / f"{PipelineConfig.fast().pretrain.cache_key()}.pth"

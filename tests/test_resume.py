@@ -129,7 +129,13 @@ def test_run_interrupted_by_ctrl_c_resumes_from_its_last_checkpoint(tmp_path) ->
     stopped = subprocess.run(
         [*command, extra_callback("SigintAtStep", step=STEPS_PER_EPOCH)],
         cwd=REPO_ROOT,
-        env={**os.environ, "WANDB_MODE": "disabled"},
+        # The same torch thread count as the in-process runs: reductions split differently
+        # across threads, and the weights are compared bit for bit.
+        env={
+            **os.environ,
+            "WANDB_MODE": "disabled",
+            "OMP_NUM_THREADS": str(torch.get_num_threads()),
+        },
         capture_output=True,
         text=True,
         timeout=300,
