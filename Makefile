@@ -38,7 +38,7 @@ help: ## List the targets
 install: ## Create .venv and install the package with every extra (CPU torch from local disk)
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install $(if $(TORCH_CONSTRAINTS),-c $(TORCH_CONSTRAINTS)) -e ".[dev,dlib,export,mediapipe]"
+	$(PY) -m pip install $(if $(TORCH_CONSTRAINTS),-c $(TORCH_CONSTRAINTS)) -e ".[dev,dlib,export,mediapipe,video]"
 	$(if $(MEDIAPIPE_WHEEL),$(PY) -m pip install --no-deps $(MEDIAPIPE_WHEEL))
 
 test: ## Run the test suite
