@@ -375,3 +375,12 @@ def test_synthetic_image_size_and_window_length_are_checked_at_construction() ->
         SyntheticDataModule(image_size=16)
     with pytest.raises(ValueError, match=r"seq_len=20 exceeds train_video_frames=10"):
         SyntheticDataModule(seq_len=20, train_video_frames=10)
+
+
+@pytest.mark.parametrize("count", ["68", 68.0, 0, -1, True])
+def test_create_backbone_refuses_a_landmark_count_that_is_not_a_positive_int(count) -> None:
+    from lightning_fa.backbones import create_backbone
+
+    with pytest.raises(ValueError, match=r"num_landmarks must be an integer >= 1, got") as info:
+        create_backbone("hrnet_w18", count)
+    assert "hrnet_w18" in str(info.value) and repr(count) in str(info.value)
