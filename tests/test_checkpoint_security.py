@@ -382,3 +382,17 @@ def test_wrappers_are_not_built_from_a_file_by_default(wrapper, tmp_path) -> Non
     }
     with pytest.raises(ValueError, match=rf"x\.ckpt asks to build '.*{wrapper}', which is not"):
         base.build_from_spec(spec, source=tmp_path / "x.ckpt")
+
+
+def test_a_checkpoint_for_another_landmark_count_is_refused_on_load() -> None:
+    """`lightning-fa test --ckpt_path` of a 98-point checkpoint on 68-point data: both counts."""
+    from lightning_fa.backbones import create_backbone
+    from lightning_fa.systems.finetune import StableAlignmentModule
+
+    module = StableAlignmentModule(backbone=create_backbone("hrnet_lite", 68, input_size=(32, 32)))
+    checkpoint = {
+        "state_dict": dict(module.state_dict()),
+        "backbone_reference": {"class_path": "x.Y", "init_args": {"num_landmarks": 98}},
+    }
+    with pytest.raises(ValueError, match=r"fine-tuned for 98 landmarks, but this model .* has 68"):
+        module.on_load_checkpoint(checkpoint)

@@ -424,6 +424,15 @@ class StableAlignmentModule(pl.LightningModule):
             state.update({f"backbone.{k}": v for k, v in self.backbone.state_dict().items()})
         reference = checkpoint.get("backbone_reference")
         reference = reference if isinstance(reference, Mapping) else {}
+        init_args = reference.get("init_args")
+        saved_count = init_args.get("num_landmarks") if isinstance(init_args, Mapping) else None
+        live_count = getattr(self.backbone, "num_landmarks", None)
+        if isinstance(saved_count, int) and live_count is not None and saved_count != live_count:
+            source = self._trainer.ckpt_path if self._trainer is not None else "checkpoint"
+            raise ValueError(
+                f"{source} was fine-tuned for {saved_count} landmarks, but this model (and its "
+                f"data) has {live_count}"
+            )
         saved = reference.get("sha256")
         if saved and self.backbone_reference.get("sha256") is None and not stored:
             raise ValueError(
