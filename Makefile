@@ -101,5 +101,6 @@ ship-weights: ## Retrain the shipped dlib stabiliser on the public clips -> ligh
 report: ## Rebuild report.md, figures and overlay video of the embedded run in $(RUN_DIR)
 	$(PY) -m lightning_fa report $(RUN_DIR)
 
-clean: ## Remove caches and run outputs (keeps .venv)
-	rm -rf .pytest_cache .ruff_cache lightning_logs
+clean: ## Remove test / lint caches, run outputs (runs/, lightning_logs/, wandb/, bench*.json) and the backbone / video caches (cache/); keeps .venv
+	rm -rf .pytest_cache .ruff_cache .hypothesis lightning_logs runs wandb cache bench*.json
+	find . -path ./.venv -prune -o -name __pycache__ -type d -exec rm -rf {} +

@@ -315,6 +315,29 @@ def synthetic_heatmaps(
     return maps + 0.05 * torch.randn(maps.shape, generator=generator)
 
 
+@register("cli_help")
+def bench_cli_help(ctx: BenchContext) -> Figures:
+    """Wall time of `lightning-fa --help` in a fresh interpreter (goal: under a second), beside a
+    bare `python -c pass` on the same machine."""
+
+    def run(args: list[str]) -> Callable[[], Any]:
+        return lambda: subprocess.run(args, check=True, capture_output=True)
+
+    timings = time_interleaved(
+        ctx,
+        {
+            "help": run([sys.executable, "-m", "lightning_fa", "--help"]),
+            "python": run([sys.executable, "-c", "pass"]),
+        },
+        repeats=ctx.pick(2, 5, 10),
+    )
+    return {
+        **timings,
+        "help_seconds": round(timings["help"]["median_ms"] / 1e3, 3),
+        "meets_goal": timings["help"]["median_ms"] < 1000.0,
+    }
+
+
 @register("decode")
 def bench_decode(ctx: BenchContext) -> Figures:
     """PDC vs argmax (goal <= 1.5x) and vs the straightforward 2-D PDC; agreement in pixels."""

@@ -217,3 +217,11 @@ def test_peak_memory_helper_reports_positive_growth():
     assert figures["growth_mib"] == pytest.approx(
         figures["peak_mib"] - figures["baseline_mib"], abs=2e-3
     )
+
+
+def test_smoke_cli_help_reports_its_wall_time(tmp_path):
+    out = tmp_path / "bench.json"
+    assert bench.main(["--smoke", "--only", "cli_help", "--out", str(out)]) == 0
+    figures = json.loads(out.read_text())["benchmarks"]["cli_help"]
+    assert figures["help_seconds"] > 0 and isinstance(figures["meets_goal"], bool)
+    assert figures["help"]["repeats"] == figures["python"]["repeats"] == 2

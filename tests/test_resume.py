@@ -67,6 +67,9 @@ class SigintAtStep(pl.Callback):
 
     def on_train_batch_start(self, trainer: pl.Trainer, *args) -> None:
         if trainer.global_step == self.step:
+            # A process started in the background by a non-interactive shell (as CI may be)
+            # inherits SIGINT ignored; a terminal's Ctrl-C reaches Python's default handler.
+            signal.signal(signal.SIGINT, signal.default_int_handler)
             os.kill(os.getpid(), signal.SIGINT)
 
 

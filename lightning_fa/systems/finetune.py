@@ -21,7 +21,7 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 
-from lightning_fa.backbones import build_from_spec, load_checkpoint, read_checkpoint
+from lightning_fa.backbones import Backbone, build_from_spec, load_checkpoint, read_checkpoint
 from lightning_fa.backbones.base import (
     check_fit,
     require_finite,
@@ -76,7 +76,7 @@ class StableAlignmentModule(pl.LightningModule):
 
     def __init__(
         self,
-        backbone: nn.Module,
+        backbone: Backbone,
         temporal: nn.Module | None = None,
         loss: nn.Module | None = None,
         backbone_checkpoint: str | None = None,
