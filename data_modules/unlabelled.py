@@ -56,7 +56,7 @@ from lightning_fa.backbones import (
     dlib_face_detector,
 )
 from lightning_fa.heatmaps import augment_patches, decode, heatmap_to_crop, landmark_patches
-from lightning_fa.outputs import atomic_output
+from lightning_fa.outputs import atomic_output, file_sha256
 from lightning_fa.temporal.filters import zero_phase_smooth
 
 log = logging.getLogger(__name__)
@@ -82,14 +82,6 @@ def list_videos(videos: str | Path | Sequence[str | Path]) -> list[Path]:
         if not path.is_file():
             raise FileNotFoundError(f"video not found: {path}")
     return paths
-
-
-def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_rgb_frames(path: Path, max_frames: int | None = None):
@@ -445,7 +437,7 @@ class UnlabelledVideoDataModule(L.LightningDataModule):
             "version": CACHE_VERSION,
             "backbone": hp.backbone,
             "backbone_kwargs": hp.backbone_kwargs,
-            "checkpoint": file_digest(Path(hp.backbone_checkpoint))
+            "checkpoint": file_sha256(Path(hp.backbone_checkpoint))
             if hp.backbone_checkpoint
             else None,
             "image_size": hp.image_size,
@@ -457,7 +449,7 @@ class UnlabelledVideoDataModule(L.LightningDataModule):
             "max_frames": hp.max_frames,
         }
         key = hashlib.sha256(
-            (file_digest(path) + json.dumps(settings, sort_keys=True)).encode()
+            (file_sha256(path) + json.dumps(settings, sort_keys=True)).encode()
         ).hexdigest()[:20]
         return Path(hp.cache_dir) / f"{path.stem}-{key}.npz"
 

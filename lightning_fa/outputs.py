@@ -1,4 +1,5 @@
-"""Writing results so that nothing is lost: atomic replacement, one writer per path, early checks.
+"""Files: writing results so that nothing is lost (atomic replacement, one writer per path, early
+checks), and the digest that names a file's content.
 
 Every command writes its outputs through `atomic_output` (or `atomic_write` for text): the data go
 to a temporary file in the target's own folder and are renamed over the target only once complete,
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -162,3 +164,12 @@ def claim_outputs(outputs: Iterable[tuple[Path | None, str]]) -> Iterator[None]:
             check_writable(path, what)
             stack.enter_context(OutputLock(path))
         yield
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 hex digest of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -17,7 +17,6 @@ public clips, a few CPU minutes on an idle machine):
 from __future__ import annotations
 
 import argparse
-import hashlib
 import shutil
 import subprocess
 import sys
@@ -27,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from lightning_fa.outputs import file_sha256
 
 FORMAT_VERSION = 1
 SHIPPED_DLIB_STAGE = Path(__file__).with_name("resources") / "dlib-stage.pt"
@@ -38,12 +39,6 @@ DECODER_SETTINGS = ("decoder", "pdc_threshold", "relative_threshold")
 def default_stage(checkpoint: str | Path | None, backbone: str) -> Path | None:
     """The shipped stage file that stands in for a missing checkpoint: the dlib backbone's."""
     return SHIPPED_DLIB_STAGE if checkpoint is None and backbone == "dlib" else None
-
-
-def _sha256(path: Path) -> str:
-    from lightning_fa.systems.finetune import file_sha256
-
-    return file_sha256(path)
 
 
 def _dlib_model(module: Any) -> Path:
@@ -82,7 +77,11 @@ def stage_file_contents(module: Any, training: Mapping[str, Any]) -> dict[str, A
         },
         "backbone_reference": reference,
         "decoder": {k: module.hparams[k] for k in DECODER_SETTINGS},
-        "dlib_model": {"file": model.name, "bytes": model.stat().st_size, "sha256": _sha256(model)},
+        "dlib_model": {
+            "file": model.name,
+            "bytes": model.stat().st_size,
+            "sha256": file_sha256(model),
+        },
         "training": dict(training),
     }
 
@@ -215,9 +214,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     config = configs[0]
     training = {
-        "config_sha256": hashlib.sha256(config.read_bytes()).hexdigest(),
+        "config_sha256": file_sha256(config),
         "command": " ".join(["lightning-fa", *command[3:]]),
-        "videos": {v.name: _sha256(v) for v in args.videos},
+        "videos": {v.name: file_sha256(v) for v in args.videos},
     }
     contents = write_stage_file(args.run_dir / "checkpoints" / "last.ckpt", args.out, training)
     print(f"wrote {args.out} ({args.out.stat().st_size} bytes; {contents['temporal_stage']})")

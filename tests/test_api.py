@@ -62,7 +62,7 @@ def test_shipped_stage_is_small_plain_data_and_builds_the_registered_stage() -> 
 
 def test_shipped_stage_names_the_installed_dlib_model() -> None:
     face_recognition_models = pytest.importorskip("face_recognition_models")
-    from lightning_fa.systems.finetune import file_sha256
+    from lightning_fa.outputs import file_sha256
 
     model = Path(face_recognition_models.pose_predictor_model_location())
     recorded = read_stage_file(SHIPPED_DLIB_STAGE)["dlib_model"]

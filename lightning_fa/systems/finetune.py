@@ -10,7 +10,6 @@ so every log shows the improvement (or the lack of it).
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import math
 from collections.abc import Mapping
@@ -37,20 +36,13 @@ from lightning_fa.heatmaps import (
 )
 from lightning_fa.losses import JitterLoss
 from lightning_fa.metrics import LandmarkAccuracy, VideoStability
+from lightning_fa.outputs import file_sha256
 from lightning_fa.temporal import build_temporal_stage
 from lightning_fa.temporal.convlstm import ConvLSTM, State, detach_state
 
 VARIANTS = ("backbone", "finetuned")
 # Constructor arguments that `from_checkpoint` builds itself, never takes from a file.
 _BUILT_ARGUMENTS = {"self", "backbone", "temporal", "loss"}
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class StableAlignmentModule(pl.LightningModule):
