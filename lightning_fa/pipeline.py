@@ -37,7 +37,7 @@ from data_modules.embedded import still_video as still_video
 from data_modules.synthetic import NUM_LANDMARKS, Degradation, SyntheticFaceImages, SyntheticVideo
 from lightning_fa.backbones import create_backbone, load_checkpoint
 from lightning_fa.heatmaps import decode, heatmap_to_crop
-from lightning_fa.lightning_cli import build_cli
+from lightning_fa.commands.lightning_cli import build_cli
 from lightning_fa.metrics import functional as F
 from lightning_fa.outputs import atomic_output, atomic_write, check_writable, claim_outputs
 from lightning_fa.systems.finetune import StableAlignmentModule

@@ -22,9 +22,9 @@ from data_modules.unlabelled import UnlabelledVideoDataModule
 from data_modules.video import FrameStore
 from lightning_fa import pipeline
 from lightning_fa.backbones import load_checkpoint
-from lightning_fa.cli import main as cli_main
+from lightning_fa.commands.cli import main as cli_main
+from lightning_fa.commands.sweep import load_sweep, write_table
 from lightning_fa.outputs import OutputLock
-from lightning_fa.sweep import load_sweep, write_table
 from tests.conftest import REPO_ROOT
 from tests.test_video_data import _write_video
 

@@ -180,7 +180,7 @@ def predict_disk_full_mid_write(ctx):
         handle.write('{"checkpoint": "')
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    ctx.monkeypatch.setattr("lightning_fa.predict.json.dump", half_written)
+    ctx.monkeypatch.setattr("lightning_fa.commands.predict.json.dump", half_written)
     argv, out = _predict(ctx)
     return argv, out, [f"--out {out}", "No space left on device"]
 
@@ -305,7 +305,7 @@ def report_video_writer_unavailable(ctx):
         def isOpened(self) -> bool:
             return False
 
-    ctx.monkeypatch.setattr("lightning_fa.report.cv2.VideoWriter", Closed)
+    ctx.monkeypatch.setattr("lightning_fa.commands.report.cv2.VideoWriter", Closed)
     run = _run_copy(ctx)
     video = earlier(run / "overlay.avi")
     argv, out = _report(run)

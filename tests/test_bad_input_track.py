@@ -18,7 +18,7 @@ import torch
 
 from lightning_fa import tracking, video_eval
 from lightning_fa.backbones import HRNet
-from lightning_fa.cli import main
+from lightning_fa.commands.cli import main
 from lightning_fa.outputs import OutputLock
 from lightning_fa.systems.finetune import StableAlignmentModule
 from lightning_fa.temporal import ConvLSTM

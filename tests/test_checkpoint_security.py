@@ -17,7 +17,7 @@ import yaml
 from torch import nn
 
 from lightning_fa.backbones import Backbone, HRNet, allow_checkpoint_class, base, register_backbone
-from lightning_fa.cli import main
+from lightning_fa.commands.cli import main
 from lightning_fa.systems.finetune import StableAlignmentModule
 from lightning_fa.temporal import ConvLSTM
 from tests.conftest import TINY_HRNET

@@ -19,10 +19,10 @@ from data_modules.embedded import (
     training_videos,
 )
 from lightning_fa import pipeline
-from lightning_fa.cli import main as cli_main
-from lightning_fa.lightning_cli import build_cli
+from lightning_fa.commands.cli import main as cli_main
+from lightning_fa.commands.lightning_cli import build_cli
+from lightning_fa.commands.sweep import Sweep, grid_tables
 from lightning_fa.pipeline import EvalConfig, FinetuneConfig, PipelineConfig, PretrainConfig
-from lightning_fa.sweep import Sweep, grid_tables
 
 ROOT = Path(__file__).resolve().parents[1]
 YAML = ROOT / "experiments" / "embedded.yaml"

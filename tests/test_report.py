@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lightning_fa import pipeline, report
+from lightning_fa import pipeline
+from lightning_fa.commands import report
 from lightning_fa.pipeline import PipelineConfig
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -21,7 +21,7 @@ import pytest
 import torch
 import yaml
 
-from lightning_fa.cli import main
+from lightning_fa.commands.cli import main
 from tests.conftest import REPO_ROOT
 from tests.test_cli import TINY
 

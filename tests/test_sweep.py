@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lightning_fa.cli import main as cli_main
+from lightning_fa.commands.cli import main as cli_main
+from lightning_fa.commands.sweep import grid, load_sweep, main, point_args, without_configs
 from lightning_fa.losses import JitterLoss
-from lightning_fa.sweep import grid, load_sweep, main, point_args, without_configs
 from tests.conftest import REPO_ROOT
 from tests.test_cli import TINY
 

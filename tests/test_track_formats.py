@@ -17,7 +17,7 @@ import torch
 
 from lightning_fa import tracking
 from lightning_fa.backbones import HRNet
-from lightning_fa.cli import main as cli_main
+from lightning_fa.commands.cli import main as cli_main
 from lightning_fa.export import StreamingStep
 from lightning_fa.systems.finetune import StableAlignmentModule
 from lightning_fa.temporal import ConvLSTM

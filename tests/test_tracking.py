@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from lightning_fa import tracking
-from lightning_fa.cli import main as cli_main
+from lightning_fa.commands.cli import main as cli_main
 from lightning_fa.tracking import FrameReader, StreamingTracker, box_iou, csv_header
 
 
@@ -264,7 +264,7 @@ def test_box_iou_closed_form() -> None:
 
 
 def test_velocity_lag_recovers_a_known_delay() -> None:
-    from lightning_fa.video_eval import velocity_lag
+    from lightning_fa.commands.evaluate_video import velocity_lag
 
     rng = np.random.default_rng(0)
     walk = np.cumsum(rng.normal(size=(80, 3, 2)), axis=0)
@@ -274,7 +274,7 @@ def test_velocity_lag_recovers_a_known_delay() -> None:
 
 
 def test_evaluate_tracks_orders_methods_sensibly() -> None:
-    from lightning_fa.video_eval import evaluate_tracks
+    from lightning_fa.commands.evaluate_video import evaluate_tracks
 
     rng = np.random.default_rng(1)
     t = np.arange(150)[:, None] / 25.0

@@ -239,7 +239,7 @@ def test_train_patches_are_windows_of_the_full_maps(shared_data: Path, tmp_path:
 
 
 def test_experiment_goals() -> None:
-    from lightning_fa.unlabelled_experiment import goals
+    from lightning_fa.commands.unlabelled_experiment import goals
 
     def methods(ours_accel: float, ours_deviation: float, ours_lag: int) -> dict:
         row = {"accel": 2.0, "deviation": 0.7, "lag": 0}

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from lightning.pytorch.loggers import WandbLogger
 
-from lightning_fa.cli import main
+from lightning_fa.commands.cli import main
 from tests.test_cli import _experiment
 
 

@@ -19,17 +19,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from lightning_fa.commands.sweep import check_configs, split_configs
 from lightning_fa.outputs import claim_outputs, write_text_atomic
-from lightning_fa.sweep import check_configs, split_configs
+from lightning_fa.tracking.shipped import CLIP_NAMES, UNLABELLED_CONFIGS, VIDEO_DIR
 
-CONFIGS = ("experiments/base.yaml", "experiments/unlabelled.yaml")
-VIDEO_DIR = Path("../shared/data/videos")
-CLIPS = ("WDA_KatieHill_000.mp4", "liveportrait_d0.mp4", "liveportrait_d3.mp4")
 SHOWN = ("raw", "one-euro", "one-euro-mediapipe", "kalman", "ours", "offline")
 
 
 def goals(methods: dict[str, dict[str, float]]) -> dict[str, bool]:
-    """The acceptance goals for one held-out clip's metrics (video_eval's `methods`)."""
+    """The acceptance goals for one held-out clip's metrics (evaluate-video's `methods`)."""
     ours, raw = methods["ours"], methods["raw"]
     return {
         "accel_cut_50": ours["accel"] <= 0.5 * raw["accel"],
@@ -65,13 +63,13 @@ def run_rotation(
     held_out: Path, train: list[Path], out: Path, overrides: list[str]
 ) -> dict[str, Any]:
     """Fit on `train`, evaluate on `held_out`; returns evaluate-video's result for the clip."""
-    from lightning_fa import video_eval
+    from lightning_fa.commands import evaluate_video
 
     fit_dir = out / held_out.stem / "fit"
     shutil.rmtree(fit_dir / "checkpoints", ignore_errors=True)  # last.ckpt must be this run's
     command = [
         sys.executable, "-m", "lightning_fa", "fit",
-        *(arg for config in CONFIGS for arg in ("--config", config)),
+        *(arg for config in UNLABELLED_CONFIGS for arg in ("--config", config)),
         f"--run_name=unlabelled-{held_out.stem}",
         f"--trainer.default_root_dir={fit_dir}",
         f"--data.init_args.videos=[{', '.join(str(p) for p in train)}]",
@@ -85,7 +83,9 @@ def run_rotation(
         raise ValueError(f"lightning-fa fit holding out {held_out} exited with status {status}")
     checkpoint = fit_dir / "checkpoints" / "last.ckpt"
     eval_dir = out / held_out.stem / "eval"
-    if video_eval.main([str(held_out), "--checkpoint", str(checkpoint), "--out", str(eval_dir)]):
+    if evaluate_video.main(
+        [str(held_out), "--checkpoint", str(checkpoint), "--out", str(eval_dir)]
+    ):
         raise RuntimeError(f"evaluate-video failed on {held_out}")
     result = json.loads((eval_dir / "metrics.json").read_text())["videos"][held_out.name]
     result["trained_on"] = [p.name for p in train]
@@ -95,7 +95,9 @@ def run_rotation(
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="lightning-fa unlabelled-experiment", description=__doc__)
-    parser.add_argument("--videos", type=Path, nargs="+", default=[VIDEO_DIR / c for c in CLIPS])
+    parser.add_argument(
+        "--videos", type=Path, nargs="+", default=[VIDEO_DIR / c for c in CLIP_NAMES]
+    )
     parser.add_argument("--out", type=Path, default=Path("runs/unlabelled-experiment"))
     parser.add_argument(
         "--held-out", nargs="*", default=None, help="clip names to hold out (default: each)"
@@ -117,7 +119,7 @@ def main(argv: list[str]) -> int:
     unknown_names = sorted(set(held_names) - set(names))
     if unknown_names:
         raise ValueError(f"--held-out {unknown_names} not among the --videos {names}")
-    check_configs(CONFIGS, "run from the repository root")
+    check_configs(UNLABELLED_CONFIGS, "run from the repository root")
     check_configs(split_configs(fit_overrides)[0], "--config")
     outputs = [args.out / "summary.md", args.out / "summary.json"]
     results = {}

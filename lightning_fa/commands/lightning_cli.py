@@ -1,6 +1,6 @@
 """The Lightning commands `fit` / `validate` / `test` / `predict` (LightningCLI): the data's landmark
 count linked into the backbone, one-line errors naming the config file or key, `--ckpt_path` that
-may set plain values only. `lightning_fa.cli.main` dispatches here.
+may set plain values only. `lightning_fa.commands.cli.main` dispatches here.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ class FaceAlignmentCLI(LightningCLI):
             return
         ckpt_path = config.get("ckpt_path")
         if ckpt_path and Path(ckpt_path).is_file():
-            from lightning_fa.checkpoint_guard import check_ckpt_path
+            from lightning_fa.commands.checkpoint_guard import check_ckpt_path
 
             check_ckpt_path(ckpt_path)
         if "weights_only" in config and config["weights_only"] is None:

@@ -21,23 +21,29 @@ LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 TOOLS: dict[str, tuple[str, str]] = {
     "track": ("lightning_fa.tracking:main", "stable landmarks on a video file or camera"),
     "evaluate-video": (
-        "lightning_fa.video_eval:main",
+        "lightning_fa.commands.evaluate_video:main",
         "stability of raw, filtered and fine-tuned tracks on unlabelled videos",
     ),
     "export": ("lightning_fa.export:main", "export a checkpoint's streaming step to ONNX"),
     "predict-ckpt": (
-        "lightning_fa.predict:main",
+        "lightning_fa.commands.predict:main",
         "predictions from a checkpoint alone (`predict CKPT --data DATA.yaml`)",
     ),
-    "report": ("lightning_fa.report:main", "tables, figures and overlay video of a run folder"),
-    "demo": ("lightning_fa.pipeline:main", "the embedded end-to-end benchmark (`make finetune`)"),
-    "bench": ("lightning_fa.bench:main", "speed and memory figures side by side, as JSON"),
+    "report": (
+        "lightning_fa.commands.report:main",
+        "tables, figures and overlay video of a run folder",
+    ),
+    "demo": (
+        "lightning_fa.commands.embedded.run:main",
+        "the embedded end-to-end benchmark (`make finetune`)",
+    ),
+    "bench": ("lightning_fa.commands.bench:main", "speed and memory figures side by side, as JSON"),
     "sweep-local": (
-        "lightning_fa.sweep:main",
+        "lightning_fa.commands.sweep:main",
         "run a W&B sweep grid here, one point after another",
     ),
     "unlabelled-experiment": (
-        "lightning_fa.unlabelled_experiment:main",
+        "lightning_fa.commands.unlabelled_experiment:main",
         "leave-one-out training on unlabelled real clips",
     ),
 }
@@ -83,7 +89,7 @@ def main(argv: list[str]) -> int:
         return run_command(prog, body, argv[1:])
     if argv[0] in LIGHTNING_COMMANDS:
         # Imported here: Lightning takes seconds to import, and `--help` / the tools need none of it.
-        from lightning_fa.lightning_cli import run_lightning_cli
+        from lightning_fa.commands.lightning_cli import run_lightning_cli
 
         run_lightning_cli(argv)
         return 0

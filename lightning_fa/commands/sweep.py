@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lightning_fa.cli import LIGHTNING_COMMANDS
-from lightning_fa.cli import main as cli_main
+from lightning_fa.commands.cli import LIGHTNING_COMMANDS
+from lightning_fa.commands.cli import main as cli_main
 from lightning_fa.errors import DEBUG_FLAG, describe_error, load_yaml_file
 from lightning_fa.outputs import atomic_write, claim_outputs, write_text_atomic
 

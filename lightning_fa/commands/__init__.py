@@ -1,0 +1,1 @@
+"""The `lightning-fa` commands: entry points above the library, which never imports them."""
