@@ -1,7 +1,7 @@
 """The per-frame streaming step (backbone + ConvLSTM with explicit state + PDC decode) as one
 module, its ONNX export and an onnxruntime runner with the same interface.
 
-    lightning-fa export CKPT --out model.onnx [--opset 17]
+    lightning-fa export CKPT --out model.onnx [--opset 17]   (lightning_fa.commands.export)
 
 The exported graph takes `images` uint8 (B, 3, H, W) RGB crops and the ConvLSTM state as plain
 tensors `h0, c0, h1, c1, ...` (B, hidden, h, w) and returns `coords`, `raw_coords` (B, L, 2) crop
@@ -13,7 +13,6 @@ in PyTorch.
 
 from __future__ import annotations
 
-import argparse
 import warnings
 from itertools import islice
 from pathlib import Path
@@ -23,7 +22,6 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from lightning_fa.outputs import atomic_output, claim_outputs
 from lightning_fa.temporal.convlstm import State
 
 DEFAULT_OPSET = 17
@@ -195,25 +193,3 @@ class OnnxStep:
             )
         return tuple(self.session.run(self.output_names, feed))
 
-
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="lightning-fa export",
-        description="Export a fine-tuned checkpoint's streaming step to ONNX.",
-    )
-    parser.add_argument("checkpoint", type=Path, help="a StableAlignmentModule checkpoint")
-    parser.add_argument("--out", type=Path, default=Path("model.onnx"))
-    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET)
-    args = parser.parse_args(argv)
-    from lightning_fa.systems.finetune import StableAlignmentModule
-
-    check_opset(args.opset, "--opset")
-    with claim_outputs([(args.out, "--out")]):
-        module = StableAlignmentModule.from_checkpoint(args.checkpoint)
-        try:
-            with atomic_output(args.out) as partial:
-                export_onnx(module, partial, args.opset)
-        except OSError as error:  # a full disk: name the output, not the temporary file
-            raise ValueError(f"cannot write --out {args.out}: {error.strerror or error}") from error
-    print(f"wrote {args.out}")
-    return 0

@@ -121,7 +121,7 @@ def export_disk_full_mid_write(ctx):
         Path(path).write_bytes(b"\x08\x07partial")
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    ctx.monkeypatch.setattr("lightning_fa.export.export_onnx", half_written)
+    ctx.monkeypatch.setattr("lightning_fa.commands.export.export_onnx", half_written)
     argv, out = _export(ctx)
     return argv, out, [f"--out {out}", "No space left on device"]
 

@@ -19,12 +19,12 @@ LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 # name -> ("module:function(argv) -> int", one-line description); imported only when called, so
 # `--help` stays fast.
 TOOLS: dict[str, tuple[str, str]] = {
-    "track": ("lightning_fa.tracking:main", "stable landmarks on a video file or camera"),
+    "track": ("lightning_fa.commands.track:main", "stable landmarks on a video file or camera"),
     "evaluate-video": (
         "lightning_fa.commands.evaluate_video:main",
         "stability of raw, filtered and fine-tuned tracks on unlabelled videos",
     ),
-    "export": ("lightning_fa.export:main", "export a checkpoint's streaming step to ONNX"),
+    "export": ("lightning_fa.commands.export:main", "export a checkpoint's streaming step to ONNX"),
     "predict-ckpt": (
         "lightning_fa.commands.predict:main",
         "predictions from a checkpoint alone (`predict CKPT --data DATA.yaml`)",
