@@ -27,7 +27,6 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from data_modules.checks import check_ints
 from data_modules.image import EpochSampler
 from data_modules.synthetic import (
     CHANNELS,
@@ -39,6 +38,7 @@ from data_modules.synthetic import (
     _interocular,
     project,
 )
+from lightning_fa.checks import check_ints
 from lightning_fa.heatmaps import landmark_patches
 
 # The last training heatmaps computed in this process and what they depend on (`_heatmap_key`):

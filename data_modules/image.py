@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from data_modules.checks import check_finite_non_negative, check_ints
+from data_modules.checks import check_finite_non_negative
 from data_modules.formats import (
     WFLW_ATTRIBUTES,
     LandmarkRecord,
@@ -52,6 +52,7 @@ from data_modules.transforms import (
     landmarks_to_crop,
     sample_augmentation,
 )
+from lightning_fa.checks import check_ints
 
 log = logging.getLogger(__name__)
 

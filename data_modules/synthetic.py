@@ -34,12 +34,12 @@ import torch
 from scipy.spatial import Delaunay
 from torch.utils.data import DataLoader, Dataset
 
-from data_modules.checks import check_ints
 from data_modules.formats import log_skipped, read_image_rgb, read_pts_folder
 from data_modules.image import EpochSampler
 from data_modules.landmarks import get_spec
 from data_modules.transforms import degrade as degrade_jpeg
 from data_modules.transforms import flip_landmarks, to_chw_tensor
+from lightning_fa.checks import check_ints
 
 SPEC = get_spec("300w")
 NUM_LANDMARKS = SPEC.num_landmarks

@@ -34,7 +34,8 @@ import cv2
 import numpy as np
 import torch
 
-from data_modules.checks import check_finite_non_negative, check_ints
+from data_modules.checks import check_finite_non_negative
+from lightning_fa.checks import check_ints
 
 # albumentations' import asks PyPI for a newer release (a 2 s timeout offline, then a warning)
 # unless told not to; it is imported inside the functions that use it, as it takes about a second

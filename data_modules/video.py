@@ -31,7 +31,6 @@ from scipy.ndimage import uniform_filter1d
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
-from data_modules.checks import check_ints
 from data_modules.formats import OnError, log_skipped, read_pts
 from data_modules.image import DEFAULT_AUGMENT, EpochSampler, crop_norm_size
 from data_modules.landmarks import DatasetSpec, get_spec
@@ -46,6 +45,7 @@ from data_modules.transforms import (
     landmarks_to_crop,
     sample_augmentation,
 )
+from lightning_fa.checks import check_ints
 
 log = logging.getLogger(__name__)
 

@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lightning_fa.checks import check_ints
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -77,10 +79,7 @@ class Backbone(nn.Module):
         channel_order: str = "RGB",
     ) -> None:
         super().__init__()
-        for name, value in (("num_landmarks", num_landmarks), ("stride", stride)):
-            # A count given as text ("68") or a float must not be silently converted.
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        check_ints(need="an integer >= 1", num_landmarks=num_landmarks, stride=stride)
         if channel_order not in ("RGB", "BGR"):
             raise ValueError(f"channel_order must be 'RGB' or 'BGR', got {channel_order!r}")
         if len(input_mean) != 3 or len(input_std) != 3:
@@ -297,10 +296,10 @@ def create_backbone(
     name: str, num_landmarks: int, checkpoint: str | Path | None = None, **kwargs: Any
 ) -> Backbone:
     """Build a backbone by registered name (or class path); load `checkpoint` strictly if given."""
-    if isinstance(num_landmarks, bool) or not isinstance(num_landmarks, int) or num_landmarks < 1:
-        raise ValueError(
-            f"create_backbone({name!r}): num_landmarks must be an integer >= 1, got {num_landmarks!r}"
-        )
+    try:
+        check_ints(need="an integer >= 1", num_landmarks=num_landmarks)
+    except ValueError as error:
+        raise ValueError(f"create_backbone({name!r}): {error}") from None
     model = _resolve_factory(name)(num_landmarks=num_landmarks, **kwargs)
     if checkpoint is not None:
         load_checkpoint(model, checkpoint)

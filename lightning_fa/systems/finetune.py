@@ -27,6 +27,7 @@ from lightning_fa.backbones.base import (
     require_plain_data,
     require_tensors,
 )
+from lightning_fa.checks import check_ints
 from lightning_fa.heatmaps import (
     crop_to_frame,
     crop_to_heatmap,
@@ -86,8 +87,7 @@ class StableAlignmentModule(pl.LightningModule):
         channels_last: bool = False,
     ) -> None:
         super().__init__()
-        if tbptt_chunk < 1:
-            raise ValueError(f"tbptt_chunk must be >= 1, got {tbptt_chunk}")
+        check_ints(need=">= 1", tbptt_chunk=tbptt_chunk)
         if lr_scheduler not in ("none", "cosine"):
             raise ValueError(f"lr_scheduler must be 'none' or 'cosine', got {lr_scheduler!r}")
         self.save_hyperparameters(ignore=["backbone", "temporal", "loss"])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from lightning_fa.checks import check_ints
 from lightning_fa.heatmaps import pdc
 
 LayerState = tuple[Tensor, Tensor]
@@ -28,12 +29,6 @@ def detach_state(state: State | None) -> State | None:
     return tuple(tuple(tensor.detach() for tensor in group) for group in state)
 
 
-def _check_positive(**values: int) -> None:
-    for name, value in values.items():
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
-
-
 class ConvLSTMCell(nn.Module):
     """One ConvLSTM cell (Shi et al. 2015): the gates (i, f, g, o) come from a single fused
     convolution over ``concat(x, h_prev)``; optional per-channel peepholes (i and f see c_{t-1},
@@ -43,7 +38,7 @@ class ConvLSTMCell(nn.Module):
         self, in_channels: int, hidden_channels: int, kernel_size: int = 3, peephole: bool = False
     ) -> None:
         super().__init__()
-        _check_positive(
+        check_ints(
             in_channels=in_channels, hidden_channels=hidden_channels, kernel_size=kernel_size
         )
         if kernel_size % 2 == 0:
@@ -161,9 +156,9 @@ class ConvLSTM(nn.Module):
         motion_smoothing: float = 0.2,
     ) -> None:
         super().__init__()
-        _check_positive(num_landmarks=num_landmarks, num_layers=num_layers)
+        check_ints(num_landmarks=num_landmarks, num_layers=num_layers)
         if input_proj is not None:
-            _check_positive(input_proj=input_proj)
+            check_ints(input_proj=input_proj)
         if landmark_wise and input_proj is not None:
             raise ValueError(
                 "landmark_wise=True feeds every heatmap to its own cell, so there is nothing to "
