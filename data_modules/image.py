@@ -41,18 +41,20 @@ from data_modules.formats import (
 )
 from data_modules.landmarks import DatasetSpec, get_spec
 from data_modules.transforms import (
-    DEFAULT_ENLARGE,
     AugmentConfig,
     AugmentParams,
     DegradationConfig,
     augmented_affine,
-    box_to_center_scale,
     crop_frame,
-    landmarks_box,
-    landmarks_to_crop,
     sample_augmentation,
 )
 from lightning_fa.checks import check_ints
+from lightning_fa.geometry import (
+    DEFAULT_ENLARGE,
+    box_to_center_scale,
+    landmarks_box,
+    landmarks_to_crop,
+)
 
 log = logging.getLogger(__name__)
 

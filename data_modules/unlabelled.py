@@ -42,18 +42,18 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from data_modules.landmarks import DatasetSpec, get_spec
-from data_modules.transforms import (
+from lightning_fa.backbones import (
+    CoordinateDetectorBackbone,
+    create_backbone,
+    dlib_face_detector,
+)
+from lightning_fa.geometry import (
     DEFAULT_ENLARGE,
     crop_affine,
     invert_affine,
     landmarks_box,
     transform_points,
     warp_image,
-)
-from lightning_fa.backbones import (
-    CoordinateDetectorBackbone,
-    create_backbone,
-    dlib_face_detector,
 )
 from lightning_fa.heatmaps import augment_patches, decode, heatmap_to_crop, landmark_patches
 from lightning_fa.outputs import atomic_output, file_sha256

@@ -35,17 +35,19 @@ from data_modules.formats import OnError, log_skipped, read_pts
 from data_modules.image import DEFAULT_AUGMENT, EpochSampler, crop_norm_size
 from data_modules.landmarks import DatasetSpec, get_spec
 from data_modules.transforms import (
-    DEFAULT_ENLARGE,
     AugmentConfig,
     AugmentParams,
     DegradationConfig,
     augmented_affine,
     crop_frame,
-    landmarks_box,
-    landmarks_to_crop,
     sample_augmentation,
 )
 from lightning_fa.checks import check_ints
+from lightning_fa.geometry import (
+    DEFAULT_ENLARGE,
+    landmarks_box,
+    landmarks_to_crop,
+)
 
 log = logging.getLogger(__name__)
 

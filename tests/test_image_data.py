@@ -23,6 +23,8 @@ from data_modules.landmarks import get_spec
 from data_modules.transforms import (
     AugmentConfig,
     DegradationConfig,
+)
+from lightning_fa.geometry import (
     transform_points,
     warp_image,
 )

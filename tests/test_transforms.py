@@ -17,14 +17,16 @@ from data_modules.transforms import (
     AugmentParams,
     DegradationConfig,
     apply_colour,
-    box_to_center_scale,
-    crop_affine,
     crop_frame,
     degrade,
     flip_landmarks,
+    sample_augmentation,
+)
+from lightning_fa.geometry import (
+    box_to_center_scale,
+    crop_affine,
     invert_affine,
     landmarks_to_crop,
-    sample_augmentation,
     transform_points,
     warp_image,
 )

@@ -12,7 +12,9 @@ import torch
 
 from data_modules.formats import write_pts
 from data_modules.landmarks import get_spec
-from data_modules.transforms import AugmentConfig, transform_points, warp_image
+from data_modules.transforms import (
+    AugmentConfig,
+)
 from data_modules.video import (
     SPLITS_300VW,
     FrameStore,
@@ -23,6 +25,10 @@ from data_modules.video import (
     load_broken_frames,
     read_300vw_video,
     read_video_frames,
+)
+from lightning_fa.geometry import (
+    transform_points,
+    warp_image,
 )
 
 SIZE = 48
