@@ -20,9 +20,10 @@ import yaml
 from data_modules import unlabelled
 from data_modules.unlabelled import UnlabelledVideoDataModule
 from data_modules.video import FrameStore
-from lightning_fa import pipeline
 from lightning_fa.backbones import load_checkpoint
 from lightning_fa.commands.cli import main as cli_main
+from lightning_fa.commands.embedded import config as embedded_config
+from lightning_fa.commands.embedded import run as embedded_run
 from lightning_fa.commands.sweep import load_sweep, write_table
 from lightning_fa.outputs import OutputLock
 from tests.conftest import REPO_ROOT
@@ -87,7 +88,10 @@ def test_demo_refuses_before_any_work(tmp_path, capsys, one_thread, case: Callab
 
 
 def _truncated(path: Path) -> None:
-    torch.save(pipeline.build_backbone(pipeline.PipelineConfig.fast().pretrain).state_dict(), path)
+    torch.save(
+        embedded_run.build_backbone(embedded_config.PipelineConfig.fast().pretrain).state_dict(),
+        path,
+    )
     path.write_bytes(path.read_bytes()[:1000])
 
 
@@ -103,7 +107,7 @@ def _foreign(path: Path) -> None:
 def test_demo_rebuilds_an_unusable_cached_backbone(
     tmp_path, capsys, one_thread, damage: Callable
 ) -> None:
-    config = pipeline.PipelineConfig.fast()
+    config = embedded_config.PipelineConfig.fast()
     cache, out = tmp_path / "cache", tmp_path / "run"
     entry = cache / f"{config.pretrain.cache_key()}.pth"
     entry.parent.mkdir()
@@ -117,17 +121,17 @@ def test_demo_rebuilds_an_unusable_cached_backbone(
     assert code == 0
     assert f"cached backbone {entry} is unusable, pretraining it again" in printed
     assert entry.read_bytes() != damaged
-    load_checkpoint(pipeline.build_backbone(config.pretrain), entry)  # the rebuilt entry loads
+    load_checkpoint(embedded_run.build_backbone(config.pretrain), entry)  # the rebuilt entry loads
     assert kept.read_bytes() == EARLIER and no_stray_files(cache) == []
 
 
 def test_rebuilt_backbone_entries_are_byte_identical(tmp_path, one_thread) -> None:
     """The entry's SHA-256 goes into fine-tuned checkpoints: a rebuild must not change it
     (torch.save names its archive after the file, so not after a random temporary name)."""
-    config = pipeline.PipelineConfig.fast()
+    config = embedded_config.PipelineConfig.fast()
     builds = []
     for _ in range(2):
-        path, _ = pipeline.pretrain_backbone(config, tmp_path / "run", tmp_path / "cache", True)
+        path, _ = embedded_run.pretrain_backbone(config, tmp_path / "run", tmp_path / "cache", True)
         builds.append(path.read_bytes())
     assert builds[0] == builds[1]
 
@@ -148,9 +152,9 @@ def test_demo_crash_mid_write_keeps_the_earlier_results(tmp_path, monkeypatch, f
         Path(file).write_bytes(b"PK\x03\x04 half of an archive")
         fault()
 
-    monkeypatch.setattr(pipeline.np, "savez_compressed", partial_savez)
+    monkeypatch.setattr(np, "savez_compressed", partial_savez)
     with pytest.raises((OSError, KeyboardInterrupt)):
-        pipeline.write_results(tmp_path, {"results": {}}, {"clean/gt": np.zeros((1, 2, 68, 2))})
+        embedded_run.write_results(tmp_path, {"results": {}}, {"clean/gt": np.zeros((1, 2, 68, 2))})
     assert metrics.read_bytes() == EARLIER and tracks.read_bytes() == EARLIER
     assert no_stray_files(tmp_path) == []
 

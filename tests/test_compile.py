@@ -15,18 +15,18 @@ import warnings
 
 import pytest
 import torch
+from lightning_fa.export import StreamingStep
+from lightning_fa.streaming import MultiStreamInference, compile_step
 
 from lightning_fa.backbones import create_backbone
-from lightning_fa.export import StreamingStep
 from lightning_fa.heatmaps import argmax, argmax_quarter, decode, pdc
 from lightning_fa.losses import JitterLoss
-from lightning_fa.streaming import MultiStreamInference, compile_step
 from lightning_fa.systems.finetune import StableAlignmentModule
 from lightning_fa.temporal.convlstm import ConvLSTM
 
 BATCH, STEPS, LANDMARKS, SIZE = 2, 3, 3, 16
 
-# The stage's default and the embedded default's (lightning_fa.pipeline.FinetuneConfig).
+# The stage's default and the embedded default's (lightning_fa.commands.embedded.config.FinetuneConfig).
 STAGES = {
     "default": {},
     "embedded": {

@@ -18,11 +18,16 @@ from data_modules.embedded import (
     slow_video,
     training_videos,
 )
-from lightning_fa import pipeline
 from lightning_fa.commands.cli import main as cli_main
+from lightning_fa.commands.embedded import run as embedded_run
+from lightning_fa.commands.embedded.config import (
+    EvalConfig,
+    FinetuneConfig,
+    PipelineConfig,
+    PretrainConfig,
+)
 from lightning_fa.commands.lightning_cli import build_cli
 from lightning_fa.commands.sweep import Sweep, grid_tables
-from lightning_fa.pipeline import EvalConfig, FinetuneConfig, PipelineConfig, PretrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 YAML = ROOT / "experiments" / "embedded.yaml"
@@ -43,7 +48,9 @@ FAST = [
 def fast_backbone(tmp_path_factory) -> Path:
     """The fast pretraining's backbone weights (seconds)."""
     root = tmp_path_factory.mktemp("embedded")
-    path, _ = pipeline.pretrain_backbone(PipelineConfig.fast(), root / "run", root / "cache", False)
+    path, _ = embedded_run.pretrain_backbone(
+        PipelineConfig.fast(), root / "run", root / "cache", False
+    )
     return path
 
 
@@ -98,7 +105,7 @@ def test_fit_through_the_yaml_reproduces_the_demo_finetuning(fast_backbone, tmp_
         evaluate=base.evaluate,
         num_workers=0,
     )
-    demo = pipeline.finetune(config, fast_backbone, tmp_path / "demo")
+    demo = embedded_run.finetune(config, fast_backbone, tmp_path / "demo")
     embedded._HEATMAPS.clear()  # the fit computes its own heatmaps (no reuse of the demo's)
     # The fit route also validates each epoch and keeps checkpoints: neither may change training.
     fit_dir = tmp_path / "fit"

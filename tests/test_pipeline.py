@@ -10,9 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from data_modules.embedded import HeatmapWindows
-from lightning_fa import pipeline
-from lightning_fa.pipeline import PipelineConfig, PretrainConfig
+from data_modules.embedded import HeatmapWindows, render, slow_video
+from lightning_fa.commands.embedded import config as embedded_config
+from lightning_fa.commands.embedded import evaluation as embedded_evaluation
+from lightning_fa.commands.embedded import run as embedded_run
+from lightning_fa.commands.embedded.config import PipelineConfig, PretrainConfig
+from lightning_fa.metrics.tracks import box_size, interocular, lag, track_metrics
 
 
 def test_cache_key_depends_on_every_pretraining_field():
@@ -28,17 +31,17 @@ def test_estimate_lag_recovers_a_known_delay():
     signal = np.stack([40 + 10 * np.sin(t / 7.0), 50 + 8 * np.cos(t / 5.0)], axis=-1)
     truth = np.repeat(signal[:, None], 3, axis=1)  # (T, 3, 2)
     delayed = np.concatenate([np.repeat(truth[:2], 1, axis=0), truth[:-2]])  # 2 frames late
-    assert pipeline.estimate_lag(truth, truth) == 0.0
+    assert lag(truth, truth) == 0.0
     still = np.repeat(truth[:1], len(truth), axis=0)
-    assert np.isnan(pipeline.estimate_lag(still + 0.1, still))  # nothing moves: no lag to see
-    assert pipeline.estimate_lag(delayed, truth) == pytest.approx(2.0, abs=0.125)
+    assert np.isnan(lag(still + 0.1, still))  # nothing moves: no lag to see
+    assert lag(delayed, truth) == pytest.approx(2.0, abs=0.125)
 
 
 def test_track_metrics_match_the_formulas():
     rng = np.random.default_rng(0)
     truth = rng.uniform(20, 100, (1, 1, 68, 2)).repeat(6, axis=1)  # a still face, 6 frames
     pred = truth + rng.normal(0, 1.0, truth.shape)
-    m = pipeline.track_metrics(pred, truth)
+    m = track_metrics(pred, truth)
     # Literal SPEC 5 loops.
     iod = np.linalg.norm(truth[0, :, 36] - truth[0, :, 45], axis=-1)
     nme = [np.mean(np.linalg.norm(pred[0, t] - truth[0, t], axis=-1)) / iod[t] for t in range(6)]
@@ -60,53 +63,53 @@ def test_face_scales():
     track = np.zeros((2, 68, 2))
     track[:, :, 0] = np.linspace(10, 50, 68)  # width 40
     track[:, :, 1] = np.linspace(0, 20, 68)  # height 20
-    np.testing.assert_allclose(pipeline.box_size(track), [30.0, 30.0])
+    np.testing.assert_allclose(box_size(track), [30.0, 30.0])
     expected = np.hypot(track[0, 45, 0] - track[0, 36, 0], track[0, 45, 1] - track[0, 36, 1])
-    np.testing.assert_allclose(pipeline.interocular(track), [expected, expected])
+    np.testing.assert_allclose(interocular(track), [expected, expected])
     collapsed = np.zeros((2, 68, 2))  # a degenerate track keeps a positive scale
-    assert (pipeline.box_size(collapsed) > 0).all() and (pipeline.interocular(collapsed) > 0).all()
+    assert (box_size(collapsed) > 0).all() and (interocular(collapsed) > 0).all()
 
 
 def test_still_video_holds_the_face_while_the_camera_noise_changes():
     config = PipelineConfig.fast()
-    video = pipeline.eval_sources(config)["still"]()[0]
-    frames, landmarks = pipeline.render(video)
+    video = embedded_config.eval_sources(config)["still"]()[0]
+    frames, landmarks = render(video)
     assert np.ptp(landmarks, axis=0).max() == 0.0
     assert not torch.equal(frames[0], frames[1])  # per-frame degradation
 
 
 def test_slow_video_scales_the_head_pose_about_its_mean_and_keeps_expressions():
     config = PipelineConfig.fast()
-    source = pipeline.eval_videos(config.evaluate, 64, "heavy", 0)
+    source = embedded_config.eval_videos(config.evaluate, 64, "heavy", 0)
     original = source.video(0)
     rigid = slice(0, 6)  # scale, tx, ty, roll, yaw, pitch
     mean = original.params[:, rigid].mean(axis=0)
-    slowed = pipeline.slow_video(source.video(0), 0.1)
+    slowed = slow_video(source.video(0), 0.1)
     np.testing.assert_allclose(
         slowed.params[:, rigid], mean + 0.1 * (original.params[:, rigid] - mean)
     )
     np.testing.assert_array_equal(slowed.params[:, 6:], original.params[:, 6:])
-    quiet = pipeline.slow_video(source.video(0), 1.0, expression=0.5)
+    quiet = slow_video(source.video(0), 1.0, expression=0.5)
     expressions = slice(6, 9)  # mouth_open, smile, brow_raise; blinks (9, 10) stay
     centre = original.params[:, expressions].mean(axis=0)
     np.testing.assert_allclose(
         quiet.params[:, expressions], centre + 0.5 * (original.params[:, expressions] - centre)
     )
     np.testing.assert_array_equal(quiet.params[:, 9:], original.params[:, 9:])
-    frozen = pipeline.slow_video(source.video(0), 0.0)
+    frozen = slow_video(source.video(0), 0.0)
     assert np.ptp(frozen.params[:, rigid], axis=0).max() < 1e-9
-    unchanged = pipeline.slow_video(source.video(0), 1.0)
+    unchanged = slow_video(source.video(0), 1.0)
     np.testing.assert_allclose(unchanged.landmarks, original.landmarks)
     with pytest.raises(ValueError, match="head_motion"):
-        pipeline.slow_video(source.video(0), 1.5)
+        slow_video(source.video(0), 1.5)
     with pytest.raises(ValueError, match="expression"):
-        pipeline.slow_video(source.video(0), 0.5, expression=-0.1)
+        slow_video(source.video(0), 0.5, expression=-0.1)
 
 
 def test_eval_sources_hold_every_configured_set():
     config = PipelineConfig.fast()
     names = [name for name, *_ in config.evaluate.sets]
-    assert list(pipeline.eval_sources(config)) == [*names, "still"]
+    assert list(embedded_config.eval_sources(config)) == [*names, "still"]
     assert config.evaluate.acceptance_set in names
 
 
@@ -181,10 +184,10 @@ def test_acceptance_rule():
 
     filters = {f"raw-pdc+{n}": row(5.0, 1.0, 1.0, 0.5, 1.0) for n in ("one-euro-mediapipe", "one-euro-tuned", "kalman")}  # fmt: skip
     good = {"degraded": {"raw-pdc": row(5.0, 2.0, 4.0), "finetuned-pdc": row(4.9, 1.0, 2.0, 0.4), **filters}}  # fmt: skip
-    verdict = pipeline.acceptance(good, "degraded")
+    verdict = embedded_evaluation.acceptance(good, "degraded")
     assert verdict["passed"] and verdict["eval_set"] == "degraded"
     with pytest.raises(ValueError, match="degraded-slow"):
-        pipeline.acceptance(good)  # the default set is missing
+        embedded_evaluation.acceptance(good)  # the default set is missing
     assert verdict["mav_reduction_pct"] == pytest.approx(50.0)
     assert verdict["versus_filters"]["kalman"] == {
         "lower_error_jitter": True,
@@ -193,30 +196,30 @@ def test_acceptance_rule():
     }
     worse_nrmse = json.loads(json.dumps(good))
     worse_nrmse["degraded"]["finetuned-pdc"]["nrmse"] = 5.1
-    assert not pipeline.acceptance(worse_nrmse, "degraded")["passed"]
+    assert not embedded_evaluation.acceptance(worse_nrmse, "degraded")["passed"]
     small_cut = json.loads(json.dumps(good))
     small_cut["degraded"]["finetuned-pdc"]["mcv"] = 1.3  # a 35 % cut
-    assert not pipeline.acceptance(small_cut, "degraded")["passed"]
+    assert not embedded_evaluation.acceptance(small_cut, "degraded")["passed"]
 
 
 def test_load_config_round_trip(tmp_path):
     config = PipelineConfig.fast()
     (tmp_path / "metrics.json").write_text(json.dumps({"config": config.to_dict()}))
-    assert pipeline.load_config(tmp_path) == config
+    assert embedded_config.load_config(tmp_path) == config
     with pytest.raises(FileNotFoundError, match=r"metrics\.json"):
-        pipeline.load_config(tmp_path / "missing")
+        embedded_config.load_config(tmp_path / "missing")
 
 
 @pytest.mark.slow
 def test_fast_pipeline_end_to_end_reuses_the_cached_backbone(tmp_path, capsys, one_thread):
     cache = tmp_path / "cache"
-    first = pipeline.run(PipelineConfig.fast(), tmp_path / "run1", cache)
+    first = embedded_run.run(PipelineConfig.fast(), tmp_path / "run1", cache)
     entry = cache / f"{PipelineConfig.fast().pretrain.cache_key()}.pth"
     assert entry.is_file() and not first["backbone_cache"]["reused"]
     written_at = entry.stat().st_mtime_ns
 
     out = capsys.readouterr().out
-    for label in pipeline.METHODS.values():
+    for label in embedded_config.METHODS.values():
         assert label in out  # the printed summary table has every method
 
     run1 = tmp_path / "run1"
@@ -225,13 +228,13 @@ def test_fast_pipeline_end_to_end_reuses_the_cached_backbone(tmp_path, capsys, o
     metrics = json.loads((run1 / "metrics.json").read_text())
     assert set(metrics["results"]) == {"degraded", "degraded-slow", "clean", "still"}
     for per_set in metrics["results"].values():
-        assert set(per_set) == set(pipeline.METHODS)
+        assert set(per_set) == set(embedded_config.METHODS)
         for values in per_set.values():
-            assert set(values) == set(pipeline.METRICS)
+            assert set(values) == set(embedded_config.METRICS)
     for png in ("fig1_still_ellipses", "trajectories", "ced", "tradeoff", "robustness"):
         assert (run1 / f"{png}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    second = pipeline.run(PipelineConfig.fast(), tmp_path / "run2", cache, report=False)
+    second = embedded_run.run(PipelineConfig.fast(), tmp_path / "run2", cache, report=False)
     assert second["backbone_cache"]["reused"]
     assert "pretraining skipped" in capsys.readouterr().out
     assert entry.stat().st_mtime_ns == written_at

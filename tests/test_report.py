@@ -14,9 +14,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lightning_fa import pipeline
 from lightning_fa.commands import report
-from lightning_fa.pipeline import PipelineConfig
+from lightning_fa.commands.embedded import config as embedded_config
+from lightning_fa.commands.embedded import evaluation as embedded_evaluation
+from lightning_fa.commands.embedded.config import PipelineConfig
+from lightning_fa.metrics.tracks import track_metrics
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -26,23 +28,23 @@ def write_fake_run(directory: Path) -> Path:
     config = PipelineConfig.fast()
     rng = np.random.default_rng(0)
     arrays, results = {}, {}
-    for name, source in pipeline.eval_sources(config).items():
+    for name, source in embedded_config.eval_sources(config).items():
         truth = np.stack([video.landmarks for video in source()]).astype(np.float32)
         arrays[f"{name}/gt"] = truth
         results[name] = {}
-        for i, key in enumerate(pipeline.METHODS):
+        for i, key in enumerate(embedded_config.METHODS):
             track = truth + rng.normal(0, 0.2 + 0.1 * i, truth.shape).astype(np.float32)
             arrays[f"{name}/{key}"] = track
-            results[name][key] = {**pipeline.track_metrics(track, truth), "latency_ms": 1.0 + i}
+            results[name][key] = {**track_metrics(track, truth), "latency_ms": 1.0 + i}
     sweep = {"parameter": "min_cutoff", "points": [{"min_cutoff": v, **results["degraded"]["raw-pdc"]} for v in (0.1, 1.0)]}  # fmt: skip
     curves = {k: {"mcv": [1.0, 2.0], "nrmse": [3.0, 4.0]} for k in report.COMPARED}
     metrics = {
         "config": config.to_dict(),
-        "methods": pipeline.METHODS,
+        "methods": embedded_config.METHODS,
         "backbone_cache": {"path": "cache/backbones/x.pth", "key": "x", "reused": True},
         "timing": {"pretrain_s": 0.0, "finetune_s": 1.0, "evaluate_s": 2.0, "total_s": 3.0},
         "results": results,
-        "acceptance": pipeline.acceptance(results),
+        "acceptance": embedded_evaluation.acceptance(results),
         "sweeps": {"degraded": {"one-euro": sweep}},
         "robustness": {
             axis: {"levels": [0.0, 1.0], "curves": curves} for axis in ("noise", "blur")
@@ -77,8 +79,10 @@ def test_figures_are_readable_pngs(run_dir, name):
 
 def test_report_lists_every_method_and_figure(run_dir):
     text = (run_dir / "report.md").read_text()
-    tables = len(pipeline.eval_sources(PipelineConfig.fast()))  # one table per evaluation set
-    for label in pipeline.METHODS.values():
+    tables = len(
+        embedded_config.eval_sources(PipelineConfig.fast())
+    )  # one table per evaluation set
+    for label in embedded_config.METHODS.values():
         assert text.count(f"| {label} |") == tables
     for name in FIGURES:
         assert f"]({name}.png)" in text

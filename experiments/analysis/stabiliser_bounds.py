@@ -43,9 +43,12 @@ import numpy as np
 import torch
 from scipy import stats
 
+from data_modules.embedded import rendered
 from data_modules.synthetic import SyntheticVideo
-from lightning_fa import pipeline
+from lightning_fa.commands.embedded import config as embedded_config
+from lightning_fa.commands.embedded import evaluation as embedded_evaluation
 from lightning_fa.heatmaps import decode, heatmap_to_crop
+from lightning_fa.metrics.tracks import interocular, track_metrics
 from lightning_fa.systems.finetune import StableAlignmentModule
 from lightning_fa.temporal import make_filter
 from lightning_fa.temporal.filters import LandmarkFilter, zero_phase_smooth
@@ -61,7 +64,7 @@ SWEEPS: dict[str, tuple[tuple[str, ...], list[tuple[float, ...]], Callable[..., 
         ("min_cutoff", "beta"),
         list(itertools.product(ONE_EURO_CUTOFFS, ONE_EURO_BETAS)),
         lambda c, b: make_filter("one-euro", min_cutoff=c, beta=b),
-        pipeline.interocular,
+        interocular,
     ),
     "moving-average": (
         ("window",),
@@ -90,7 +93,7 @@ SPLIT = (
     lambda c, b, r: SplitFilter(
         make_filter("one-euro", min_cutoff=c, beta=b), make_filter("one-euro", min_cutoff=r, beta=0)
     ),
-    pipeline.interocular,
+    interocular,
 )
 GRIDS = {**SWEEPS, "split": SPLIT}
 ZERO_PHASE_CUTOFFS_HZ = (0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0)
@@ -303,7 +306,7 @@ def evidence(
     return out
 
 
-def held_out_config(run_dir: Path) -> pipeline.PipelineConfig:
+def held_out_config(run_dir: Path) -> embedded_config.PipelineConfig:
     """The recorded pretraining and evaluation sections of a run's config, which alone decide
     the held-out videos (the fine-tuning section's layout changes between versions and is not
     needed; the PDC cross-check in `set_evidence` shows the videos are the run's)."""
@@ -316,9 +319,9 @@ def held_out_config(run_dir: Path) -> pipeline.PipelineConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: _tuples(v) for k, v in section.items() if k in names})
 
-    return pipeline.PipelineConfig(
-        pretrain=build(pipeline.PretrainConfig, recorded["pretrain"]),
-        evaluate=build(pipeline.EvalConfig, recorded["evaluate"]),
+    return embedded_config.PipelineConfig(
+        pretrain=build(embedded_config.PretrainConfig, recorded["pretrain"]),
+        evaluate=build(embedded_config.EvalConfig, recorded["evaluate"]),
         num_workers=recorded.get("num_workers", 0),
     )
 
@@ -331,7 +334,7 @@ def _tuples(value: Any) -> Any:
 @torch.no_grad()
 def set_evidence(run_dir: Path, tracks: dict[str, np.ndarray]) -> dict[str, Any]:
     """(b) for every held-out set: the run's backbone regenerates the heatmaps of the same
-    videos (`pipeline.eval_sources` is deterministic), one video at a time in float32 (the
+    videos (`embedded_config.eval_sources` is deterministic), one video at a time in float32 (the
     float16 of `pipeline.video_heatmaps` moves values across the PDC threshold, and so the
     decoded points by up to 0.3 px); the PDC decoded from them is checked against the run's
     raw PDC track."""
@@ -339,16 +342,16 @@ def set_evidence(run_dir: Path, tracks: dict[str, np.ndarray]) -> dict[str, Any]
     module = StableAlignmentModule.from_checkpoint(run_dir / "finetuned.ckpt").eval()
     threshold = float(module.hparams.pdc_threshold)
     out = {}
-    for name, source in pipeline.eval_sources(config).items():
+    for name, source in embedded_config.eval_sources(config).items():
         videos = source()
         statistics, decoded = [], []
-        for frames, _ in pipeline.rendered(videos, config.num_workers):
+        for frames, _ in rendered(videos, config.num_workers):
             maps = torch.cat(
                 [module.backbone_heatmaps(c) for c in frames.split(config.evaluate.batch_size)]
             ).float()
             statistics.append(heatmap_statistics(maps, threshold))
             decoded.append(heatmap_to_crop(decode(maps, threshold=threshold), module.stride))
-        raw, truth = tracks[f"{name}/{pipeline.BASELINE}"], tracks[f"{name}/gt"]
+        raw, truth = tracks[f"{name}/{embedded_config.BASELINE}"], tracks[f"{name}/gt"]
         levels = [frame_degradation(v) for v in videos]
         result = evidence(
             raw - truth,
@@ -375,7 +378,7 @@ def sweep(
         for values in grid:
             point = {"filter": name, **dict(zip(parameters, values))}
             smoothed = np.stack([smooth(point, video) for video in raw])
-            points.append({**point, **pipeline.track_metrics(smoothed, truth)})
+            points.append({**point, **track_metrics(smoothed, truth)})
     return points
 
 
@@ -383,7 +386,7 @@ def smooth(point: dict[str, Any], track: np.ndarray) -> np.ndarray:
     """One (T, L, 2) track under the setting ``point`` (filter name and parameters)."""
     parameters, _, factory, scale_of = GRIDS[point["filter"]]
     values = [point[k] for k in parameters]
-    return pipeline.run_filter(lambda: factory(*values), scale_of, track)
+    return embedded_evaluation.run_filter(lambda: factory(*values), scale_of, track)
 
 
 def _lag_ok(lag: float, limit: float) -> bool:
@@ -442,7 +445,7 @@ def zero_phase(raw: np.ndarray, truth: np.ndarray) -> dict[str, Any]:
     curve = []
     for cutoff in ZERO_PHASE_CUTOFFS_HZ:
         smoothed = np.stack([zero_phase_smooth(video.astype(np.float64), cutoff) for video in raw])
-        curve.append({"cutoff_hz": cutoff, **pipeline.track_metrics(smoothed, truth)})
+        curve.append({"cutoff_hz": cutoff, **track_metrics(smoothed, truth)})
     return {"curve": curve, "best": min(curve, key=lambda p: p["nrmse"])}
 
 
@@ -499,7 +502,7 @@ def split_probe(
     chosen = {"split": best(split), "classical": best(points)}
     per_video = {
         family: None if point is None else [
-            pipeline.track_metrics(smooth(point, video)[None], target[None])
+            track_metrics(smooth(point, video)[None], target[None])
             for video, target in zip(raw, truth)
         ]
         for family, point in chosen.items()
@@ -522,15 +525,15 @@ def split_probe(
 
 
 def bounds(tracks: dict[str, np.ndarray], name: str) -> dict[str, Any]:
-    truth, raw = tracks[f"{name}/gt"], tracks[f"{name}/{pipeline.BASELINE}"]
+    truth, raw = tracks[f"{name}/gt"], tracks[f"{name}/{embedded_config.BASELINE}"]
     points = sweep(raw, truth)
-    ours = pipeline.track_metrics(tracks[f"{name}/{pipeline.OURS}"], truth)
+    ours = track_metrics(tracks[f"{name}/{embedded_config.OURS}"], truth)
     # The truth plus the raw track's static per-landmark bias: what a perfect smoother that
     # removes every fluctuation but no bias would score.
     bias_only = truth + (raw - truth).mean(axis=1, keepdims=True)
     return {
-        "raw": pipeline.track_metrics(raw, truth),
-        "bias_only": pipeline.track_metrics(bias_only, truth),
+        "raw": track_metrics(raw, truth),
+        "bias_only": track_metrics(bias_only, truth),
         "ours": ours,
         "frontier": [{"setting": setting_name(p), **p} for p in frontier(points)],
         "ours_position": position(ours, points),
@@ -561,7 +564,11 @@ def analyse(run_dir: str | Path, heatmaps: bool = True) -> dict[str, Any]:
     if not names:
         raise ValueError(f"{path}: no '<set>/gt' array; is this a `lightning-fa demo` run?")
     for name in names:
-        for key in (f"{name}/gt", f"{name}/{pipeline.BASELINE}", f"{name}/{pipeline.OURS}"):
+        for key in (
+            f"{name}/gt",
+            f"{name}/{embedded_config.BASELINE}",
+            f"{name}/{embedded_config.OURS}",
+        ):
             shape = tracks[f"{name}/gt"].shape
             if key not in tracks or tracks[key].shape != shape or len(shape) != 4:
                 raise ValueError(
@@ -569,7 +576,7 @@ def analyse(run_dir: str | Path, heatmaps: bool = True) -> dict[str, Any]:
                 )
     result: dict[str, Any] = {"run_dir": str(run_dir), "sets": {}}
     for name in names:
-        errors = tracks[f"{name}/{pipeline.BASELINE}"] - tracks[f"{name}/gt"]
+        errors = tracks[f"{name}/{embedded_config.BASELINE}"] - tracks[f"{name}/gt"]
         result["sets"][name] = {
             "decomposition": decomposition(errors, tracks[f"{name}/gt"]),
             "bounds": bounds(tracks, name),

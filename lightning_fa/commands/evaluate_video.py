@@ -25,57 +25,21 @@ from typing import Any
 
 import cv2
 import numpy as np
-import torch
 
-from lightning_fa.metrics.functional import accel, mav, mcv
+from lightning_fa.checks import check_ints
+from lightning_fa.metrics.tracks import stability_metrics
 from lightning_fa.outputs import claim_outputs, write_text_atomic
-from lightning_fa.shipped import default_stage
 from lightning_fa.temporal.filters import apply_filter, make_filter, zero_phase_smooth
-from lightning_fa.tracking import (
-    DETECTORS,
-    ENGINES,
-    FrameReader,
-    StreamingTracker,
-    check_at_least_one,
-    check_device,
-    face_scale,
-    load_step,
-    make_detector,
-    open_capture,
-)
+from lightning_fa.tracking.detectors import DETECTORS, make_detector
+from lightning_fa.tracking.loading import ENGINES, load_step
+from lightning_fa.tracking.options import check_device
+from lightning_fa.tracking.shipped import default_stage
+from lightning_fa.tracking.tracker import StreamingTracker, face_scale
+from lightning_fa.tracking.video_io import FrameReader, open_capture
 
 DEFAULT_CUTOFF_HZ = 3.0
 MAX_LAG = 5
 METRICS = ("mcv", "mav", "accel", "deviation", "lag")
-
-
-def velocity_lag(track: np.ndarray, reference: np.ndarray, max_lag: int = MAX_LAG) -> int:
-    """Delay in frames (-max_lag..max_lag) that maximises the normalised cross-correlation of the
-    velocities of `track` and `reference` (T, L, 2): positive when `track` follows `reference`
-    late (track_t ~ reference_{t - lag})."""
-    v = np.diff(track, axis=0).reshape(track.shape[0] - 1, -1)
-    w = np.diff(reference, axis=0).reshape(reference.shape[0] - 1, -1)
-    v, w = v - v.mean(0), w - w.mean(0)
-    best, best_score = 0, -np.inf
-    for lag in range(-max_lag, max_lag + 1):
-        a = v[max(lag, 0) : len(v) + min(lag, 0)]
-        b = w[max(-lag, 0) : len(w) + min(-lag, 0)]
-        score = float((a * b).sum() / max(np.sqrt((a * a).sum() * (b * b).sum()), 1e-12))
-        if score > best_score:
-            best, best_score = lag, score
-    return best
-
-
-def stability_metrics(track: np.ndarray, offline: np.ndarray) -> dict[str, float]:
-    """The protocol's numbers for one (T, L, 2) frame-pixel track against the offline track."""
-    video = [torch.from_numpy(np.asarray(track, dtype=np.float64))]
-    return {
-        "mcv": float(mcv(video)),
-        "mav": float(mav(video)),
-        "accel": float(accel(video)),
-        "deviation": float(np.linalg.norm(track - offline, axis=-1).mean()),
-        "lag": velocity_lag(track, offline),
-    }
 
 
 def longest_run(present: np.ndarray) -> slice:
@@ -164,7 +128,9 @@ def evaluate_tracks(
     return {
         "frames": len(raw),
         "first_frame": run.start,
-        "methods": {name: stability_metrics(track, offline) for name, track in tracks.items()},
+        "methods": {
+            name: stability_metrics(track, offline, MAX_LAG) for name, track in tracks.items()
+        },
     }
 
 
@@ -226,7 +192,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    check_at_least_one(args.max_frames, "--max-frames")
+    check_ints(need=">= 1", none_allowed=True, **{"--max-frames": args.max_frames})
     if not args.cutoff_hz > 0 or not np.isfinite(args.cutoff_hz):
         raise ValueError(f"--cutoff-hz must be a positive number, got {args.cutoff_hz}")
     check_device(args.device)

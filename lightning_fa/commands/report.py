@@ -23,7 +23,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.patches import Ellipse
 
-from lightning_fa import pipeline
+from lightning_fa.commands.embedded import config as embedded
+from lightning_fa.metrics.tracks import NORM_INDICES
 from lightning_fa.outputs import atomic_output, claim_outputs
 
 COLUMNS = (
@@ -38,9 +39,9 @@ COLUMNS = (
 # Chi-square quantile (2 degrees of freedom) of a 95 % confidence ellipse.
 CHI2_95 = 5.991
 COMPARED = {  # the three tracks of the trajectory, robustness and video figures
-    pipeline.BASELINE: ("raw PDC", "tab:red"),
-    f"{pipeline.BASELINE}+one-euro-tuned": ("raw + One Euro", "tab:orange"),
-    pipeline.OURS: ("ours", "tab:green"),
+    embedded.BASELINE: ("raw PDC", "tab:red"),
+    f"{embedded.BASELINE}+one-euro-tuned": ("raw + One Euro", "tab:orange"),
+    embedded.OURS: ("ours", "tab:green"),
 }
 
 
@@ -95,12 +96,12 @@ def confidence_ellipse(points: np.ndarray) -> tuple[np.ndarray, float, float, fl
     return centre, float(width), float(height), angle
 
 
-def figure_still(tracks: Any, config: pipeline.PipelineConfig, out: Path) -> str:
+def figure_still(tracks: Any, config: embedded.PipelineConfig, out: Path) -> str:
     """Paper Figure 1: 95 % ellipses of each landmark over a still face, backbone vs ours."""
-    frame = pipeline.eval_sources(config)["still"]()[0].frame(0)
+    frame = embedded.eval_sources(config)["still"]()[0].frame(0)
     fig, axes = plt.subplots(1, 2, figsize=(9, 4.8))
     for ax, key, title in zip(
-        axes, (pipeline.BASELINE, pipeline.OURS), ("raw backbone (PDC)", "fine-tuned (ours)")
+        axes, (embedded.BASELINE, embedded.OURS), ("raw backbone (PDC)", "fine-tuned (ours)")
     ):
         track = tracks[f"still/{key}"][0]
         ax.imshow(frame)
@@ -135,7 +136,7 @@ def figure_trajectories(tracks: Any, out: Path, landmarks=TRAJECTORY_LANDMARKS) 
 
 def per_frame_nme(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
     """(N,) normalised mean error of every frame (fraction of the inter-ocular distance)."""
-    a, b = pipeline.NORM_INDICES
+    a, b = NORM_INDICES
     iod = np.linalg.norm(truth[..., a, :] - truth[..., b, :], axis=-1)
     return (np.linalg.norm(pred - truth, axis=-1).mean(axis=-1) / iod).ravel()
 
@@ -147,7 +148,7 @@ def figure_ced(tracks: Any, metrics: dict[str, Any], out: Path) -> str:
         truth = tracks[f"{name}/gt"]
         for key, label in metrics["methods"].items():
             errors = np.sort(per_frame_nme(tracks[f"{name}/{key}"], truth)) * 100.0
-            style = "-" if key.startswith(pipeline.OURS) else "--"
+            style = "-" if key.startswith(embedded.OURS) else "--"
             ax.plot(errors, np.arange(1, len(errors) + 1) / len(errors), style, label=label)
         ax.set(xlabel="NME (% inter-ocular)", ylabel="fraction of frames", title=f"CED, {name}")
         ax.set_xlim(0, 15)
@@ -168,8 +169,8 @@ def figure_tradeoff(metrics: dict[str, Any], out: Path) -> str:
             ax.plot(x, y, "o-", ms=3, label=f"{name} ({sweep['parameter']})")
             ax.annotate(str(points[0][sweep["parameter"]]), (x[0], y[0]), fontsize=6)
             ax.annotate(str(points[-1][sweep["parameter"]]), (x[-1], y[-1]), fontsize=6)
-        for key, marker in ((pipeline.BASELINE, "kX"), (pipeline.OURS, "g*"),
-                            (f"{pipeline.OURS}+one-euro-tuned", "gP")):  # fmt: skip
+        for key, marker in ((embedded.BASELINE, "kX"), (embedded.OURS, "g*"),
+                            (f"{embedded.OURS}+one-euro-tuned", "gP")):  # fmt: skip
             r = results[key]
             ax.plot(r[stability], r["nrmse"], marker, ms=11, label=metrics["methods"][key])
         ax.set_xscale("log")
@@ -196,10 +197,10 @@ def figure_robustness(metrics: dict[str, Any], out: Path) -> str:
 
 
 def write_overlay_video(
-    tracks: Any, config: pipeline.PipelineConfig, out: Path, upscale: int = 3
+    tracks: Any, config: embedded.PipelineConfig, out: Path, upscale: int = 3
 ) -> str:
     """raw | One Euro | ours side by side on held-out degraded video 0 (MJPG .avi)."""
-    video = pipeline.eval_sources(config)["degraded"]()[0]
+    video = embedded.eval_sources(config)["degraded"]()[0]
     size = video.image_size * upscale
     path = out / "overlay.avi"
     fourcc = cv2.VideoWriter_fourcc(*"MJPG")
@@ -235,11 +236,11 @@ def _verdict_text(metrics: dict[str, Any]) -> str:
         f"{a['added_lag_frames']:+.2f} frames.",
     ]
     results = metrics["results"][a.get("eval_set", "degraded")]
-    ours = results[pipeline.OURS]
+    ours = results[embedded.OURS]
     for name, checks in a["versus_filters"].items():
-        other = results[f"{pipeline.BASELINE}+{name}"]
+        other = results[f"{embedded.BASELINE}+{name}"]
         lines.append(
-            f"- vs {metrics['methods'][f'{pipeline.BASELINE}+{name}']}: error-jitter "
+            f"- vs {metrics['methods'][f'{embedded.BASELINE}+{name}']}: error-jitter "
             f"{ours['error_jitter']:.3f} vs {other['error_jitter']:.3f} px² "
             f"({'lower' if checks['lower_error_jitter'] else 'higher'}), NRMSE "
             f"{ours['nrmse']:.2f} vs {other['nrmse']:.2f} % "
@@ -297,8 +298,8 @@ def _check_metrics(metrics: Any, file: Path) -> None:
     _field(metrics, ["config"], dict, file)
     methods = _field(metrics, ["methods"], dict, file)
     filters = _field(metrics, ["acceptance", "versus_filters"], dict, file)
-    needed = [*COMPARED, f"{pipeline.OURS}+one-euro-tuned"]
-    needed += [f"{pipeline.BASELINE}+{name}" for name in filters]
+    needed = [*COMPARED, f"{embedded.OURS}+one-euro-tuned"]
+    needed += [f"{embedded.BASELINE}+{name}" for name in filters]
     for key in [*methods, *needed]:
         _field(metrics, ["methods", key], str, file)
     results = _field(metrics, ["results"], dict, file)
@@ -372,10 +373,10 @@ def load_tracks(run_dir: Path, metrics: dict[str, Any], config: Any) -> dict[str
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as error:
         raise ValueError(f"{path} cannot be read ({error}); {rerun}") from error
     frames = {"degraded": config.evaluate.frames, "still": config.evaluate.still_frames}
-    sets = {"still": [pipeline.BASELINE, pipeline.OURS], "degraded": list(metrics["methods"])}
+    sets = {"still": [embedded.BASELINE, embedded.OURS], "degraded": list(metrics["methods"])}
     if "clean/gt" in tracks:
         sets["clean"] = list(metrics["methods"])
-    landmarks = max(*TRAJECTORY_LANDMARKS, *pipeline.NORM_INDICES) + 1
+    landmarks = max(*TRAJECTORY_LANDMARKS, *NORM_INDICES) + 1
     for name, keys in sets.items():
         for key in ["gt", *keys]:
             array = tracks.get(f"{name}/{key}")
@@ -410,9 +411,9 @@ def _check_run_folder(run_dir: Path) -> None:
     )
 
 
-def _recorded_config(run_dir: Path) -> pipeline.PipelineConfig:
+def _recorded_config(run_dir: Path) -> embedded.PipelineConfig:
     try:
-        return pipeline.load_config(run_dir)
+        return embedded.load_config(run_dir)
     except (TypeError, KeyError) as error:  # a key this version does not know, or lacks
         raise ValueError(
             f"{run_dir / 'metrics.json'}: `config` is not a PipelineConfig this version can "
