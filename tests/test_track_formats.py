@@ -15,13 +15,15 @@ import numpy as np
 import pytest
 import torch
 
-from lightning_fa import tracking
 from lightning_fa.backbones import HRNet
+from lightning_fa.commands import track as track_command
 from lightning_fa.commands.cli import main as cli_main
-from lightning_fa.export import StreamingStep
+from lightning_fa.inference.onnx import StreamingStep
 from lightning_fa.systems.finetune import StableAlignmentModule
 from lightning_fa.temporal import ConvLSTM
 from lightning_fa.temporal.filters import OneEuroFilter
+from lightning_fa.tracking import detectors, formats, video_io
+from lightning_fa.tracking.tracker import StreamingTracker
 from tests.conftest import TINY_HRNET
 
 # Presentation times of a phone-like variable-frame-rate clip: 30 fps, a stall, bursts.
@@ -85,7 +87,7 @@ class _ScoringStep:
 class _LateDetector:
     """No face in the first `NO_FACE_FRAMES` calls, then one fixed box."""
 
-    calibration = tracking.BoxCalibration(dy=0.0, scale=1.0)
+    calibration = detectors.BoxCalibration(dy=0.0, scale=1.0)
 
     def __init__(self) -> None:
         self.calls = 0
@@ -98,8 +100,8 @@ class _LateDetector:
 
 
 def _fake_model(monkeypatch: pytest.MonkeyPatch, scores: bool = True) -> None:
-    monkeypatch.setattr(tracking, "load_step", lambda *args, **kwargs: _ScoringStep(scores))
-    monkeypatch.setattr(tracking, "make_detector", lambda name: _LateDetector())
+    monkeypatch.setattr(track_command, "load_step", lambda *args, **kwargs: _ScoringStep(scores))
+    monkeypatch.setattr(track_command, "make_detector", lambda name: _LateDetector())
 
 
 def track(*argv: str | Path) -> int:
@@ -132,7 +134,7 @@ def test_coco_and_openface_outputs_parse_back_to_the_csv_numbers(
     assert list(openface[0]) == ["frame", "face_id", "timestamp", "confidence", "success",
                                  *(f"x_{k}" for k in range(68)), *(f"y_{k}" for k in range(68))]  # fmt: skip
     for k, (row, frame, face) in enumerate(zip(rows, coco, openface)):
-        points = np.array([float(row[c]) for c in tracking.csv_header(68)[4:]]).reshape(68, 2)
+        points = np.array([float(row[c]) for c in formats.csv_header(68)[4:]]).reshape(68, 2)
         assert frame["frame_id"] == int(row["frame"]) == k
         assert int(face["frame"]) == k + 1  # OpenFace counts frames from 1
         assert frame["timestamp"] == pytest.approx(float(row["time"]), abs=1e-4)
@@ -175,14 +177,14 @@ def test_a_stopped_run_keeps_the_new_outputs_in_partial_files(
     _fake_model(monkeypatch)
     coco, openface = tmp_path / "lm.json", tmp_path / "of.csv"
     coco.write_text("earlier")
-    step = tracking.StreamingTracker.step
+    step = StreamingTracker.step
 
     def stopping(self, image, timestamp=None):
         if self.frame_index + 1 == 5:
             raise KeyboardInterrupt
         return step(self, image, timestamp)
 
-    monkeypatch.setattr(tracking.StreamingTracker, "step", stopping)
+    monkeypatch.setattr(StreamingTracker, "step", stopping)
     argv = [write_mjpg_avi(tmp_path / "clip.avi"), "--out-coco", coco, "--out-openface", openface]
     assert track(*argv) == 130  # Ctrl-C
     assert coco.read_text() == "earlier" and not openface.exists()
@@ -220,7 +222,7 @@ def test_landmark_scores_are_each_raw_map_peak_and_reach_the_tracks() -> None:
 
     detector = _LateDetector()
     detector.calls = NO_FACE_FRAMES
-    (result,) = tracking.StreamingTracker(step, detector, min_confidence=0.0).step(
+    (result,) = StreamingTracker(step, detector, min_confidence=0.0).step(
         np.full((64, 64, 3), 128, np.uint8)
     )
     assert result.landmark_scores.shape == (68,)
@@ -250,7 +252,7 @@ class _StampCapture:
 
 def test_frames_without_a_usable_stamp_are_placed_by_the_frame_rate() -> None:
     # 0 ms, then a backend's 0 (no stamp), a corrupt frame, a NaN, a real later stamp.
-    reader = tracking.FrameReader(_StampCapture([0.0, 0.0, None, float("nan"), 900.0, 950.0]))
+    reader = video_io.FrameReader(_StampCapture([0.0, 0.0, None, float("nan"), 900.0, 950.0]))
     timed = [(position, t) for position, t, _ in reader.timed()]
     assert timed == [(0, 0.0), (1, 0.1), (3, pytest.approx(0.3)), (4, 0.9), (5, 0.95)]
     assert reader.estimated_times == 2 and reader.skipped == 1
@@ -262,7 +264,7 @@ def test_variable_frame_rate_timestamps_are_read_and_reach_the_one_euro_filter(
     video = write_vfr_mp4(tmp_path / "phone.mp4", VFR_MS)
     seconds = [t / 1000 for t in VFR_MS]
     capture = cv2.VideoCapture(str(video))
-    reader = tracking.FrameReader(capture)
+    reader = video_io.FrameReader(capture)
     assert [t for _, t, _ in reader.timed()] == pytest.approx(seconds, abs=1e-6)
     assert reader.estimated_times == 0
     capture.release()
@@ -293,7 +295,7 @@ def test_variable_frame_rate_timestamps_are_read_and_reach_the_one_euro_filter(
 def test_label_pane_writes_in_the_top_left_corner_only() -> None:
     pane = np.full((360, 480, 3), 90, np.uint8)
     labelled = pane.copy()
-    tracking.label_pane(labelled, "stabilised")
+    formats.label_pane(labelled, "stabilised")
     rows, columns = np.nonzero((labelled != pane).any(-1))
     assert len(rows) > 100
     assert rows.max() < 60 and columns.min() < 20 and columns.max() < 240
@@ -307,8 +309,8 @@ def test_overlay_is_labelled_h264_with_the_input_timing(
     av = pytest.importorskip("av")
     video = write_vfr_mp4(tmp_path / "phone.mp4", VFR_MS)
     labels: list[str] = []
-    label = tracking.label_pane
-    monkeypatch.setattr(tracking, "label_pane", lambda image, text: (labels.append(text),
+    label = formats.label_pane
+    monkeypatch.setattr(formats, "label_pane", lambda image, text: (labels.append(text),
                                                                      label(image, text)))  # fmt: skip
     _fake_model(monkeypatch)
     overlay = tmp_path / "overlay.mp4"
@@ -330,7 +332,7 @@ def test_overlay_is_labelled_h264_with_the_input_timing(
 def test_without_h264_the_overlay_is_mjpg_avi_with_one_notice(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(tracking, "have_h264", lambda: False)
+    monkeypatch.setattr(video_io, "have_h264", lambda: False)
     _fake_model(monkeypatch)
     assert track(write_mjpg_avi(tmp_path / "clip.avi"), "--out-video", tmp_path / "o.mp4") == 0
     err = capsys.readouterr().err
@@ -361,7 +363,7 @@ def test_an_overlay_extension_without_a_codec_is_refused(
 def test_h264_overlay_of_an_odd_sized_frame_gets_one_black_row(tmp_path: Path) -> None:
     av = pytest.importorskip("av")
     path = tmp_path / "odd.mp4"
-    writer = tracking.open_overlay(path, path, 25.0, (62, 47))  # yuv420p needs even sides
+    writer = video_io.open_overlay(path, path, 25.0, (62, 47))  # yuv420p needs even sides
     for k in range(3):
         writer.write(np.full((47, 62, 3), 200, np.uint8), k / 25)
     writer.release()

@@ -12,9 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from lightning_fa import tracking
+from lightning_fa.commands import track as track_command
 from lightning_fa.commands.cli import main as cli_main
-from lightning_fa.tracking import FrameReader, StreamingTracker, box_iou, csv_header
+from lightning_fa.tracking import detectors, video_io
+from lightning_fa.tracking.detectors import box_iou
+from lightning_fa.tracking.formats import csv_header
+from lightning_fa.tracking.tracker import StreamingTracker
+from lightning_fa.tracking.video_io import FrameReader
 
 
 def main(argv: list[str]) -> int:
@@ -153,7 +157,7 @@ def test_bad_inputs_fail_with_clear_errors(tmp_path: Path, capsys) -> None:
     assert main(["97", *out]) == 2
     assert "cannot open camera 97" in capsys.readouterr().err
     with pytest.raises(FileNotFoundError, match="input video not found"):
-        tracking.open_capture(str(tmp_path / "missing.mp4"))
+        video_io.open_capture(str(tmp_path / "missing.mp4"))
 
 
 def test_unwritable_output_fails_before_any_work(tmp_path: Path, monkeypatch, capsys) -> None:
@@ -164,7 +168,7 @@ def test_unwritable_output_fails_before_any_work(tmp_path: Path, monkeypatch, ca
     def no_model(*args, **kwargs):
         raise AssertionError("the model must not be loaded when an output is unwritable")
 
-    monkeypatch.setattr(tracking, "load_step", no_model)
+    monkeypatch.setattr(track_command, "load_step", no_model)
     code = main([str(video), "--out-json", str(blocker / "sub" / "out.json")])
     assert code == 2
     assert "--out-json" in capsys.readouterr().err
@@ -218,7 +222,7 @@ class _CountingStep:
 
 
 class _ScriptedDetector:
-    calibration = tracking.BoxCalibration(dy=0.0, scale=1.0)
+    calibration = detectors.BoxCalibration(dy=0.0, scale=1.0)
 
     def __init__(self, script: list[list[tuple[float, float, float, float]]]) -> None:
         self.script = script
@@ -264,13 +268,14 @@ def test_box_iou_closed_form() -> None:
 
 
 def test_velocity_lag_recovers_a_known_delay() -> None:
-    from lightning_fa.commands.evaluate_video import velocity_lag
+    from lightning_fa.commands.evaluate_video import MAX_LAG
+    from lightning_fa.metrics.tracks import lag
 
     rng = np.random.default_rng(0)
     walk = np.cumsum(rng.normal(size=(80, 3, 2)), axis=0)
     for delay in (-3, 0, 2, 5):
         delayed = np.roll(walk, delay, axis=0)[10:-10]  # delayed_t = walk_{t - delay}
-        assert velocity_lag(delayed, walk[10:-10]) == delay
+        assert lag(delayed, walk[10:-10], MAX_LAG, match="velocity") == delay
 
 
 def test_evaluate_tracks_orders_methods_sensibly() -> None:

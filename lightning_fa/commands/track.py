@@ -35,12 +35,13 @@ from typing import Any
 
 import cv2
 
+from lightning_fa.checks import check_ints
 from lightning_fa.outputs import claim_outputs
 from lightning_fa.temporal.filters import FILTER_NAMES
 from lightning_fa.tracking.detectors import DETECTORS, make_detector
 from lightning_fa.tracking.formats import TrackOutputs
 from lightning_fa.tracking.loading import ENGINES, load_step
-from lightning_fa.tracking.options import check_at_least_one, check_device, check_fraction
+from lightning_fa.tracking.options import check_device, check_fraction
 from lightning_fa.tracking.shipped import default_stage
 from lightning_fa.tracking.tracker import StreamingTracker, track_video
 from lightning_fa.tracking.video_io import FrameReader, open_capture, overlay_path
@@ -122,9 +123,15 @@ def _output_paths(args: argparse.Namespace) -> list[tuple[Path | None, str]]:
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    check_at_least_one(args.max_frames, "--max-frames")
-    check_at_least_one(args.max_faces, "--max-faces")
-    check_at_least_one(args.redetect_every, "--redetect-every")
+    check_ints(
+        need=">= 1",
+        none_allowed=True,
+        **{
+            "--max-frames": args.max_frames,
+            "--max-faces": args.max_faces,
+            "--redetect-every": args.redetect_every,
+        },
+    )
     check_fraction(args.min_confidence, "--min-confidence")
     check_device(args.device)
     with claim_outputs(_output_paths(args)):

@@ -14,7 +14,8 @@ from lightning_fa.backbones.mediapipe import (
     import_mediapipe,
     proto_string,
 )
-from lightning_fa.tracking import BoxCalibration, check_fraction
+from lightning_fa.tracking.detectors import BoxCalibration
+from lightning_fa.tracking.options import check_fraction
 
 # Short range: faces within about 2 m of a phone camera (the bundled default); full range: small
 # faces too, slower. Per range: its subgraph, the model file the wheel bundles for it, and its

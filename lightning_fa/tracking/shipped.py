@@ -8,18 +8,12 @@ of the resolved training config and of the dlib model it was trained for. It is 
 `torch.load(weights_only=True)` and the stage is built only through the allow-listed registry
 (`lightning_fa.temporal.TEMPORAL_STAGES`).
 
-Regenerate it (`make ship-weights`; ~15 epochs of the committed unlabelled config on the three
-public clips, a few CPU minutes on an idle machine):
-
-    python -m lightning_fa.shipped --out lightning_fa/resources/dlib-stage.pt
+Regenerate it with `make ship-weights` (`lightning_fa.commands.ship_weights`); the configs and
+clips it trains on are named here, beside the file they produce.
 """
 
 from __future__ import annotations
 
-import argparse
-import shutil
-import subprocess
-import sys
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -30,7 +24,7 @@ import torch
 from lightning_fa.outputs import file_sha256
 
 FORMAT_VERSION = 1
-SHIPPED_DLIB_STAGE = Path(__file__).with_name("resources") / "dlib-stage.pt"
+SHIPPED_DLIB_STAGE = Path(__file__).parents[1] / "resources" / "dlib-stage.pt"
 # The module settings that turn the stage's maps into coordinates; everything else in
 # StableAlignmentModule only matters for training.
 DECODER_SETTINGS = ("decoder", "pdc_threshold", "relative_threshold")
@@ -162,68 +156,11 @@ def load_stage_file(path: str | Path = SHIPPED_DLIB_STAGE) -> Any:
     return module.eval()
 
 
-# --------------------------------------------------------------------------- regeneration
+# --------------------------------------------------------------------------- how it is trained
 
+# The unlabelled route the stage is trained with (`lightning_fa.commands.ship_weights`;
+# `lightning-fa unlabelled-experiment` uses the same configs and clips), run from the repository
+# root.
+UNLABELLED_CONFIGS = ("experiments/base.yaml", "experiments/unlabelled.yaml")
+VIDEO_DIR = Path("../shared/data/videos")
 CLIP_NAMES = ("WDA_KatieHill_000.mp4", "liveportrait_d0.mp4", "liveportrait_d3.mp4")
-
-
-def fit_command(videos: list[Path], run_dir: Path, overrides: list[str]) -> list[str]:
-    """`lightning-fa fit` with the committed unlabelled config on every clip (no validation)."""
-    from lightning_fa.unlabelled_experiment import CONFIGS
-
-    return [
-        sys.executable, "-m", "lightning_fa", "fit",
-        *(arg for config in CONFIGS for arg in ("--config", config)),
-        "--run_name=ship-weights",
-        f"--trainer.default_root_dir={run_dir}",
-        f"--data.init_args.videos=[{', '.join(str(v) for v in videos)}]",
-        "--data.init_args.val_videos=null",
-        *overrides,
-    ]  # fmt: skip
-
-
-def main(argv: list[str] | None = None) -> int:
-    from lightning_fa.unlabelled_experiment import VIDEO_DIR
-
-    parser = argparse.ArgumentParser(prog="python -m lightning_fa.shipped", description=__doc__)
-    parser.add_argument("--out", type=Path, default=SHIPPED_DLIB_STAGE)
-    parser.add_argument(
-        "--videos", type=Path, nargs="+", default=[VIDEO_DIR / c for c in CLIP_NAMES]
-    )
-    parser.add_argument("--run-dir", type=Path, default=Path("runs/ship-weights"))
-    parser.add_argument(
-        "--no-fit", action="store_true",
-        help="extract the stage of the fit already in --run-dir (run with the same arguments)",
-    )  # fmt: skip
-    # Anything else goes to `lightning-fa fit` (e.g. --seed_everything=1).
-    args, overrides = parser.parse_known_args(argv)
-    missing = [str(v) for v in args.videos if not v.is_file()]
-    if missing:
-        raise FileNotFoundError(f"--videos: no such file: {', '.join(missing)}")
-    command = fit_command(args.videos, args.run_dir, overrides)
-    if not args.no_fit:
-        shutil.rmtree(args.run_dir, ignore_errors=True)  # its config and checkpoint: this run's
-        print(" ".join(command), flush=True)
-        status = subprocess.run(command).returncode
-        if status:
-            raise ValueError(f"lightning-fa fit exited with status {status} (its message is above)")
-    configs = sorted(args.run_dir.glob("csv/version_*/config.yaml"))
-    if len(configs) != 1:
-        raise ValueError(
-            f"{args.run_dir}: expected the config.yaml of one fit, found {len(configs)}"
-        )
-    config = configs[0]
-    training = {
-        "config_sha256": file_sha256(config),
-        "command": " ".join(["lightning-fa", *command[3:]]),
-        "videos": {v.name: file_sha256(v) for v in args.videos},
-    }
-    contents = write_stage_file(args.run_dir / "checkpoints" / "last.ckpt", args.out, training)
-    print(f"wrote {args.out} ({args.out.stat().st_size} bytes; {contents['temporal_stage']})")
-    return 0
-
-
-if __name__ == "__main__":
-    from lightning_fa.errors import run_command
-
-    sys.exit(run_command("lightning_fa.shipped", main, sys.argv[1:]))
