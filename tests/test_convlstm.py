@@ -1,4 +1,5 @@
-"""ConvLSTM temporal stage: identity at init, explicit state, TBPTT detach, autocast, export."""
+"""The ConvLSTM temporal stages: identity at init, explicit state, TBPTT detach, autocast, export,
+registry and old records."""
 
 from __future__ import annotations
 
@@ -7,26 +8,41 @@ import math
 import pytest
 import torch
 
-from lightning_fa.temporal import ConvLSTM, ConvLSTMCell, detach_state
+from lightning_fa.temporal import (
+    TEMPORAL_STAGES,
+    ConvLSTM,
+    ConvLSTMCell,
+    GatedBlendConvLSTM,
+    LandmarkWiseConvLSTM,
+    TemporalStage,
+    build_temporal_stage,
+    detach_state,
+    registered_name,
+)
 
 L, H, W = 5, 8, 8
-# Constructor variants that every behavioural test below runs on.
+# The stages (class, extra arguments) that every behavioural test below runs on.
 VARIANTS = {
-    "direct": {"input_proj": None},
-    "squeezed": {"input_proj": 3},
-    "landmark_wise": {"input_proj": None, "landmark_wise": True},
-    "gated_blend": {"input_proj": None, "landmark_wise": True, "gated_blend": True},
+    "direct": (ConvLSTM, {"input_proj": None}),
+    "squeezed": (ConvLSTM, {"input_proj": 3}),
+    "landmark_wise": (LandmarkWiseConvLSTM, {}),
+    "gated_blend": (GatedBlendConvLSTM, {}),
 }
 # The variants the exporters must handle (the squeezed default and both landmark-wise forms).
 EXPORTED = ("squeezed", "landmark_wise", "gated_blend")
 
 
-def _trained_like(model: ConvLSTM) -> ConvLSTM:
+def _variant(variant: str, *args, **kwargs) -> TemporalStage:
+    stage, extra = VARIANTS[variant]
+    return stage(L, *args, **kwargs, **extra)
+
+
+def _trained_like(model: TemporalStage) -> TemporalStage:
     """Give the zero-initialised projection weights so the recurrence shows in the output."""
     with torch.no_grad():
         model.proj.weight.normal_(0.0, 0.5)
         model.proj.bias.normal_(0.0, 0.1)
-        if model.gated_blend:
+        if isinstance(model, GatedBlendConvLSTM):
             model.blend_strength.fill_(0.8)
     return model
 
@@ -53,7 +69,7 @@ def _cell_step_literal(cell: ConvLSTMCell, x, h, c):
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_untrained_head_returns_input_exactly(variant):
-    model = ConvLSTM(L, hidden_channels=4, num_layers=2, **VARIANTS[variant])
+    model = _variant(variant, hidden_channels=4, num_layers=2)
     seq = torch.randn(2, 3, L, H, W)
     out, _ = model.forward_sequence(seq)
     assert torch.equal(out, seq)
@@ -92,7 +108,7 @@ def test_peephole_parameters_only_when_enabled():
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_sequence_equals_stepping_with_state(variant):
-    model = _trained_like(ConvLSTM(L, 4, num_layers=2, peephole=True, **VARIANTS[variant]))
+    model = _trained_like(_variant(variant, 4, num_layers=2, peephole=True))
     seq = torch.randn(2, 4, L, H, W)
     out, final = model.forward_sequence(seq)
     state = None
@@ -164,7 +180,7 @@ def test_channels_last_input_gives_same_output():
 @pytest.mark.filterwarnings("ignore:`torch.jit.trace:DeprecationWarning")
 @pytest.mark.parametrize("variant", EXPORTED)
 def test_jit_trace_with_explicit_state_matches_eager(variant):
-    model = _trained_like(ConvLSTM(L, 4, num_layers=2, peephole=True, **VARIANTS[variant])).eval()
+    model = _trained_like(_variant(variant, 4, num_layers=2, peephole=True)).eval()
     x = torch.randn(1, L, H, W)
     state = model.init_state(1, H, W)
     traced = torch.jit.trace(model, (x, state))
@@ -178,7 +194,7 @@ def test_jit_trace_with_explicit_state_matches_eager(variant):
 
 @pytest.mark.parametrize("variant", EXPORTED)
 def test_torch_export_with_explicit_state_matches_eager(variant):
-    model = _trained_like(ConvLSTM(L, 4, **VARIANTS[variant])).eval()
+    model = _trained_like(_variant(variant, 4)).eval()
     x = torch.randn(1, L, H, W)
     state = model.init_state(1, H, W)
     exported = torch.export.export(model, (x, state))
@@ -218,23 +234,34 @@ def test_bad_state_raises():
 
 
 @pytest.mark.parametrize(
-    "kwargs",
+    ("stage", "kwargs"),
     [
-        {"kernel_size": 4},
-        {"hidden_channels": 0},
-        {"num_layers": 0},
-        {"input_proj": 0},
-        {"landmark_wise": True},  # with the default input_proj=16
-        {"gated_blend": True, "input_proj": None},  # without landmark_wise
-        {"max_blend": 0.0},
-        {"max_blend": 1.5},
-        {"motion_smoothing": 0.0},
-        {"motion_smoothing": 1.2},
+        *((stage, {"kernel_size": 4}) for stage in TEMPORAL_STAGES.values()),
+        *((stage, {"hidden_channels": 0}) for stage in TEMPORAL_STAGES.values()),
+        *((stage, {"num_layers": 0}) for stage in TEMPORAL_STAGES.values()),
+        (ConvLSTM, {"input_proj": 0}),
+        (GatedBlendConvLSTM, {"max_blend": 0.0}),
+        (GatedBlendConvLSTM, {"max_blend": 1.5}),
+        (GatedBlendConvLSTM, {"motion_smoothing": 0.0}),
+        (GatedBlendConvLSTM, {"motion_smoothing": 1.2}),
     ],
 )
-def test_bad_constructor_arguments_raise(kwargs):
+def test_bad_constructor_arguments_raise(stage, kwargs):
     with pytest.raises(ValueError):
-        ConvLSTM(L, **kwargs)
+        stage(L, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        {"landmark_wise": True},  # with the default input_proj=16
+        {"gated_blend": True, "input_proj": None},  # without landmark_wise
+    ],
+)
+def test_contradicting_legacy_flags_raise(flags):
+    """The flag combinations the old all-in-one ConvLSTM refused stay refused in old records."""
+    with pytest.raises(ValueError, match="cannot build temporal stage"):
+        build_temporal_stage("ConvLSTM", {"num_landmarks": L, **flags}, "old.ckpt")
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -242,7 +269,7 @@ def test_bad_constructor_arguments_raise(kwargs):
 def test_onnx_export_with_explicit_state_matches_eager(tmp_path, variant):
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
-    model = _trained_like(ConvLSTM(L, 4, num_layers=2, peephole=True, **VARIANTS[variant])).eval()
+    model = _trained_like(_variant(variant, 4, num_layers=2, peephole=True)).eval()
     x = torch.randn(1, L, H, W)
     state = model.init_state(1, H, W)
     path = tmp_path / "convlstm.onnx"
@@ -262,16 +289,9 @@ def test_onnx_export_with_explicit_state_matches_eager(tmp_path, variant):
 
 def _landmark_wise(
     peephole: bool = True, num_layers: int = 2, gated_blend: bool = False
-) -> ConvLSTM:
-    model = ConvLSTM(
-        L,
-        3,
-        num_layers=num_layers,
-        peephole=peephole,
-        input_proj=None,
-        landmark_wise=True,
-        gated_blend=gated_blend,
-    )
+) -> TemporalStage:
+    stage = GatedBlendConvLSTM if gated_blend else LandmarkWiseConvLSTM
+    model = stage(L, 3, num_layers=num_layers, peephole=peephole)
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.normal_(0.0, 0.5)
@@ -317,13 +337,13 @@ def test_landmark_wise_streams_in_a_batch_keep_their_own_state():
 
 def test_landmark_wise_config_rebuilds_the_same_model():
     model = _landmark_wise()
-    rebuilt = ConvLSTM(**model.config)
+    rebuilt = LandmarkWiseConvLSTM(**model.config)
     rebuilt.load_state_dict(model.state_dict())
     x = torch.randn(1, L, H, W)
     torch.testing.assert_close(rebuilt(x)[0], model(x)[0])
 
 
-def _blend(strength: float = 0.8) -> ConvLSTM:
+def _blend(strength: float = 0.8) -> GatedBlendConvLSTM:
     model = _landmark_wise(peephole=False, num_layers=1, gated_blend=True)
     with torch.no_grad():
         model.blend_strength.fill_(strength)
@@ -362,7 +382,7 @@ def _centre_literal(heatmap: torch.Tensor) -> torch.Tensor:
 def test_gated_blend_never_keeps_more_than_max_blend_of_the_past():
     """A saturated gate (strength and logit far above 1) still lets max_blend of the previous
     output through, no more: every frame brings at least 1 - max_blend of the new map."""
-    model = ConvLSTM(L, 3, input_proj=None, landmark_wise=True, gated_blend=True, max_blend=0.75)
+    model = GatedBlendConvLSTM(L, 3, max_blend=0.75)
     with torch.no_grad():
         model.blend_strength.fill_(5.0)
         model.proj.bias.fill_(30.0)
@@ -375,7 +395,7 @@ def test_gated_blend_never_keeps_more_than_max_blend_of_the_past():
 def test_gated_blend_gate_keeps_its_gradient_near_max_blend():
     """A gate whose unscaled value lies above max_blend still learns: the cap scales the gate
     rather than clipping it, since a clipped gate would get no gradient and stay stuck."""
-    model = ConvLSTM(L, 3, input_proj=None, landmark_wise=True, gated_blend=True, max_blend=0.5)
+    model = GatedBlendConvLSTM(L, 3, max_blend=0.5)
     with torch.no_grad():
         model.blend_strength.fill_(1.0)
         model.proj.bias.fill_(2.0)  # sigmoid 0.88: a clamp at 0.5 would cut the gradient
@@ -397,7 +417,7 @@ def test_gated_blend_matches_a_literal_per_landmark_loop():
         _check_literal_blend(model, seq, out)
 
 
-def _check_literal_blend(model: ConvLSTM, seq: torch.Tensor, out: torch.Tensor) -> None:
+def _check_literal_blend(model: GatedBlendConvLSTM, seq: torch.Tensor, out: torch.Tensor) -> None:
     cell, read_out = model.cells[0], model.proj
     for k in range(L):
         h = c = torch.zeros(1, 3, H, W)
@@ -469,3 +489,70 @@ def test_gated_blend_state_is_checked():
     with pytest.raises(ValueError, match="started must have shape"):
         model(x, ((h, c), (previous, drift, started[:1])))
     assert model.state_names() == ["h0", "c0", "previous", "drift", "started"]
+
+
+# What the all-in-one ConvLSTM (before the split into one class per stage) wrote as its config:
+# every record held all ten arguments, the flags choosing the stage.
+_LEGACY_DEFAULTS = {
+    "hidden_channels": 4,
+    "num_layers": 2,
+    "kernel_size": 3,
+    "peephole": True,
+    "input_proj": None,
+    "landmark_wise": False,
+    "gated_blend": False,
+    "max_blend": 0.95,
+    "motion_smoothing": 0.2,
+}
+
+
+@pytest.mark.parametrize(
+    ("flags", "stage", "kwargs"),
+    [
+        ({"input_proj": 3}, ConvLSTM, {"input_proj": 3}),
+        ({}, ConvLSTM, {"input_proj": None}),
+        ({"landmark_wise": True}, LandmarkWiseConvLSTM, {}),
+        (
+            {"landmark_wise": True, "gated_blend": True, "max_blend": 0.98},
+            GatedBlendConvLSTM,
+            {"max_blend": 0.98, "motion_smoothing": 0.2},
+        ),
+    ],
+)
+def test_a_legacy_record_builds_the_stage_its_flags_chose(flags, stage, kwargs):
+    """An old checkpoint (name "ConvLSTM", the flags in its config) loads its weights strictly
+    into the class those flags now name, and that gives the same outputs as building it anew."""
+    legacy = {"num_landmarks": L, **_LEGACY_DEFAULTS, **flags}
+    common = {"hidden_channels": 4, "num_layers": 2, "kernel_size": 3, "peephole": True}
+    expected = _trained_like(stage(L, **common, **kwargs))
+    rebuilt = build_temporal_stage("ConvLSTM", legacy, "old.ckpt")
+    assert type(rebuilt) is stage
+    assert rebuilt.config == expected.config
+    rebuilt.load_state_dict(expected.state_dict(), strict=True)
+    seq = torch.rand(2, 3, L, H, W)
+    (got, got_state), (want, want_state) = (
+        stage.forward_sequence(seq) for stage in (rebuilt, expected)
+    )
+    assert torch.equal(got, want)
+    for got_group, want_group in zip(got_state, want_state, strict=True):
+        assert all(map(torch.equal, got_group, want_group))
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_registered_name_and_config_rebuild_the_stage(variant):
+    model = _trained_like(_variant(variant, 4, num_layers=2, peephole=True))
+    assert isinstance(model, TemporalStage)
+    name = registered_name(model)
+    assert TEMPORAL_STAGES[name] is type(model)
+    rebuilt = build_temporal_stage(name, model.config, "new.ckpt")
+    assert type(rebuilt) is type(model) and rebuilt.config == model.config
+    rebuilt.load_state_dict(model.state_dict(), strict=True)
+    x = torch.rand(1, L, H, W)
+    assert torch.equal(rebuilt(x)[0], model(x)[0])
+
+
+def test_an_unregistered_stage_has_no_name():
+    class Custom(ConvLSTM):
+        pass
+
+    assert registered_name(Custom(L)) is None

@@ -38,8 +38,14 @@ from lightning_fa.heatmaps import (
 from lightning_fa.losses import JitterLoss
 from lightning_fa.metrics import LandmarkAccuracy, VideoStability
 from lightning_fa.outputs import file_sha256
-from lightning_fa.temporal import build_temporal_stage
-from lightning_fa.temporal.convlstm import ConvLSTM, State, detach_state
+from lightning_fa.temporal import (
+    ConvLSTM,
+    State,
+    TemporalStage,
+    build_temporal_stage,
+    detach_state,
+    registered_name,
+)
 
 VARIANTS = ("backbone", "finetuned")
 # Constructor arguments that `from_checkpoint` builds itself, never takes from a file.
@@ -70,7 +76,7 @@ class StableAlignmentModule(pl.LightningModule):
     def __init__(
         self,
         backbone: Backbone,
-        temporal: nn.Module | None = None,
+        temporal: TemporalStage | None = None,
         loss: nn.Module | None = None,
         backbone_checkpoint: str | None = None,
         store_backbone_weights: bool = False,
@@ -395,6 +401,9 @@ class StableAlignmentModule(pl.LightningModule):
     # ----------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["backbone_reference"] = self.backbone_reference
+        # Like the backbone: the registered name and constructor arguments (None: a stage
+        # outside lightning_fa.temporal.TEMPORAL_STAGES, which from_checkpoint refuses).
+        checkpoint["temporal_stage"] = registered_name(self.temporal)
         checkpoint["temporal_config"] = getattr(self.temporal, "config", None)
         if not self.hparams.store_backbone_weights:
             state = checkpoint["state_dict"]
@@ -512,7 +521,7 @@ class StableAlignmentModule(pl.LightningModule):
                     f"checkpoint {path}: its backbone gives {backbone.num_landmarks} landmarks "
                     f"but its temporal stage was saved for {saved_landmarks}"
                 )
-            # Today's checkpoints record no stage name: they all hold a ConvLSTM.
+            # Checkpoints written before stages were named all hold a ConvLSTM.
             name = checkpoint.get("temporal_stage", "ConvLSTM")
             temporal = build_temporal_stage(name, temporal_config, path)
         try:
