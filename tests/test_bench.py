@@ -15,7 +15,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lightning_fa import bench
+from lightning_fa.commands.bench import harness, latency
+from lightning_fa.commands.bench import tracker as tracker_bench
 from lightning_fa.heatmaps import pdc
 from lightning_fa.outputs import OutputLock
 
@@ -42,7 +43,7 @@ def literal_pdc(heatmap: np.ndarray, threshold: float) -> tuple[float, float]:
 
 def test_smoke_decode_writes_json_with_machine_info(tmp_path):
     out = tmp_path / "sub" / "bench.json"
-    assert bench.main(["--smoke", "--only", "decode", "--out", str(out), "--threads", "1"]) == 0
+    assert harness.main(["--smoke", "--only", "decode", "--out", str(out), "--threads", "1"]) == 0
     report = json.loads(out.read_text())
     assert MACHINE_KEYS <= set(report["machine"])
     assert report["machine"]["torch_threads"] == 1
@@ -71,10 +72,10 @@ def test_missing_component_is_skipped_not_a_crash(tmp_path, monkeypatch):
     def needs_missing_part(ctx):
         import lightning_fa.no_such_component  # noqa: F401
 
-    monkeypatch.setitem(bench.BENCHMARKS, "needs_missing_part", needs_missing_part)
+    monkeypatch.setitem(harness.BENCHMARKS, "needs_missing_part", needs_missing_part)
     out = tmp_path / "bench.json"
     argv = ["--smoke", "--only", "tracker", "needs_missing_part", "gpu_path", "--out", str(out)]
-    assert bench.main(argv) == 0
+    assert harness.main(argv) == 0
     results = json.loads(out.read_text())["benchmarks"]
     assert results["tracker"]["skipped"].startswith("tracker not available")
     assert "no_such_component" in results["needs_missing_part"]["skipped"]
@@ -84,7 +85,7 @@ def test_missing_component_is_skipped_not_a_crash(tmp_path, monkeypatch):
 def test_smoke_tracker_reports_both_engines_and_the_in_step_overhead(tmp_path):
     pytest.importorskip("onnxruntime")
     out = tmp_path / "bench.json"
-    assert bench.main(["--smoke", "--only", "tracker", "--out", str(out)]) == 0
+    assert harness.main(["--smoke", "--only", "tracker", "--out", str(out)]) == 0
     tracker = json.loads(out.read_text())["benchmarks"]["tracker"]
     assert TIMING_KEYS <= set(tracker["bare_backbone"])
     for engine in ("torch", "onnx"):
@@ -98,7 +99,7 @@ def test_smoke_tracker_reports_both_engines_and_the_in_step_overhead(tmp_path):
 def test_smoke_tracker_long_reports_memory_growth_and_speed_at_both_ends(tmp_path):
     out = tmp_path / "bench.json"
     argv = ["--smoke", "--only", "tracker_long", "--out", str(out), "--threads", "1"]
-    assert bench.main(argv) == 0
+    assert harness.main(argv) == 0
     long_run = json.loads(out.read_text())["benchmarks"]["tracker_long"]
     assert long_run["frames"] == 60  # every frame of the written video was tracked
     assert long_run["rss_baseline_frame"] == 10  # a sixth of a video shorter than 500 frames
@@ -115,9 +116,9 @@ def test_smoke_tracker_long_reports_memory_growth_and_speed_at_both_ends(tmp_pat
 def test_an_out_being_written_is_refused_before_any_benchmark(tmp_path, monkeypatch):
     out = tmp_path / "bench.json"
     out.write_text("earlier")
-    monkeypatch.setitem(bench.BENCHMARKS, "must_not_run", lambda ctx: pytest.fail("it ran"))
+    monkeypatch.setitem(harness.BENCHMARKS, "must_not_run", lambda ctx: pytest.fail("it ran"))
     with OutputLock(out), pytest.raises(ValueError, match="being written by another run"):
-        bench.main(["--smoke", "--only", "must_not_run", "--out", str(out)])
+        harness.main(["--smoke", "--only", "must_not_run", "--out", str(out)])
     assert out.read_text() == "earlier"
 
 
@@ -136,11 +137,11 @@ def test_in_step_overhead_separates_the_backbone_from_the_rest() -> None:
             time.sleep(0.010)
             return self.step_fn.module.backbone(torch.zeros(1))
 
-    ctx = bench.BenchContext(device=torch.device("cpu"))
-    run = bench._tracker_workload(ctx, FakeTracker(), [np.zeros((2, 2, 3), np.uint8)])
+    ctx = harness.BenchContext(device=torch.device("cpu"))
+    run = tracker_bench._tracker_workload(ctx, FakeTracker(), [np.zeros((2, 2, 3), np.uint8)])
     for _ in range(3):
         run()
-    figures = bench._in_step_overhead(run)
+    figures = tracker_bench._in_step_overhead(run)
     assert figures["steps"] == 3
     # Sleeps only ever overrun: 10 ms of 40 ms is 0.25, a loaded machine stretches both.
     assert 0.1 <= figures["median_ratio"] < 1.0
@@ -151,25 +152,25 @@ def test_failing_benchmark_is_recorded_and_sets_exit_code(tmp_path, monkeypatch)
     def broken(ctx):
         raise RuntimeError("boom")
 
-    monkeypatch.setitem(bench.BENCHMARKS, "broken", broken)
+    monkeypatch.setitem(harness.BENCHMARKS, "broken", broken)
     out = tmp_path / "bench.json"
-    assert bench.main(["--smoke", "--only", "broken", "--out", str(out)]) == 1
+    assert harness.main(["--smoke", "--only", "broken", "--out", str(out)]) == 1
     assert "RuntimeError: boom" in json.loads(out.read_text())["benchmarks"]["broken"]["error"]
 
 
 def test_bad_arguments_are_refused():
     with pytest.raises(SystemExit):
-        bench.main(["--only", "no_such_benchmark"])
+        harness.main(["--only", "no_such_benchmark"])
     with pytest.raises(SystemExit):
-        bench.main(["--threads", "0"])
+        harness.main(["--threads", "0"])
 
 
 def test_naive_pdc_matches_a_literal_loop():
-    heatmaps = bench.synthetic_heatmaps((2, 3, 7, 9), seed=3).double()
+    heatmaps = latency.synthetic_heatmaps((2, 3, 7, 9), seed=3).double()
     heatmaps[1, 2] = 0.1  # nothing reaches the threshold: argmax fallback
     expected = [[literal_pdc(heatmaps[b, k].numpy(), 0.2) for k in range(3)] for b in range(2)]
     torch.testing.assert_close(
-        bench.naive_pdc(heatmaps), torch.tensor(expected, dtype=torch.float64), atol=1e-12, rtol=0
+        latency.naive_pdc(heatmaps), torch.tensor(expected, dtype=torch.float64), atol=1e-12, rtol=0
     )
 
 
@@ -181,25 +182,25 @@ def test_naive_pdc_matches_a_literal_loop():
     threshold=st.floats(0.05, 0.9),
 )
 def test_fast_pdc_agrees_with_naive_reference(seed, height, width, threshold):
-    heatmaps = bench.synthetic_heatmaps((2, 5, height, width), sigma=1.2, seed=seed)
+    heatmaps = latency.synthetic_heatmaps((2, 5, height, width), sigma=1.2, seed=seed)
     fast = pdc(heatmaps, threshold=threshold).double()
-    reference = bench.naive_pdc(heatmaps.double(), threshold=threshold)
+    reference = latency.naive_pdc(heatmaps.double(), threshold=threshold)
     assert float((fast - reference).abs().max()) <= 1e-5
 
 
 def test_summarize_and_ratio_match_numpy():
     seconds = [0.004, 0.001, 0.003, 0.002, 0.010]
-    figures = bench.summarize(seconds)
+    figures = harness.summarize(seconds)
     assert figures["median_ms"] == pytest.approx(3.0)
     assert figures["q1_ms"] == pytest.approx(np.percentile([4, 1, 3, 2, 10], 25))
     assert (figures["min_ms"], figures["max_ms"], figures["repeats"]) == (1.0, 10.0, 5)
-    assert bench.ratio({"median_ms": 6.0}, figures) == pytest.approx(2.0)
+    assert harness.ratio({"median_ms": 6.0}, figures) == pytest.approx(2.0)
 
 
 def test_time_interleaved_runs_each_workload_in_rounds():
     calls: list[str] = []
-    ctx = bench.BenchContext(torch.device("cpu"), "smoke")
-    timings = bench.time_interleaved(
+    ctx = harness.BenchContext(torch.device("cpu"), "smoke")
+    timings = harness.time_interleaved(
         ctx, {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3, warmup=1
     )
     assert calls == ["a", "b"] * 4
@@ -208,8 +209,9 @@ def test_time_interleaved_runs_each_workload_in_rounds():
 
 @pytest.mark.slow
 def test_peak_memory_helper_reports_positive_growth():
-    kwargs = {"steps": 4, "chunk": 2, "size": 64, "batch": 1, "use_module": False}
-    figures = bench.measure_peak_memory("lightning_fa.bench:tbptt_memory_workload", kwargs)
+    kwargs = {"steps": 4, "chunk": 2, "size": 64, "batch": 1}
+    target = "lightning_fa.commands.bench.training:tbptt_memory_workload"
+    figures = harness.measure_peak_memory(target, kwargs)
     assert figures["baseline_mib"] > 0
     assert figures["peak_mib"] >= figures["baseline_mib"]
     assert figures["growth_mib"] > 0
@@ -221,7 +223,7 @@ def test_peak_memory_helper_reports_positive_growth():
 
 def test_smoke_cli_help_reports_its_wall_time(tmp_path):
     out = tmp_path / "bench.json"
-    assert bench.main(["--smoke", "--only", "cli_help", "--out", str(out)]) == 0
+    assert harness.main(["--smoke", "--only", "cli_help", "--out", str(out)]) == 0
     figures = json.loads(out.read_text())["benchmarks"]["cli_help"]
     assert figures["help_seconds"] > 0 and isinstance(figures["meets_goal"], bool)
     assert figures["help"]["repeats"] == figures["python"]["repeats"] == 2
