@@ -18,7 +18,12 @@ from lightning_fa.backbones import HRNet
 from lightning_fa.backbones.base import require_plain_data
 from lightning_fa.commands.cli import main as cli_main
 from lightning_fa.systems.finetune import StableAlignmentModule
-from lightning_fa.temporal import TEMPORAL_STAGES, ConvLSTM, build_temporal_stage
+from lightning_fa.temporal import (
+    TEMPORAL_STAGES,
+    ConvLSTM,
+    LandmarkWiseConvLSTM,
+    build_temporal_stage,
+)
 from lightning_fa.tracking.loading import is_identity_stage
 from lightning_fa.tracking.shipped import FORMAT_VERSION, SHIPPED_DLIB_STAGE, read_stage_file
 from tests.conftest import TINY_HRNET
@@ -148,7 +153,7 @@ def test_python_api_refuses_random_weights_unless_allowed() -> None:
 
 
 def test_a_trained_stage_is_not_the_identity() -> None:
-    stage = ConvLSTM(3, hidden_channels=2, input_proj=None, landmark_wise=True)
+    stage = LandmarkWiseConvLSTM(3, hidden_channels=2)
     assert is_identity_stage(stage, 3)
     with torch.no_grad():
         stage.proj.bias.fill_(1e-3)

@@ -23,7 +23,8 @@ from lightning_fa.commands.cli import main
 from lightning_fa.outputs import OutputLock
 from lightning_fa.systems.finetune import StableAlignmentModule
 from lightning_fa.temporal import ConvLSTM
-from lightning_fa.tracking import detectors, formats, loading, video_io
+from lightning_fa.tracking import formats, loading, video_io
+from lightning_fa.tracking.boxes import BoxCalibration
 from lightning_fa.tracking.tracker import StreamingTracker
 from tests.conftest import TINY_HRNET
 
@@ -280,7 +281,7 @@ class _FakeStep:
 
 
 class _FixedDetector:
-    calibration = detectors.BoxCalibration(dy=0.0, scale=1.0)
+    calibration = BoxCalibration(dy=0.0, scale=1.0)
 
     def __call__(self, frame: np.ndarray) -> np.ndarray:
         return np.array([[16.0, 16.0, 48.0, 48.0, 1.0]])

@@ -194,7 +194,7 @@ def test_bad_model_files_named_in_one_line(tmp_path):
 def test_blazeface_finds_the_labelled_face(shared_data):
     _needs_mediapipe()
     from lightning_fa.tracking.blazeface import BlazeFaceDetector
-    from lightning_fa.tracking.detectors import box_iou
+    from lightning_fa.tracking.boxes import box_iou
 
     detector = BlazeFaceDetector()
     for name in FACES:

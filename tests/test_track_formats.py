@@ -22,7 +22,8 @@ from lightning_fa.inference.onnx import StreamingStep
 from lightning_fa.systems.finetune import StableAlignmentModule
 from lightning_fa.temporal import ConvLSTM
 from lightning_fa.temporal.filters import OneEuroFilter
-from lightning_fa.tracking import detectors, formats, video_io
+from lightning_fa.tracking import formats, video_io
+from lightning_fa.tracking.boxes import BoxCalibration
 from lightning_fa.tracking.tracker import StreamingTracker
 from tests.conftest import TINY_HRNET
 
@@ -87,7 +88,7 @@ class _ScoringStep:
 class _LateDetector:
     """No face in the first `NO_FACE_FRAMES` calls, then one fixed box."""
 
-    calibration = detectors.BoxCalibration(dy=0.0, scale=1.0)
+    calibration = BoxCalibration(dy=0.0, scale=1.0)
 
     def __init__(self) -> None:
         self.calls = 0

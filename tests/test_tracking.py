@@ -14,8 +14,8 @@ import torch
 
 from lightning_fa.commands import track as track_command
 from lightning_fa.commands.cli import main as cli_main
-from lightning_fa.tracking import detectors, video_io
-from lightning_fa.tracking.detectors import box_iou
+from lightning_fa.tracking import video_io
+from lightning_fa.tracking.boxes import BoxCalibration, box_iou
 from lightning_fa.tracking.formats import csv_header
 from lightning_fa.tracking.tracker import StreamingTracker
 from lightning_fa.tracking.video_io import FrameReader
@@ -222,7 +222,7 @@ class _CountingStep:
 
 
 class _ScriptedDetector:
-    calibration = detectors.BoxCalibration(dy=0.0, scale=1.0)
+    calibration = BoxCalibration(dy=0.0, scale=1.0)
 
     def __init__(self, script: list[list[tuple[float, float, float, float]]]) -> None:
         self.script = script

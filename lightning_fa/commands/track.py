@@ -42,8 +42,9 @@ from lightning_fa.tracking.detectors import DETECTORS, make_detector
 from lightning_fa.tracking.formats import TrackOutputs
 from lightning_fa.tracking.loading import ENGINES, load_step
 from lightning_fa.tracking.options import check_device, check_fraction
+from lightning_fa.tracking.run import track_video
 from lightning_fa.tracking.shipped import default_stage
-from lightning_fa.tracking.tracker import StreamingTracker, track_video
+from lightning_fa.tracking.tracker import StreamingTracker
 from lightning_fa.tracking.video_io import FrameReader, open_capture, overlay_path
 
 

@@ -14,7 +14,7 @@ from lightning_fa.backbones.mediapipe import (
     import_mediapipe,
     proto_string,
 )
-from lightning_fa.tracking.detectors import BoxCalibration
+from lightning_fa.tracking.boxes import BoxCalibration
 from lightning_fa.tracking.options import check_fraction
 
 # Short range: faces within about 2 m of a phone camera (the bundled default); full range: small

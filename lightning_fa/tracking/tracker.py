@@ -4,15 +4,14 @@ Per frame a face detector finds new faces and checks the tracked ones every `red
 frames; between checks each face is cropped around its previous landmarks (box of the landmarks,
 enlarged, the crop itself smoothed so that crop jitter does not become landmark jitter). Every
 track carries its own temporal-stage state, reset when a track starts; an optional classical
-filter runs on top. `track_video` runs a tracker over a `FrameReader` into `TrackOutputs`.
+filter runs on top.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,12 +26,8 @@ from lightning_fa.geometry import (
 )
 from lightning_fa.inference.state import gather_rows, scatter_rows
 from lightning_fa.temporal.filters import FILTER_NAMES, LandmarkFilter, make_filter
-from lightning_fa.tracking.detectors import BoxCalibration, box_iou
+from lightning_fa.tracking.boxes import BoxCalibration, box_iou
 from lightning_fa.tracking.options import check_fraction
-
-if TYPE_CHECKING:
-    from lightning_fa.tracking.formats import TrackOutputs
-    from lightning_fa.tracking.video_io import FrameReader
 
 EYE_CORNERS_68 = (36, 45)
 
@@ -288,34 +283,3 @@ class StreamingTracker:
                 survivors.append(track)
         self.tracks = survivors
         return results
-
-
-def track_video(
-    tracker: StreamingTracker,
-    reader: FrameReader,
-    outputs: TrackOutputs | None = None,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Run the tracker over every frame of `reader` at the reader's timestamps; returns a
-    summary (frames, faces, skipped)."""
-    from tqdm import tqdm
-
-    total = reader.frame_count if reader.max_frames is None else reader.max_frames
-    if reader.frame_count is not None and reader.max_frames is not None:
-        total = min(reader.frame_count, reader.max_frames)
-    frames = faces = 0
-    start = time.perf_counter()
-    for index, t, frame in tqdm(reader.timed(), total=total, unit="frame", disable=not progress):
-        results = tracker.step(frame, t)
-        if outputs is not None:
-            outputs.add(index, t, frame, results)
-        frames += 1
-        faces += bool(results)
-    elapsed = time.perf_counter() - start
-    return {
-        "frames": frames,
-        "frames_with_face": faces,
-        "skipped_frames": reader.skipped,
-        "seconds": round(elapsed, 3),
-        "fps_processed": round(frames / elapsed, 2) if elapsed > 0 else None,
-    }
