@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_fa.heatmaps import pdc
+from lightning_fa.heatmaps import PDC_THRESHOLD, pdc
 
 
 def _check_pair(
@@ -231,7 +231,7 @@ class JitterLoss(nn.Module):
         self,
         theta: float = 1.0,
         xi: float = 1e-3,
-        threshold: float = 0.2,
+        threshold: float = PDC_THRESHOLD,
         relative: bool = False,
         detach_modulation: bool = False,
         coord_weight: float = 0.0,

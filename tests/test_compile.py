@@ -15,29 +15,31 @@ import warnings
 
 import pytest
 import torch
-from lightning_fa.export import StreamingStep
-from lightning_fa.streaming import MultiStreamInference, compile_step
 
 from lightning_fa.backbones import create_backbone
 from lightning_fa.heatmaps import argmax, argmax_quarter, decode, pdc
+from lightning_fa.inference.onnx import StreamingStep
+from lightning_fa.inference.streaming import MultiStreamInference, compile_step
 from lightning_fa.losses import JitterLoss
 from lightning_fa.systems.finetune import StableAlignmentModule
-from lightning_fa.temporal.convlstm import ConvLSTM
+from lightning_fa.temporal import ConvLSTM, GatedBlendConvLSTM, TemporalStage
 
 BATCH, STEPS, LANDMARKS, SIZE = 2, 3, 3, 16
 
 # The stage's default and the embedded default's (lightning_fa.commands.embedded.config.FinetuneConfig).
 STAGES = {
-    "default": {},
-    "embedded": {
-        "hidden_channels": 4,
-        "input_proj": None,
-        "landmark_wise": True,
-        "gated_blend": True,
-        "max_blend": 0.98,
-        "motion_smoothing": 0.2,
-    },
+    "default": (ConvLSTM, {}),
+    "embedded": (
+        GatedBlendConvLSTM,
+        {"hidden_channels": 4, "max_blend": 0.98, "motion_smoothing": 0.2},
+    ),
 }
+
+
+def build_stage(name: str) -> TemporalStage:
+    stage, kwargs = STAGES[name]
+    return stage(LANDMARKS, **kwargs)
+
 
 needs_cxx = pytest.mark.skipif(
     shutil.which("g++") is None and shutil.which("c++") is None,
@@ -53,13 +55,13 @@ def _fresh_dynamo():
     torch._dynamo.reset()
 
 
-def trained_stage(name: str) -> ConvLSTM:
+def trained_stage(name: str) -> TemporalStage:
     """A stage whose state matters: random read-out (zero-initialised otherwise) and a gate."""
-    stage = ConvLSTM(LANDMARKS, **STAGES[name]).eval()
+    stage = build_stage(name).eval()
     with torch.no_grad():
         for parameter in stage.parameters():
             parameter.normal_(0.0, 0.2)
-        if stage.gated_blend:
+        if isinstance(stage, GatedBlendConvLSTM):
             stage.blend_strength.fill_(0.8)
     return stage
 
@@ -73,7 +75,7 @@ def heatmaps(*lead: int) -> torch.Tensor:
     return maps
 
 
-def stage_and_decode(stage: ConvLSTM):
+def stage_and_decode(stage: TemporalStage):
     def step(frames: torch.Tensor, state):
         stabilised, state = stage(frames, state)
         return pdc(stabilised), state
@@ -110,7 +112,7 @@ def test_decoders_never_read_values_back_off_the_cpu() -> None:
 
 @pytest.mark.parametrize("name", STAGES)
 def test_stage_and_jitter_loss_never_read_values_back_off_the_cpu(name: str) -> None:
-    stage = ConvLSTM(LANDMARKS, **STAGES[name]).to("meta")
+    stage = build_stage(name).to("meta")
     clip = torch.empty(BATCH, STEPS, LANDMARKS, SIZE, SIZE, device="meta")
     out, state = stage(clip[:, 0], None)
     out, state = stage(out, state)
@@ -143,7 +145,7 @@ def test_training_step_and_streaming_forward_never_read_values_back_off_the_cpu(
     backward, state detached between chunks) without a Trainer: the optimizer and logging are
     stand-ins, which see meta tensors only."""
     backbone = create_backbone("hrnet_lite", LANDMARKS, input_size=(32, 32))
-    stage = ConvLSTM(LANDMARKS, **STAGES["embedded"])
+    stage = build_stage("embedded")
     module = StableAlignmentModule(backbone, stage, tbptt_chunk=2).to("meta")
     logged = {}
     monkeypatch.setattr(module, "optimizers", _NoOptimizer)

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from lightning_fa.backbones import create_backbone
-from lightning_fa.export import OnnxStep, StreamingStep, export_onnx, heatmap_confidence
 from lightning_fa.heatmaps import heatmap_to_crop, pdc
+from lightning_fa.inference.onnx import OnnxStep, StreamingStep, export_onnx, heatmap_confidence
 from lightning_fa.systems.finetune import StableAlignmentModule
-from lightning_fa.temporal import ConvLSTM
+from lightning_fa.temporal import ConvLSTM, GatedBlendConvLSTM
 
 pytest.importorskip("onnxruntime")
 
@@ -38,7 +38,7 @@ def module() -> StableAlignmentModule:
 @pytest.fixture(scope="module")
 def blend_module() -> StableAlignmentModule:
     """The landmark-wise gated blend: its state carries the previous output maps."""
-    temporal = ConvLSTM(68, 4, input_proj=None, landmark_wise=True, gated_blend=True)
+    temporal = GatedBlendConvLSTM(68, 4)
     module = _module(temporal)
     with torch.no_grad():
         module.temporal.blend_strength.fill_(0.8)

@@ -115,7 +115,7 @@ def _reference_gradients(
     loss_fn, state, prev, grads = module.loss, None, None, []
     for start in range(0, frames.shape[1], chunk):
         sl = slice(start, start + chunk)
-        target, target_coords = module._targets(landmarks[:, sl], *raw.shape[-2:])
+        target, target_coords = module.codec.encode(landmarks[:, sl], *raw.shape[-2:])
         out, state = module.temporal.forward_sequence(raw[:, sl], state)
         loss, last = loss_fn(
             out,

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lightning_fa.backbones import create_backbone
-from lightning_fa.streaming import MultiStreamInference
+from lightning_fa.inference.streaming import MultiStreamInference
 from lightning_fa.systems.finetune import StableAlignmentModule
 from lightning_fa.temporal.convlstm import ConvLSTM
 
@@ -109,7 +109,7 @@ def test_training_step_under_bf16_autocast_on_cpu() -> None:
     raw = module.backbone_heatmaps(batch_frames)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out, _ = module.temporal.forward_sequence(raw)
-        target, coords = module._targets(6 + 20 * torch.rand(2, 3, 68, 2), *raw.shape[-2:])
+        target, coords = module.codec.encode(6 + 20 * torch.rand(2, 3, 68, 2), *raw.shape[-2:])
         loss = module.loss(out.float(), target, coords)
     loss.backward()
     assert torch.isfinite(loss) and all(p.grad is not None for p in module.temporal.parameters())

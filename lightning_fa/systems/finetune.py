@@ -28,13 +28,8 @@ from lightning_fa.backbones.base import (
     require_tensors,
 )
 from lightning_fa.checks import check_ints
-from lightning_fa.heatmaps import (
-    crop_to_frame,
-    crop_to_heatmap,
-    decode,
-    heatmap_to_crop,
-    render_gaussian,
-)
+from lightning_fa.heatmaps import PDC_THRESHOLD, HeatmapCodec, crop_to_frame
+from lightning_fa.inference.step import FrameStep
 from lightning_fa.losses import JitterLoss
 from lightning_fa.metrics import LandmarkAccuracy, VideoStability
 from lightning_fa.outputs import file_sha256
@@ -81,7 +76,7 @@ class StableAlignmentModule(pl.LightningModule):
         backbone_checkpoint: str | None = None,
         store_backbone_weights: bool = False,
         decoder: str = "pdc",
-        pdc_threshold: float = 0.2,
+        pdc_threshold: float = PDC_THRESHOLD,
         relative_threshold: bool = False,
         sigma: float = 1.0,
         tbptt_chunk: int = 4,
@@ -109,8 +104,14 @@ class StableAlignmentModule(pl.LightningModule):
             self.backbone.to(memory_format=torch.channels_last)
 
         self.temporal = temporal if temporal is not None else ConvLSTM(backbone.num_landmarks)
-        self.loss = loss if loss is not None else JitterLoss(threshold=pdc_threshold)
-        self.stride = float(backbone.stride)
+        self.codec = HeatmapCodec(
+            stride=float(backbone.stride),
+            sigma=sigma,
+            decoder=decoder,
+            threshold=pdc_threshold,
+            relative=relative_threshold,
+        )
+        self.loss = loss if loss is not None else JitterLoss(threshold=self.codec.threshold)
 
         self.metrics = nn.ModuleDict()
         self._streams: dict[int, tuple[int, State]] = {}
@@ -130,42 +131,36 @@ class StableAlignmentModule(pl.LightningModule):
         self.backbone.eval()
         return self
 
+    @property
+    def stride(self) -> float:
+        return self.codec.stride
+
+    @property
+    def step(self) -> FrameStep:
+        """The per-frame step over this module's backbone, stage and codec (holds no weights)."""
+        return FrameStep(
+            self.backbone, self.temporal, self.codec, channels_last=self.hparams.channels_last
+        )
+
     def backbone_heatmaps(self, images: torch.Tensor) -> torch.Tensor:
         """Frozen backbone on (..., 3, H, W) uint8 RGB -> (..., L, h, w); never builds a graph."""
-        lead = images.shape[:-3]
         with torch.inference_mode():
-            x = self.backbone.preprocess(images.flatten(0, len(lead) - 1))
-            if self.hparams.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            heatmaps = self.backbone(x).float().unflatten(0, lead)
+            heatmaps = self.step.backbone_heatmaps(images)
         # Inference tensors cannot be saved for backward: the ConvLSTM gets a normal copy.
         return heatmaps.clone() if torch.is_grad_enabled() else heatmaps
 
     def decode(self, heatmaps: torch.Tensor) -> torch.Tensor:
         """Heatmaps (..., L, h, w) -> crop-pixel coordinates (..., L, 2)."""
-        coords = decode(
-            heatmaps.float(),
-            method=self.hparams.decoder,
-            threshold=self.hparams.pdc_threshold,
-            relative=self.hparams.relative_threshold,
-        )
-        return heatmap_to_crop(coords, self.stride)
+        return self.step.decode(heatmaps)
 
     def forward(
         self, images: torch.Tensor, state: State | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, State]:
         """One streaming step: images (B, 3, H, W) -> (coords (B, L, 2) crop px, raw coords, state)."""
-        raw = self.backbone_heatmaps(images)
-        stabilised, state = self.temporal(raw, state)
-        return self.decode(stabilised), self.decode(raw), state
+        coords, raw_coords, _, state = self.step(images, state)
+        return coords, raw_coords, state
 
     # -------------------------------------------------------------- training
-    def _targets(
-        self, landmarks: torch.Tensor, height: int, width: int
-    ) -> tuple[torch.Tensor, ...]:
-        coords = crop_to_heatmap(landmarks, self.stride)
-        return render_gaussian(coords, height, width, self.hparams.sigma), coords
-
     def _chunk_loss(
         self,
         pred: torch.Tensor,
@@ -210,7 +205,7 @@ class StableAlignmentModule(pl.LightningModule):
                 if cached_chunk is not None
                 else self.backbone_heatmaps(frame_chunk)
             )
-            target, target_coords = self._targets(landmark_chunk, *raw.shape[-2:])
+            target, target_coords = self.codec.encode(landmark_chunk, *raw.shape[-2:])
             stabilised, state = self.temporal.forward_sequence(raw, state)
             loss, last_coords = self._chunk_loss(stabilised, target, target_coords, prev)
             optimizer.zero_grad(set_to_none=True)

@@ -9,7 +9,7 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
 
-from lightning_fa.heatmaps import crop_to_heatmap, decode, heatmap_to_crop, render_gaussian
+from lightning_fa.heatmaps import HeatmapCodec
 from lightning_fa.metrics.functional import nme
 
 # Loss names -> classes of lightning_fa.losses, called as loss(pred, target) -> scalar.
@@ -60,6 +60,7 @@ class BackbonePretrainModule(pl.LightningModule):
         self.hparams["loss"] = loss if isinstance(loss, str) else type(loss).__name__
         self.backbone = backbone
         self.loss = build_loss(loss)
+        self.codec = HeatmapCodec(stride=backbone.stride, sigma=sigma, decoder=decoder)
 
     def forward(self, images: Tensor) -> Tensor:
         """uint8 / [0, 1] RGB images -> final heatmaps."""
@@ -73,8 +74,7 @@ class BackbonePretrainModule(pl.LightningModule):
 
     def targets(self, landmarks: Tensor, height: int, width: int) -> Tensor:
         """Gaussian heatmaps (B, L, height, width) at crop-pixel landmarks (B, L, 2)."""
-        coords = crop_to_heatmap(landmarks.float(), self.backbone.stride)
-        return render_gaussian(coords, height, width, self.hparams.sigma)
+        return self.codec.encode(landmarks.float(), height, width)[0]
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         outputs = self._outputs(batch["image"])
@@ -91,9 +91,7 @@ class BackbonePretrainModule(pl.LightningModule):
 
     def predict_landmarks(self, images: Tensor) -> Tensor:
         """Images -> (B, L, 2) crop-pixel landmarks decoded from the final heatmaps."""
-        heatmaps = self(images)
-        coords = decode(heatmaps, method=self.hparams.decoder)
-        return heatmap_to_crop(coords, self.backbone.stride)
+        return self.codec.decode(self(images))
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         landmarks = batch["landmarks"].float()

@@ -1,5 +1,5 @@
-"""The per-frame streaming step (backbone + ConvLSTM with explicit state + PDC decode) as one
-module, its ONNX export and an onnxruntime runner with the same interface.
+"""The per-frame step (`lightning_fa.inference.step`) as one module with the state as flat
+tensors, its ONNX export and an onnxruntime runner with the same interface.
 
     lightning-fa export CKPT --out model.onnx [--opset 17]   (lightning_fa.commands.export)
 
@@ -14,7 +14,6 @@ in PyTorch.
 from __future__ import annotations
 
 import warnings
-from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from lightning_fa.temporal.convlstm import State
+from lightning_fa.inference.state import flatten_state, state_sizes, unflatten_state
+from lightning_fa.inference.step import FrameStep
 
 DEFAULT_OPSET = 17
 # CastLike (the PDC threshold's symbolic) needs 15; the TorchScript exporter stops at 20.
@@ -44,16 +44,6 @@ def heatmap_confidence(heatmaps: Tensor) -> Tensor:
     """Per-face confidence (B,) from heatmaps (B, L, h, w): the mean over landmarks of each map's
     peak, clipped to [0, 1]."""
     return landmark_peaks(heatmaps).mean(dim=-1).clamp(0.0, 1.0)
-
-
-def flatten_state(state: State) -> list[Tensor]:
-    return [tensor for layer in state for tensor in layer]
-
-
-def unflatten_state(flat: list[Tensor] | tuple[Tensor, ...], sizes: list[int]) -> State:
-    """Regroup flat tensors into the state's groups of ``sizes`` tensors each."""
-    tensors = iter(flat)
-    return tuple(tuple(islice(tensors, size)) for size in sizes)
 
 
 def _fallback_state_names(sizes: list[int]) -> list[str]:
@@ -83,7 +73,7 @@ class StreamingStep(nn.Module):
             self.input_size[1] // backbone.stride,
         )
         # How the flat state tensors group (layers' (h, c), the blend's group).
-        self.state_sizes = [len(group) for group in module.temporal.init_state(1, 1, 1)]
+        self.state_sizes = state_sizes(module.temporal.init_state(1, 1, 1))
         # ConvLSTM names its state tensors; any other stage gets generic names.
         if hasattr(module.temporal, "state_names"):
             self.state_names = module.temporal.state_names()
@@ -96,14 +86,15 @@ class StreamingStep(nn.Module):
 
     @torch.no_grad()
     def forward(self, images: Tensor, *state: Tensor) -> tuple[Tensor, ...]:
-        raw = self.module.backbone(self.module.backbone.preprocess(images)).float()
-        stabilised, new_state = self.module.temporal(raw, unflatten_state(state, self.state_sizes))
+        # The step holds no weights of its own (the traced ones stay the module's): built per call.
+        step = FrameStep(self.module.backbone, self.module.temporal, self.module.codec)
+        out = step(images, unflatten_state(state, self.state_sizes))
         return (
-            self.module.decode(stabilised),
-            self.module.decode(raw),
-            heatmap_confidence(raw),
-            *flatten_state(new_state),
-            landmark_scores(raw),
+            out.coords,
+            out.raw_coords,
+            heatmap_confidence(out.raw_heatmaps),
+            *flatten_state(out.state),
+            landmark_scores(out.raw_heatmaps),
         )
 
 
@@ -192,4 +183,3 @@ class OnnxStep:
                 value.cpu().numpy() if isinstance(value, Tensor) else value, dtype=np.float32
             )
         return tuple(self.session.run(self.output_names, feed))
-

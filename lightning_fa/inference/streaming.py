@@ -9,14 +9,20 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Hashable, Sequence
-from contextlib import nullcontext
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from lightning_fa.inference.state import (
+    flatten_state,
+    gather_rows,
+    scatter_rows,
+    state_sizes,
+    unflatten_state,
+)
+from lightning_fa.inference.step import FrameOutput, FrameStep
 from lightning_fa.systems.finetune import StableAlignmentModule
-from lightning_fa.temporal.convlstm import State
 
 COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
@@ -68,7 +74,7 @@ class CompiledStep:
 def compile_step(
     step: Callable, mode: str | None = None, backend: str = "inductor"
 ) -> CompiledStep:
-    """`step` (e.g. `lightning_fa.export.StreamingStep`, or `MultiStreamInference`'s batched
+    """`step` (e.g. `lightning_fa.inference.onnx.StreamingStep`, or `MultiStreamInference`'s batched
     step with bf16 autocast and channels_last) compiled whole, with an eager fallback
     (`CompiledStep`). ``mode``: torch.compile's; "reduce-overhead" adds CUDA graphs, whose
     outputs are overwritten by the next call (copy what you keep). ``backend``: "inductor", or
@@ -97,32 +103,24 @@ class MultiStreamInference:
         compile: bool = False,
         compile_backend: str = "inductor",
     ) -> None:
-        if precision not in ("32", "bf16"):
-            raise ValueError(f"precision must be '32' or 'bf16', got {precision!r}")
+        frame_step = FrameStep(
+            module.backbone,
+            module.temporal,
+            module.codec,
+            channels_last=channels_last,
+            precision=precision,
+        )
         self.module = module.eval()
         self.device = next(module.temporal.parameters()).device
         self.precision = precision
         self.channels_last = channels_last
         if channels_last:
             self.module.backbone.to(memory_format=torch.channels_last)
-        self._step = (
-            compile_step(self._forward, backend=compile_backend) if compile else self._forward
+        self._step: Callable[..., FrameOutput] = (
+            compile_step(frame_step, backend=compile_backend) if compile else frame_step
         )
-        self._states: dict[Hashable, State] = {}
-
-    def _autocast(self):
-        if self.precision == "bf16":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return nullcontext()
-
-    def _forward(self, images: Tensor, state: State) -> tuple[Tensor, Tensor, State]:
-        with self._autocast():
-            x = self.module.backbone.preprocess(images)
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            raw = self.module.backbone(x).float()
-            stabilised, state = self.module.temporal(raw, state)
-        return self.module.decode(stabilised), self.module.decode(raw), state
+        # Each stream's flat state (batch 1 in every tensor).
+        self._states: dict[Hashable, list[Tensor]] = {}
 
     @torch.inference_mode()
     def step(self, frames: Tensor, stream_ids: Sequence[Hashable]) -> tuple[Tensor, Tensor]:
@@ -138,15 +136,12 @@ class MultiStreamInference:
         frames = frames.to(self.device, non_blocking=True)
         height, width = (s // self.module.backbone.stride for s in frames.shape[-2:])
         fresh = self.module.temporal.init_state(1, height, width, self.device)
-        rows = [self._states.get(i, fresh) for i in stream_ids]
-        state = tuple(
-            tuple(torch.cat([r[k][j] for r in rows]) for j in range(len(group)))
-            for k, group in enumerate(fresh)
-        )
-        coords, raw, state = self._step(frames, state)
-        for n, stream in enumerate(stream_ids):
-            self._states[stream] = tuple(tuple(t[n : n + 1] for t in group) for group in state)
-        return coords, raw
+        rows = [self._states.get(i, flatten_state(fresh)) for i in stream_ids]
+        state = unflatten_state(gather_rows(rows), state_sizes(fresh))
+        out = self._step(frames, state)
+        new_rows = scatter_rows(flatten_state(out.state), len(stream_ids))
+        self._states.update(zip(stream_ids, new_rows))
+        return out.coords, out.raw_coords
 
     def end(self, stream_id: Hashable) -> None:
         """Forget a stream (its next frame starts a new sequence)."""

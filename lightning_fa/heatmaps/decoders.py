@@ -1,10 +1,10 @@
-"""Heatmap codec: Gaussian targets, decoders (argmax, argmax_quarter, PDC), coordinate transforms.
+"""Decoders: heatmaps (..., L, H, W) -> heatmap-pixel (x, y) (argmax, argmax_quarter, PDC).
 
 Conventions (SPEC 1): coordinates are (x, y), 0-based, pixel centres at integers, float, never
-truncated. Heatmaps are (..., L, H, W); every function here is a batched tensor op that runs on
-whatever device its inputs live on. The decoders never read a value back to the host except in
-CPU eager mode (no host syncs on a GPU, one graph under torch.compile): there NaN / +inf maps
-raise ValueError; compiled, traced or on an accelerator those landmarks decode to NaN.
+truncated. Every function here is a batched tensor op that runs on whatever device its inputs
+live on. The decoders never read a value back to the host except in CPU eager mode (no host
+syncs on a GPU, one graph under torch.compile): there NaN / +inf maps raise ValueError;
+compiled, traced or on an accelerator those landmarks decode to NaN.
 """
 
 from __future__ import annotations
@@ -17,18 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lightning_fa.heatmaps.checks import coord_dtype, tracing
+
 DECODERS = ("pdc", "argmax", "argmax_quarter")
-
-
-def _coord_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Coordinates are float32 at least: half precision cannot hold centres of mass accurately."""
-    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
-
-
-def _tracing() -> bool:
-    """True under jit.trace / ONNX export / torch.compile, which cannot follow data-dependent
-    Python branches (value checks, the skipped argmax fallback) nor export every op."""
-    return torch.jit.is_tracing() or torch.compiler.is_compiling()
+# The PDC threshold (paper Algorithm 1) that every default decoder setting uses.
+PDC_THRESHOLD = 0.2
 
 
 def _can_read_back(tensor: Tensor) -> bool:
@@ -36,14 +29,7 @@ def _can_read_back(tensor: Tensor) -> bool:
     trace or torch.compile the branch cannot be followed (a graph break, or one outcome baked
     in), and on an accelerator reading a value back stalls the host until the device has
     caught up, every step."""
-    return tensor.device.type == "cpu" and not _tracing()
-
-
-def _check_coords(coords: Tensor, name: str = "coords") -> None:
-    if coords.ndim < 2 or coords.shape[-1] != 2:
-        raise ValueError(
-            f"{name} must have shape (..., L, 2) with (x, y) last; got {tuple(coords.shape)}"
-        )
+    return tensor.device.type == "cpu" and not tracing()
 
 
 def _check_heatmaps(heatmaps: Tensor) -> None:
@@ -85,41 +71,6 @@ def _check_finite(heatmaps: Tensor, per_map: Tensor, coords: Tensor) -> Tensor:
     )
 
 
-# --------------------------------------------------------------------------------------------
-# Encoding
-# --------------------------------------------------------------------------------------------
-
-
-def render_gaussian(coords: Tensor, height: int, width: int, sigma: float) -> Tensor:
-    """Gaussian targets exp(-d^2 / (2 sigma^2)), peak 1 at the exact sub-pixel (x, y).
-
-    coords (..., L, 2) in heatmap pixels -> (..., L, height, width), on coords' device. Built as
-    the outer product of two 1-D Gaussians (the 2-D one is separable). A landmark with a
-    non-finite coordinate (missing / unlabelled) gets an all-zero map.
-    """
-    _check_coords(coords)
-    if height <= 0 or width <= 0:
-        raise ValueError(f"height and width must be positive; got height={height}, width={width}")
-    if not 0 < sigma < math.inf:
-        raise ValueError(f"sigma must be positive and finite (heatmap pixels); got {sigma}")
-    dtype = _coord_dtype(coords.dtype) if coords.is_floating_point() else torch.float32
-    coords = coords.to(dtype)
-    finite = torch.isfinite(coords).all(-1, keepdim=True)  # (..., L, 1)
-    # Zero the coordinates before the exp so that NaNs never enter the graph.
-    coords = torch.where(finite, coords, 0.0)
-    xs = torch.arange(width, dtype=dtype, device=coords.device)
-    ys = torch.arange(height, dtype=dtype, device=coords.device)
-    scale = -0.5 / float(sigma) ** 2
-    gx = torch.exp(scale * (xs - coords[..., 0:1]) ** 2) * finite  # (..., L, W)
-    gy = torch.exp(scale * (ys - coords[..., 1:2]) ** 2)  # (..., L, H)
-    return gy.unsqueeze(-1) * gx.unsqueeze(-2)
-
-
-# --------------------------------------------------------------------------------------------
-# Decoding
-# --------------------------------------------------------------------------------------------
-
-
 def _argmax_xy(heatmaps: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Integer peak (x, y) as int64 tensors (..., L), the flat index into H * W and the peak
     values (..., L); argmax picks a NaN as the peak, so the peak values reveal NaN / +inf input."""
@@ -134,7 +85,7 @@ def argmax(heatmaps: Tensor) -> Tensor:
     """Integer peak location of (..., L, H, W) heatmaps -> (..., L, 2) float (x, y)."""
     _check_heatmaps(heatmaps)
     x, y, _, peak = _argmax_xy(heatmaps)
-    return _check_finite(heatmaps, peak, torch.stack((x, y), -1).to(_coord_dtype(heatmaps.dtype)))
+    return _check_finite(heatmaps, peak, torch.stack((x, y), -1).to(coord_dtype(heatmaps.dtype)))
 
 
 def argmax_quarter(heatmaps: Tensor) -> Tensor:
@@ -147,7 +98,7 @@ def argmax_quarter(heatmaps: Tensor) -> Tensor:
     height, width = heatmaps.shape[-2:]
     x, y, flat_index, peak = _argmax_xy(heatmaps)
     flat = heatmaps.flatten(-2)
-    dtype = _coord_dtype(heatmaps.dtype)
+    dtype = coord_dtype(heatmaps.dtype)
 
     def step(index_step: int, position: Tensor, size: int) -> Tensor:
         interior = (position > 0) & (position < size - 1)
@@ -188,7 +139,7 @@ def _output_buffer(like: Tensor) -> Tensor | None:
 
 def _threshold_below(heatmaps: Tensor, threshold: float) -> Tensor:
     """Copy of heatmaps with every value < threshold set to 0 (values == threshold survive)."""
-    if _tracing():  # ONNX has no non-zero threshold op; where() exports everywhere
+    if tracing():  # ONNX has no non-zero threshold op; where() exports everywhere
         # "< threshold" is false for NaN, which so stays and reaches the mass, as below.
         return torch.where(heatmaps < threshold, 0.0, heatmaps)
     # F.threshold keeps x > t in one kernel and one output (where() also allocates a mask: ~2x
@@ -210,7 +161,7 @@ def _check_threshold(threshold: float) -> None:
 
 def pdc(
     heatmaps: Tensor,
-    threshold: float = 0.2,
+    threshold: float = PDC_THRESHOLD,
     relative: bool = False,
     return_valid: bool = False,
 ) -> Tensor | tuple[Tensor, Tensor]:
@@ -224,7 +175,7 @@ def pdc(
     """
     _check_threshold(threshold)
     _check_heatmaps(heatmaps)
-    heatmaps = heatmaps.to(_coord_dtype(heatmaps.dtype))
+    heatmaps = heatmaps.to(coord_dtype(heatmaps.dtype))
     height, width = heatmaps.shape[-2:]
     if relative:
         peak = heatmaps.detach().amax((-2, -1), keepdim=True)
@@ -263,7 +214,7 @@ def pdc(
 def decode(
     heatmaps: Tensor,
     method: str = "pdc",
-    threshold: float = 0.2,
+    threshold: float = PDC_THRESHOLD,
     relative: bool = False,
 ) -> Tensor:
     """Heatmaps (..., L, H, W) -> (..., L, 2) heatmap-pixel (x, y) with the named decoder."""
@@ -275,136 +226,3 @@ def decode(
     if method == "argmax_quarter":
         return argmax_quarter(heatmaps)
     raise ValueError(f"decode method must be one of {DECODERS}; got {method!r}")
-
-
-# --------------------------------------------------------------------------------------------
-# Coordinate transforms: heatmap <-> crop <-> frame
-# --------------------------------------------------------------------------------------------
-
-
-def _check_stride(stride: float) -> None:
-    if not stride > 0:
-        raise ValueError(f"stride must be positive; got {stride}")
-
-
-def heatmap_to_crop(coords: Tensor, stride: float) -> Tensor:
-    """Heatmap pixels -> crop pixels: x_crop = (x_hm + 0.5) * stride - 0.5 (pixel centres align)."""
-    _check_stride(stride)
-    return (coords + 0.5) * stride - 0.5
-
-
-def crop_to_heatmap(coords: Tensor, stride: float) -> Tensor:
-    """Crop pixels -> heatmap pixels, the inverse of heatmap_to_crop."""
-    _check_stride(stride)
-    return (coords + 0.5) / stride - 0.5
-
-
-def landmark_patches(
-    heatmaps: Tensor,
-    landmarks: Tensor,
-    stride: float,
-    size: int,
-    rng: np.random.Generator | None = None,
-    max_shift: int = 2,
-) -> tuple[Tensor, Tensor]:
-    """Each landmark's own ``size`` x ``size`` window of (T, L, H, W) heatmaps, for training a
-    landmark-wise temporal model on a fraction of the pixels.
-
-    Landmark k's window is centred on its mean position over the T frames (``landmarks``
-    (T, L, 2), crop pixels), rounded and kept inside the map; with ``rng``, moved by a whole
-    number of heatmap pixels drawn from -max_shift..max_shift per axis, so that the peak is not
-    always in the middle of its patch.
-    Returns the (T, L, size, size) patches and the landmarks in *patch-crop* pixels (the crop
-    pixels that the window's heatmap pixels map to), so heatmap_to_crop / crop_to_heatmap keep
-    their meaning inside every patch.
-    """
-    _check_stride(stride)
-    if heatmaps.ndim != 4 or tuple(landmarks.shape) != (*heatmaps.shape[:2], 2):
-        raise ValueError(
-            "heatmaps must be (T, L, H, W) and landmarks (T, L, 2); got "
-            f"{tuple(heatmaps.shape)} and {tuple(landmarks.shape)}"
-        )
-    height, width = heatmaps.shape[-2:]
-    if not 1 <= size <= min(height, width):
-        raise ValueError(f"size must be in 1..{min(height, width)} (the heatmap side), got {size}")
-    centre = crop_to_heatmap(landmarks, stride).mean(dim=0)  # (L, 2) x, y
-    if rng is not None:
-        shift = rng.integers(-max_shift, max_shift + 1, tuple(centre.shape))
-        centre = centre + torch.from_numpy(shift).to(centre)
-    origin = torch.round(centre - size / 2).long()
-    origin[:, 0].clamp_(0, width - size)
-    origin[:, 1].clamp_(0, height - size)
-    offsets = torch.arange(size, device=heatmaps.device)
-    rows = (origin[:, 1, None] + offsets)[:, :, None]  # (L, size, 1)
-    cols = (origin[:, 0, None] + offsets)[:, None, :]  # (L, 1, size)
-    channels = torch.arange(heatmaps.shape[1], device=heatmaps.device)[:, None, None]
-    # Heatmap -> crop is affine with slope `stride`: moving the origin is a plain offset.
-    return heatmaps[:, channels, rows, cols], landmarks - stride * origin.to(landmarks.dtype)
-
-
-def augment_patches(
-    patches: Tensor, landmarks: Tensor, stride: float, rng: np.random.Generator
-) -> tuple[Tensor, Tensor]:
-    """A random symmetry of landmark patches (`landmark_patches`' output), for training a
-    landmark-wise temporal model on more varied motion than a few clips hold.
-
-    Each landmark's (T, S, S) sequence gets its own element of the square's 8 symmetries
-    (mirror x, mirror y, swap the axes), so one window shows the shared cell eight motion
-    directions (a coordinate detector's maps are isotropic Gaussians, so the mirrored sequences
-    are as real as the originals). ``landmarks`` (T, L, 2) are patch-crop pixels and move with
-    their maps. Returns new tensors; the inputs are not changed.
-    """
-    _check_stride(stride)
-    if patches.ndim != 4 or patches.shape[-1] != patches.shape[-2]:
-        raise ValueError(f"patches must be (T, L, S, S); got {tuple(patches.shape)}")
-    if tuple(landmarks.shape) != (*patches.shape[:2], 2):
-        raise ValueError(
-            f"landmarks must be (T, L, 2) = {(*patches.shape[:2], 2)}; got {tuple(landmarks.shape)}"
-        )
-    last = patches.shape[-1] - 1  # a mirror maps heatmap pixel x to last - x
-    out, coords = patches.clone(), crop_to_heatmap(landmarks, stride).clone()
-    mirror_x, mirror_y, swap = torch.from_numpy(rng.integers(0, 2, (3, patches.shape[1])) == 1)
-    out[:, mirror_x] = out[:, mirror_x].flip(-1)
-    coords[:, mirror_x, 0] = last - coords[:, mirror_x, 0]
-    out[:, mirror_y] = out[:, mirror_y].flip(-2)
-    coords[:, mirror_y, 1] = last - coords[:, mirror_y, 1]
-    out[:, swap] = out[:, swap].transpose(-1, -2)
-    coords[:, swap] = coords[:, swap].flip(-1)
-    return out, heatmap_to_crop(coords, stride)
-
-
-def _check_affine(matrix: Tensor, name: str = "matrix") -> None:
-    if matrix.ndim < 2 or tuple(matrix.shape[-2:]) != (2, 3):
-        raise ValueError(f"{name} must have shape (..., 2, 3); got {tuple(matrix.shape)}")
-
-
-def apply_affine(coords: Tensor, matrix: Tensor) -> Tensor:
-    """Points (..., L, 2) mapped by (..., 2, 3) matrices: p' = M[:, :2] @ p + M[:, 2]."""
-    _check_coords(coords)
-    _check_affine(matrix)
-    linear = matrix[..., :2].transpose(-1, -2).to(coords.dtype)
-    return coords @ linear + matrix[..., 2].unsqueeze(-2).to(coords.dtype)
-
-
-def invert_affine(matrix: Tensor) -> Tensor:
-    """Inverse of (..., 2, 3) affine matrices (closed-form 2x2 inverse, batched, exportable)."""
-    _check_affine(matrix)
-    a, b, tx = matrix[..., 0, 0], matrix[..., 0, 1], matrix[..., 0, 2]
-    c, d, ty = matrix[..., 1, 0], matrix[..., 1, 1], matrix[..., 1, 2]
-    det = a * d - b * c
-    if not _tracing() and not (det != 0).all():
-        raise ValueError(f"affine matrices of shape {tuple(matrix.shape)} include a singular one")
-    ia, ib, ic, id_ = d / det, -b / det, -c / det, a / det
-    row0 = torch.stack((ia, ib, -(ia * tx + ib * ty)), -1)
-    row1 = torch.stack((ic, id_, -(ic * tx + id_ * ty)), -1)
-    return torch.stack((row0, row1), -2)
-
-
-def frame_to_crop(coords: Tensor, affine: Tensor) -> Tensor:
-    """Frame pixels -> crop pixels through a sample's `affine` (which maps frame -> crop)."""
-    return apply_affine(coords, affine)
-
-
-def crop_to_frame(coords: Tensor, affine: Tensor) -> Tensor:
-    """Crop pixels -> frame pixels: applies the inverse of the frame -> crop `affine`."""
-    return apply_affine(coords, invert_affine(affine))
