@@ -422,12 +422,12 @@ class EmbeddedWindowsDataModule(L.LightningDataModule):
                 "fitted LightningModule computes: it needs a backbone_heatmaps(images) method "
                 "(StableAlignmentModule has one)"
             )
-        temporal = getattr(getattr(model, "temporal", None), "config", None) or {}
-        if h.crop is not None and temporal.get("landmark_wise") is False:
+        temporal = getattr(model, "temporal", None)
+        if h.crop is not None and getattr(temporal, "landmark_wise", None) is False:
             raise ValueError(
                 "data.crop cuts every landmark's heatmap to its own patch, which only a "
                 f"landmark_wise temporal stage can train on; got crop={h.crop} with "
-                "landmark_wise=False (set data.init_args.crop=null)"
+                f"{type(temporal).__name__} (landmark_wise=False; set data.init_args.crop=null)"
             )
         videos = self.training_videos()
         landmarks = torch.from_numpy(np.stack([v.landmarks for v in videos]).astype(np.float32))

@@ -73,7 +73,7 @@ def test_yaml_parses_and_prints_its_config(capsys):
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["data"]["class_path"] == "data_modules.embedded.EmbeddedWindowsDataModule"
     model = printed["model"]["init_args"]
-    assert model["temporal"]["init_args"]["gated_blend"] is True
+    assert model["temporal"]["class_path"] == "lightning_fa.temporal.GatedBlendConvLSTM"
     assert model["loss"]["init_args"]["theta"] == 1.0
     assert model["loss"]["init_args"]["threshold"] == model["pdc_threshold"] == 0.2
 
@@ -127,7 +127,7 @@ def test_fit_through_the_yaml_reproduces_the_demo_finetuning(fast_backbone, tmp_
 def test_crop_patches_need_a_landmark_wise_stage(fast_backbone, tmp_path, capsys):
     args = ["fit", *fast_args(fast_backbone), f"--trainer.default_root_dir={tmp_path}"]
     stage = "--model.init_args.temporal.init_args."
-    flat = [f"{stage}landmark_wise=false", f"{stage}gated_blend=false", f"{stage}input_proj=16"]
+    flat = ["--model.init_args.temporal=lightning_fa.temporal.ConvLSTM", f"{stage}input_proj=16"]
     with pytest.raises(SystemExit) as exit_info:
         cli_main([*args, *flat])
     assert exit_info.value.code == 2
