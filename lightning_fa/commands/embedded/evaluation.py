@@ -23,7 +23,6 @@ from lightning_fa.commands.embedded.config import (
     PipelineConfig,
     eval_videos,
 )
-from lightning_fa.heatmaps import decode, heatmap_to_crop
 from lightning_fa.metrics.tracks import box_size, interocular, track_metrics
 from lightning_fa.systems.finetune import StableAlignmentModule
 from lightning_fa.temporal import apply_filter, make_filter
@@ -87,9 +86,8 @@ def predict(
         [module.backbone_heatmaps(chunk.to(device)) for chunk in frames.split(batch_size)]
     )
     stabilised = module.temporal.forward_sequence(raw[None])[0][0]
-    stride, threshold = module.stride, module.hparams.pdc_threshold
     tracks = {
-        f"raw-{method}": heatmap_to_crop(decode(raw, method=method, threshold=threshold), stride)
+        f"raw-{method}": replace(module.codec, decoder=method).decode(raw)
         for method in ("argmax", "argmax_quarter", "pdc")
     }
     tracks[OURS] = module.decode(stabilised)
@@ -178,7 +176,7 @@ def latency(module: StableAlignmentModule, config: PipelineConfig) -> dict[str, 
     backbone_ms = _time_per_frame(lambda t: module.backbone_heatmaps(frames[t : t + 1]), n)
     decode_ms = {
         method: _time_per_frame(
-            lambda t, m=method: decode(raw[t : t + 1], method=m, threshold=0.2), n
+            lambda t, m=method: replace(module.codec, decoder=m).locate(raw[t : t + 1]), n
         )
         for method in ("argmax", "argmax_quarter", "pdc")
     }
@@ -188,7 +186,7 @@ def latency(module: StableAlignmentModule, config: PipelineConfig) -> dict[str, 
         _, state[0] = module.temporal(raw[t : t + 1], state[0] if t else None)
 
     convlstm_ms = _time_per_frame(convlstm_step, n)
-    track = heatmap_to_crop(decode(raw, method="pdc"), module.stride).cpu().numpy()
+    track = replace(module.codec, decoder="pdc").decode(raw).cpu().numpy()
     filter_ms = {}
     for name, (factory, scale_of) in filter_factories().items():
         start = time.perf_counter()
