@@ -41,11 +41,11 @@ def _dlib_model(module: Any) -> Path:
 
 
 def _registered_name(stage: torch.nn.Module) -> str:
-    from lightning_fa.temporal import TEMPORAL_STAGES
+    from lightning_fa.temporal import registered_name
 
-    for name, cls in TEMPORAL_STAGES.items():
-        if type(stage) is cls:
-            return name
+    name = registered_name(stage)
+    if name is not None:
+        return name
     raise ValueError(
         f"temporal stage {type(stage).__name__} is not in lightning_fa.temporal.TEMPORAL_STAGES, "
         "so a stage file could not be loaded back; register it first"
