@@ -17,9 +17,9 @@ import pytest
 import torch
 import yaml
 
-from data_modules import unlabelled
 from data_modules.unlabelled import UnlabelledVideoDataModule
 from data_modules.video import FrameStore
+from lightning_fa import labelling
 from lightning_fa.backbones import load_checkpoint
 from lightning_fa.commands.cli import main as cli_main
 from lightning_fa.commands.embedded import config as embedded_config
@@ -186,12 +186,12 @@ def unlabelled_module(tmp_path, monkeypatch) -> tuple[UnlabelledVideoDataModule,
         processed.append(Path(path))
         return _processed()
 
-    monkeypatch.setattr(unlabelled, "process_video", process)
+    monkeypatch.setattr(labelling, "process_video", process)
+    labeller = labelling.PseudoLabeller(cache_dir=str(tmp_path / "cache"), image_size=8)
     module = UnlabelledVideoDataModule(
-        videos=[str(v) for v in videos], cache_dir=str(tmp_path / "cache"), image_size=8,
-        precomputed_heatmaps=False, seq_len=4,
+        videos=[str(v) for v in videos], labeller=labeller, precomputed_heatmaps=False, seq_len=4,
     )  # fmt: skip
-    monkeypatch.setattr(module, "_get_backbone", lambda: None)
+    monkeypatch.setattr(labeller, "_get_backbone", lambda: None)
     return module, processed, videos
 
 
@@ -220,18 +220,18 @@ def test_unusable_unlabelled_cache_is_named_and_rebuilt(
     unlabelled_module, capsys, damage: Callable
 ) -> None:
     module, processed, (good, bad) = unlabelled_module
-    module.load_video(good)
-    module.load_video(bad)
-    kept = module.cache_path(good).read_bytes()
-    damage(module.cache_path(bad))
+    module.labeller.load(good)
+    module.labeller.load(bad)
+    kept = module.labeller.cache_path(good).read_bytes()
+    damage(module.labeller.cache_path(bad))
     processed.clear()
     capsys.readouterr()
     module.setup("fit")  # both clips; only the damaged one is processed again
     line = capsys.readouterr().err.strip().splitlines()[-1]
-    assert f"unlabelled cache {module.cache_path(bad)} is " in line and "again" in line
+    assert f"unlabelled cache {module.labeller.cache_path(bad)} is " in line and "again" in line
     assert processed == [bad]
-    assert module.cache_path(good).read_bytes() == kept
-    with np.load(module.cache_path(bad)) as rebuilt:
+    assert module.labeller.cache_path(good).read_bytes() == kept
+    with np.load(module.labeller.cache_path(bad)) as rebuilt:
         np.testing.assert_array_equal(rebuilt["raw"], _processed()["raw"])
     assert len(module.train_set) > 0
 
@@ -244,12 +244,12 @@ def test_unlabelled_cache_crash_mid_write_leaves_no_entry(unlabelled_module, mon
         raise KeyboardInterrupt
 
     with monkeypatch.context() as patch:
-        patch.setattr(unlabelled.np, "savez_compressed", partial_savez)
+        patch.setattr(labelling.np, "savez_compressed", partial_savez)
         with pytest.raises(KeyboardInterrupt):
-            module.load_video(video)
-    cache = module.cache_path(video)
+            module.labeller.load(video)
+    cache = module.labeller.cache_path(video)
     assert not cache.exists() and no_stray_files(cache.parent) == []
-    module.load_video(video)  # the next run processes it again instead of failing on it
+    module.labeller.load(video)  # the next run processes it again instead of failing on it
     assert processed == [video, video] and cache.is_file()
 
 

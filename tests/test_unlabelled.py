@@ -9,15 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from data_modules import unlabelled
-from data_modules.unlabelled import (
-    UnlabelledVideoDataModule,
-    UnlabelledWindows,
-    list_videos,
-    pseudo_labels,
-    smooth_boxes,
-)
+from data_modules.unlabelled import UnlabelledVideoDataModule, UnlabelledWindows, list_videos
+from lightning_fa import labelling
 from lightning_fa.heatmaps import crop_to_heatmap, decode, render_gaussian
+from lightning_fa.labelling import PseudoLabeller, pseudo_labels, smooth_boxes
 
 CLIP = "videos/liveportrait_d0.mp4"
 
@@ -100,7 +95,12 @@ def test_augmented_windows_keep_maps_landmarks_and_frames_together(tmp_path: Pat
     video = _moving_video()
     (tmp_path / "clip.mp4").write_bytes(b"")
     datamodule = UnlabelledVideoDataModule(
-        videos=str(tmp_path), seq_len=4, window_step=2, train_patch=12, augment=True
+        videos=str(tmp_path),
+        labeller=PseudoLabeller(),
+        seq_len=4,
+        window_step=2,
+        train_patch=12,
+        augment=True,
     )
     windows = datamodule._train_windows([video])
     expected = [list(range(first, first + length)) for _, first, length in windows]
@@ -128,7 +128,7 @@ def test_augmented_windows_keep_maps_landmarks_and_frames_together(tmp_path: Pat
         torch.testing.assert_close(steps, truth, atol=1e-3, rtol=0)
     assert 0.2 < reversed_count / len(dataset) < 0.8
     with pytest.raises(ValueError, match="augment needs train_patch"):
-        UnlabelledVideoDataModule(videos=str(tmp_path), augment=True)
+        UnlabelledVideoDataModule(videos=str(tmp_path), labeller=PseudoLabeller(), augment=True)
 
 
 @pytest.mark.slow
@@ -137,10 +137,11 @@ def test_real_clip_batches_labels_and_cache(shared_data: Path, tmp_path: Path, m
     pytest.importorskip("face_recognition_models")
     clip = shared_data / CLIP
     settings = dict(
-        videos=str(clip), val_videos=[str(clip)], cache_dir=str(tmp_path / "cache"),
-        max_frames=24, seq_len=8, window_step=4, val_window=10, batch_size=2,
+        videos=str(clip), val_videos=[str(clip)], seq_len=8, window_step=4, val_window=10,
+        batch_size=2,
     )  # fmt: skip
-    datamodule = UnlabelledVideoDataModule(**settings)
+    labeller = dict(cache_dir=str(tmp_path / "cache"), max_frames=24)
+    datamodule = UnlabelledVideoDataModule(**settings, labeller=PseudoLabeller(**labeller))
     datamodule.setup("fit")
     batch = next(iter(datamodule.train_dataloader()))
     assert (
@@ -175,8 +176,8 @@ def test_real_clip_batches_labels_and_cache(shared_data: Path, tmp_path: Path, m
     def no_processing(*args, **kwargs):
         raise AssertionError("the cached video was processed again")
 
-    monkeypatch.setattr(unlabelled, "process_video", no_processing)
-    again = UnlabelledVideoDataModule(**settings)
+    monkeypatch.setattr(labelling, "process_video", no_processing)
+    again = UnlabelledVideoDataModule(**settings, labeller=PseudoLabeller(**labeller))
     again.setup("fit")
     np.testing.assert_array_equal(again.train_set.videos[0]["raw"], video["raw"])
     assert len(list((tmp_path / "cache").glob("*.npz"))) == 1
@@ -195,8 +196,8 @@ def test_precomputed_heatmaps_equal_the_backbone_on_the_delivered_frames(
 
     clip = shared_data / CLIP
     datamodule = UnlabelledVideoDataModule(
-        videos=str(clip), val_videos=[str(clip)], cache_dir=str(tmp_path), max_frames=6,
-        seq_len=3, window_step=3, val_window=4, batch_size=1,
+        videos=str(clip), val_videos=[str(clip)], seq_len=3, window_step=3, val_window=4,
+        batch_size=1, labeller=PseudoLabeller(cache_dir=str(tmp_path), max_frames=6),
     )  # fmt: skip
     datamodule.setup("fit")
     backbone = DlibBackbone().eval()  # a fresh instance, independent of the data module's
@@ -216,7 +217,8 @@ def test_train_patches_are_windows_of_the_full_maps(shared_data: Path, tmp_path:
     pytest.importorskip("face_recognition_models")
     settings = dict(
         videos=str(shared_data / CLIP), val_videos=[str(shared_data / CLIP)],
-        cache_dir=str(tmp_path), max_frames=8, seq_len=4, window_step=4, val_window=8,
+        labeller=PseudoLabeller(cache_dir=str(tmp_path), max_frames=8), seq_len=4, window_step=4,
+        val_window=8,
     )  # fmt: skip
     full = UnlabelledVideoDataModule(**settings)
     patched = UnlabelledVideoDataModule(**settings, train_patch=12)

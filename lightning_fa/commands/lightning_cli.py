@@ -5,6 +5,7 @@ may set plain values only. `lightning_fa.commands.cli.main` dispatches here.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import importlib
 import inspect
@@ -27,8 +28,9 @@ from lightning_fa.errors import (
 
 
 class FaceAlignmentCLI(LightningCLI):
-    """Links the data's landmark count into the backbone, so configs cannot disagree; a bad
-    config or value becomes one ValueError naming the key (see `run_lightning_cli`)."""
+    """Links the data's landmark count into the backbone and the model's backbone into the
+    unlabelled route's labeller, so configs cannot disagree; a bad config or value becomes one
+    ValueError naming the key (see `run_lightning_cli`)."""
 
     def init_parser(self, **kwargs: Any):
         # Raise parse errors instead of printing the ~75-line usage and exiting: the command
@@ -69,6 +71,7 @@ class FaceAlignmentCLI(LightningCLI):
         # jsonargparse drops the empty link target when it re-reads the config resolved by
         # "omegaconf+", and then skips the link ("target not found"): put the slot back.
         config = self.config[self.subcommand] if self.subcommand else self.config
+        link_labeller_backbone(config)
         backbone = config.get("model.init_args.backbone")
         if backbone is not None and "num_landmarks" not in backbone.get("init_args", {}):
             backbone["init_args.num_landmarks"] = None
@@ -178,6 +181,25 @@ def describe_parse_error(message: str, parser, argv: list[str]) -> str:
     where = f"{setting[-1]}: " if setting else ""
     hint = f"; did you mean {suggestion!r}?" if suggestion else ""
     return f"{where}unknown key {key!r}{hint}"
+
+
+def link_labeller_backbone(config: Any) -> None:
+    """The unlabelled route's pseudo labels come from the backbone being stabilised: the data's
+    labeller gets the model's backbone config (with the data's landmark count) and checkpoint,
+    replacing any of its own (a saved config.yaml holds the copy this made).
+
+    By hand, not `link_arguments(apply_on="parse")`: jsonargparse drops a parse-time link's value
+    when it re-reads the config resolved by "omegaconf+", and an instantiation link cannot run
+    from the model to the data, which is built first (its landmark count goes to the model).
+    """
+    labeller = config.get("data.init_args.labeller")
+    if labeller is None or "init_args" not in labeller:
+        return
+    backbone = copy.deepcopy(config.get("model.init_args.backbone"))
+    if backbone is not None:
+        backbone["init_args.num_landmarks"] = config.get("data.init_args.num_landmarks")
+    labeller["init_args.backbone"] = backbone
+    labeller["init_args.backbone_checkpoint"] = config.get("model.init_args.backbone_checkpoint")
 
 
 def run_lightning_cli(argv: list[str]) -> None:
