@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import math
 
+import lightning.pytorch as pl
 import pytest
 import torch
 
+from lightning_fa.backbones import HRNet
+from lightning_fa.systems.finetune import StableAlignmentModule
 from lightning_fa.temporal import (
     TEMPORAL_STAGES,
     ConvLSTM,
@@ -19,6 +22,7 @@ from lightning_fa.temporal import (
     detach_state,
     registered_name,
 )
+from tests.conftest import TINY_HRNET
 
 L, H, W = 5, 8, 8
 # The stages (class, extra arguments) that every behavioural test below runs on.
@@ -556,3 +560,40 @@ def test_an_unregistered_stage_has_no_name():
         pass
 
     assert registered_name(Custom(L)) is None
+
+
+def _saved_module(stage: TemporalStage, path) -> StableAlignmentModule:
+    """A fine-tuned checkpoint of `stage` on a tiny HRNet, written by Lightning as `fit` does."""
+    backbone = HRNet(L, TINY_HRNET, input_size=(32, 32))
+    module = StableAlignmentModule(backbone, stage, store_backbone_weights=True)
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
+    trainer.strategy.connect(module)
+    trainer.save_checkpoint(path)
+    return module
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("variant", ["squeezed", "landmark_wise", "gated_blend"])
+def test_checkpoints_record_the_stage_by_name_and_old_ones_still_load(variant, tmp_path):
+    torch.manual_seed(0)
+    module = _saved_module(_trained_like(_variant(variant, 4)), tmp_path / "new.ckpt")
+    checkpoint = torch.load(tmp_path / "new.ckpt", weights_only=True)
+    assert checkpoint["temporal_stage"] == registered_name(module.temporal)
+    assert checkpoint["temporal_config"] == module.temporal.config
+    x = torch.rand(1, L, 8, 8)
+    for record in ("new", "old"):
+        if record == "old":  # as the all-in-one ConvLSTM wrote it: no name, the flags set
+            stage = type(module.temporal)
+            del checkpoint["temporal_stage"]
+            checkpoint["temporal_config"] = {
+                **_LEGACY_DEFAULTS,
+                **module.temporal.config,
+                "input_proj": module.temporal.config.get("input_proj"),
+                "landmark_wise": stage is not ConvLSTM,
+                "gated_blend": stage is GatedBlendConvLSTM,
+            }
+            torch.save(checkpoint, tmp_path / "old.ckpt")
+        restored = StableAlignmentModule.from_checkpoint(tmp_path / f"{record}.ckpt")
+        assert type(restored.temporal) is type(module.temporal)
+        assert restored.temporal.config == module.temporal.config
+        assert torch.equal(restored.temporal(x)[0], module.temporal(x)[0])
