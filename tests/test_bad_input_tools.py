@@ -374,7 +374,7 @@ def test_export_and_predict_replace_an_earlier_output_once_complete(
     inputs: Inputs, tmp_path: Path, capsys
 ) -> None:
     pytest.importorskip("onnxruntime")
-    from lightning_fa.export import OnnxStep
+    from lightning_fa.inference.onnx import OnnxStep
 
     model = earlier(tmp_path / "model.onnx")
     assert run_cli(["export", str(inputs.small), "--out", str(model)], capsys)[0] == 0

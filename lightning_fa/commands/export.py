@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lightning_fa.export import DEFAULT_OPSET, check_opset, export_onnx
+from lightning_fa.inference.onnx import DEFAULT_OPSET, check_opset, export_onnx
 from lightning_fa.outputs import atomic_output, claim_outputs
 
 
