@@ -48,6 +48,8 @@ class StableAlignmentModule(pl.LightningModule):
         store_backbone_weights: also keep the backbone weights in this module's checkpoints.
         decoder / pdc_threshold / relative_threshold: how heatmaps become coordinates (SPEC 2).
         sigma: Gaussian target width in heatmap pixels (the dataset's; 300W 1.0, others 1.5).
+            These four and the backbone's stride make `self.codec` (`HeatmapCodec`), which
+            renders the targets and decodes every output; the default loss takes its threshold.
         tbptt_chunk: k, frames per truncated-BPTT chunk.
         fr_thresholds: NME thresholds of the failure rate / AUC in image evaluation.
         channels_last: run the frozen backbone on NHWC memory.
