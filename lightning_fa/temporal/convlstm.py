@@ -10,8 +10,10 @@ from lightning_fa.temporal.cells import ResidualStage
 
 
 class ConvLSTM(ResidualStage):
-    """The paper's stage: all L heatmaps feed one shared ConvLSTM state, and a 1x1 read-out of
-    its top hidden state is added to the backbone's maps (zero at start: the identity).
+    """The paper's stage ``s_t = o_t + proj(h_t)``, one ConvLSTM state shared by all L maps.
+
+    A 1x1 read-out of the top hidden state is added to the backbone's maps (zero at start: the
+    identity).
 
     Args:
         num_landmarks: L, channels of the backbone heatmaps o_t.

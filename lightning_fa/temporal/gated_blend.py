@@ -13,9 +13,10 @@ from lightning_fa.temporal.cells import ConvLSTMStack
 
 
 class GatedBlendConvLSTM(TemporalStage):
-    """``s_t = o_t + a_t (s_{t-1} - o_t)``: a recurrent blend of whole maps, i.e. an exponential
-    smoother whose memory the cell sets per landmark and per frame (long on a still face, short
-    on a move).
+    """The gated blend ``s_t = o_t + a_t (s_{t-1} - o_t)``, a_t set by a landmark-wise cell.
+
+    A recurrent blend of whole maps is an exponential smoother whose memory the cell sets per
+    landmark and per frame (long on a still face, short on a move).
 
     Each landmark's cell (weights shared by all landmarks) sees o_t, its previous output s_{t-1}
     and a motion cue: the length of the running average (``motion_smoothing``) of the offset

@@ -9,11 +9,12 @@ from lightning_fa.temporal.cells import ResidualStage
 
 
 class LandmarkWiseConvLSTM(ResidualStage):
-    """Every heatmap is its own sample of one shared ConvLSTM (``hidden_channels`` state
-    channels per landmark) with a 1x1 read-out back to its own map: ``s_t = o_t + proj(h_t)``
-    per landmark, zero at start (the identity). The stage can so smooth every landmark on its
-    own, where `ConvLSTM` mixes all maps in one shared state; it costs more per frame (every map
-    runs the cell; docs/temporal-stages.md).
+    """``s_t = o_t + proj(h_t)`` per landmark: one small ConvLSTM per map, weights shared.
+
+    Every heatmap is its own sample of the shared cells (``hidden_channels`` state channels per
+    landmark) with a 1x1 read-out back to its own map, zero at start (the identity). The stage
+    can so smooth every landmark on its own, where `ConvLSTM` mixes all maps in one shared
+    state; it costs more per frame (every map runs the cell; docs/temporal-stages.md).
 
     Args:
         num_landmarks: L, channels of the backbone heatmaps o_t.
