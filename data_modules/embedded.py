@@ -32,12 +32,12 @@ from data_modules.synthetic import (
     CHANNELS,
     NUM_LANDMARKS,
     SPLIT_SEED_OFFSET,
-    Degradation,
     SyntheticFaceVideos,
     SyntheticVideo,
     _interocular,
     project,
 )
+from data_modules.transforms import Degradation
 from lightning_fa.checks import check_ints
 from lightning_fa.heatmaps import landmark_patches
 

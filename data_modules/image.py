@@ -43,7 +43,7 @@ from data_modules.landmarks import DatasetSpec, get_spec
 from data_modules.transforms import (
     AugmentConfig,
     AugmentParams,
-    DegradationConfig,
+    Degradation,
     augmented_affine,
     crop_frame,
     sample_augmentation,
@@ -262,7 +262,7 @@ class LandmarkImageDataset(Dataset):
         max_shift: float = 4.0,
         integer_shifts: bool = False,
         augment: AugmentConfig | None = None,
-        degradation: DegradationConfig | None = None,
+        degradation: Degradation | None = None,
         seed: int = 0,
         enlarge: float = DEFAULT_ENLARGE,
     ) -> None:
@@ -371,8 +371,8 @@ class LandmarkDataModule(L.LightningDataModule):
         max_shift: float = 4.0,
         integer_shifts: bool = False,
         augment: AugmentConfig | None = DEFAULT_AUGMENT,
-        degradation: DegradationConfig | None = None,
-        eval_degradation: DegradationConfig | None = None,
+        degradation: Degradation | None = None,
+        eval_degradation: Degradation | None = None,
         batch_size: int = 16,
         eval_batch_size: int | None = None,
         num_workers: int = 4,

@@ -37,8 +37,13 @@ from torch.utils.data import DataLoader, Dataset
 from data_modules.formats import log_skipped, read_image_rgb, read_pts_folder
 from data_modules.image import EpochSampler
 from data_modules.landmarks import get_spec
+from data_modules.transforms import (
+    Degradation,
+    flip_landmarks,
+    motion_blur,
+    to_chw_tensor,
+)
 from data_modules.transforms import degrade as degrade_jpeg
-from data_modules.transforms import flip_landmarks, to_chw_tensor
 from lightning_fa.checks import check_ints
 
 SPEC = get_spec("300w")
@@ -592,56 +597,8 @@ def render_face(
 
 # --------------------------------------------------------------------------- degradations
 
-
-@dataclass(frozen=True)
-class Degradation:
-    """Per-frame camera degradation levels.
-
-    noise_std: Gaussian sensor noise, grey levels; blur_exposure: motion-blur length as a fraction
-    of the face's per-frame motion (shutter time / frame time); jpeg_quality: re-encode quality
-    (None = off); flicker: std of a per-frame global gain (illumination flicker).
-    """
-
-    noise_std: float = 0.0
-    blur_exposure: float = 0.0
-    jpeg_quality: int | None = None
-    flicker: float = 0.0
-
-    def __post_init__(self) -> None:
-        if self.noise_std < 0 or not 0 <= self.blur_exposure <= 2 or not 0 <= self.flicker < 0.5:
-            raise ValueError(
-                "Degradation expects noise_std >= 0, blur_exposure in [0, 2], flicker in "
-                f"[0, 0.5); got {self}"
-            )
-        if self.jpeg_quality is not None and not 1 <= self.jpeg_quality <= 100:
-            raise ValueError(f"jpeg_quality must be in 1..100 or None, got {self.jpeg_quality}")
-
-    @classmethod
-    def resolve(cls, value: str | Degradation) -> Degradation:
-        """A Degradation from itself or a preset name ("clean", "mild", "heavy")."""
-        if isinstance(value, Degradation):
-            return value
-        if value not in DEGRADATION_PRESETS:
-            raise ValueError(
-                f"unknown degradation {value!r}; expected one of {sorted(DEGRADATION_PRESETS)}"
-            )
-        return DEGRADATION_PRESETS[value]
-
-
-DEGRADATION_PRESETS = {
-    "clean": Degradation(),
-    "mild": Degradation(noise_std=2.0, blur_exposure=0.5, jpeg_quality=90, flicker=0.02),
-    "heavy": Degradation(noise_std=10.0, blur_exposure=1.0, jpeg_quality=40, flicker=0.08),
-}
-
-
-def _motion_kernel(displacement: np.ndarray) -> np.ndarray:
-    """Normalised line kernel spanning ``displacement`` (px), centred (sub-pixel endpoints)."""
-    half = math.ceil(float(np.abs(displacement).max()) / 2) + 1
-    kernel = np.zeros((2 * half + 1, 2 * half + 1), np.float32)
-    ends = _fixed(np.array([half, half]) + np.outer([-0.5, 0.5], displacement))
-    cv2.line(kernel, ends[0], ends[1], 1.0, 1, cv2.LINE_AA, _SHIFT)
-    return kernel / kernel.sum()
+# The levels of `Degradation` generated video applies (per frame, `apply_degradation`).
+VIDEO_LEVELS = ("noise_sigma", "jpeg_quality", "blur_exposure", "flicker")
 
 
 def apply_degradation(
@@ -658,13 +615,13 @@ def apply_degradation(
     moving layer is smeared: out = B (1 - blur(a)) + blur(I - B (1 - a)); else the whole frame.
     """
     d = degradation
+    d.check_levels(*VIDEO_LEVELS, source="generated video (it blurs along its own motion)")
     out = image
     streak = np.asarray(motion, float) * d.blur_exposure
     if np.hypot(*streak) >= 0.5:
-        kernel = _motion_kernel(streak)
 
         def blur(x: np.ndarray) -> np.ndarray:
-            return cv2.filter2D(x, -1, kernel, borderType=cv2.BORDER_REFLECT)
+            return motion_blur(x, streak)
 
         frame = image.astype(np.float32)
         if background is None or coverage is None:
@@ -675,12 +632,12 @@ def apply_degradation(
             moving = frame - b * (1.0 - alpha[..., None])
             smeared = b * (1.0 - blur(alpha)[..., None]) + blur(moving)
         out = np.clip(smeared + 0.5, 0, 255).astype(np.uint8)
-    if d.flicker > 0 or d.noise_std > 0:
+    if d.flicker > 0 or d.noise_sigma > 0:
         # Gain and noise in one float32 pass (float32 draws: half the cost of float64 ones).
         gain = 1.0 + d.flicker * float(np.clip(rng.standard_normal(), -3, 3))
         noisy = out.astype(np.float32) * np.float32(gain) + np.float32(0.5)
-        if d.noise_std > 0:
-            noisy += rng.standard_normal(out.shape, dtype=np.float32) * np.float32(d.noise_std)
+        if d.noise_sigma > 0:
+            noisy += rng.standard_normal(out.shape, dtype=np.float32) * np.float32(d.noise_sigma)
         out = np.clip(noisy, 0, 255).astype(np.uint8)
     return degrade_jpeg(out, rng, jpeg_quality=d.jpeg_quality)
 

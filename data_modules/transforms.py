@@ -2,17 +2,19 @@
 albumentations).
 
 The crop matrix and warp (frame -> crop ``affine``, pixel-centre convention) are
-``lightning_fa.geometry``'s. Geometric augmentation (scale, rotation, translation, horizontal flip) is folded into that one
-matrix, so landmarks are transformed exactly (one warp from the full frame; albumentations'
-geometric transforms are not used). Photometric work is albumentations 2.0.8: colour jitter
-(its torchvision-style brightness / contrast / saturation operations, with the factors drawn once
-per sequence into ``AugmentParams``, so every frame gets the same change) and the per-frame
-degradations (``GaussianBlur``, ``MotionBlur``, ``GaussNoise``, seeded from the sample's numpy
-Generator so runs repeat exactly).
+``lightning_fa.geometry``'s. Geometric augmentation (scale, rotation, translation, horizontal
+flip) is folded into that one matrix, so landmarks are transformed exactly (one warp from the full
+frame; albumentations' geometric transforms are not used). Photometric work is albumentations
+2.0.8: colour jitter (its torchvision-style brightness / contrast / saturation operations, with
+the factors drawn once per sequence into ``AugmentParams``, so every frame gets the same change)
+and the per-frame degradations (``GaussianBlur``, the line kernel of `motion_kernel` in a random
+direction, ``GaussNoise``, seeded from the sample's numpy Generator so runs repeat exactly).
 
-The embedded benchmark (``synthetic.py``) calls ``degrade(image, rng, jpeg_quality=q)`` only. That
-path is kept bit-identical to the earlier hand-written code: with no random step it draws nothing
-from ``rng``, and its JPEG round trip is the same OpenCV encode / decode of the BGR view (through
+`Degradation` is the one vocabulary of camera degradations and `motion_kernel` the one motion-blur
+kernel: generated video (``synthetic``) blurs along its known motion with the same kernel, and its
+JPEG goes through ``degrade(image, rng, jpeg_quality=q)``. That path is kept bit-identical to the
+earlier hand-written code: with no random step it draws nothing from ``rng``, and its JPEG round
+trip is the same OpenCV encode / decode of the BGR view (through
 albumentations' ``image_compression``; its ``ImageCompression`` transform is not used because it
 hands RGB arrays to the encoder as if they were BGR, which moves the chroma subsampling onto the
 wrong channels).
@@ -20,7 +22,9 @@ wrong channels).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -154,20 +158,26 @@ def apply_colour(image: np.ndarray, params: AugmentParams) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class DegradationConfig:
-    """Per-frame degradation levels (all off by default, and off for evaluation).
+class Degradation:
+    """Per-frame camera degradations, one vocabulary for every data source (all off by default,
+    and off for evaluation unless asked for).
 
-    noise_sigma: std of additive Gaussian noise in grey levels; blur_kernel: odd Gaussian
-    kernel size (0 = off; sigma as OpenCV derives it from the size); motion_blur_length: odd
-    length in pixels of a linear motion-blur kernel, centred, in a random direction (0 = off);
-    jpeg_quality: re-encode at this quality (None = off). Applied in that order: blur, motion
-    blur, noise, JPEG.
+    noise_sigma: std of additive Gaussian sensor noise, grey levels; jpeg_quality: re-encode at
+    this quality (None = off). Frames of unknown motion (image and 300VW crops, ``apply``):
+    blur_kernel: odd Gaussian kernel size (0 = off; sigma as OpenCV derives it from the size);
+    motion_blur_length: odd length in pixels of a centred linear motion blur in a random direction
+    (0 = off); applied in the order blur, motion blur, noise, JPEG. Generated video, whose motion
+    is known (`data_modules.synthetic`): blur_exposure: motion-blur length as a fraction of the
+    face's per-frame motion (shutter time / frame time, 0..2); flicker: std of a per-frame global
+    gain (illumination flicker, < 0.5). Both blurs use `motion_kernel`.
     """
 
     noise_sigma: float = 0.0
     blur_kernel: int = 0
     motion_blur_length: int = 0
     jpeg_quality: int | None = None
+    blur_exposure: float = 0.0
+    flicker: float = 0.0
 
     def __post_init__(self) -> None:
         check_finite_non_negative(noise_sigma=self.noise_sigma)
@@ -179,10 +189,36 @@ class DegradationConfig:
         quality = self.jpeg_quality
         if quality is not None and (isinstance(quality, bool) or quality not in range(1, 101)):
             raise ValueError(f"jpeg_quality must be in 1..100 (or None for off), got {quality!r}")
+        if not 0 <= self.blur_exposure <= 2 or not 0 <= self.flicker < 0.5:
+            raise ValueError(
+                f"Degradation expects blur_exposure in [0, 2] and flicker in [0, 0.5); got {self}"
+            )
+
+    @classmethod
+    def resolve(cls, value: str | Degradation) -> Degradation:
+        """A Degradation from itself or a preset name (`DEGRADATION_PRESETS`)."""
+        if isinstance(value, Degradation):
+            return value
+        if value not in DEGRADATION_PRESETS:
+            raise ValueError(
+                f"unknown degradation {value!r}; expected one of {sorted(DEGRADATION_PRESETS)}"
+            )
+        return DEGRADATION_PRESETS[value]
+
+    def check_levels(self, *names: str, source: str) -> None:
+        """ValueError when a level other than ``names`` is on: ``source`` cannot apply it."""
+        on = [
+            f.name
+            for f in dataclasses.fields(self)
+            if getattr(self, f.name) and f.name not in names
+        ]
+        if on:
+            raise ValueError(f"{source} cannot apply {', '.join(on)} ({self})")
 
     def apply(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Degrade an RGB uint8 image; the albumentations steps are seeded by one draw from
-        ``rng`` (nothing is drawn when only JPEG is on)."""
+        """Degrade an RGB uint8 image of unknown motion; the albumentations steps are seeded by
+        one draw from ``rng`` (nothing is drawn when only JPEG is on)."""
+        self.check_levels(*IMAGE_LEVELS, source="a frame of unknown motion")
         out = image
         steps = _albumentations_steps(self)
         if steps is not None:
@@ -193,8 +229,53 @@ class DegradationConfig:
         return out
 
 
+# The levels `Degradation.apply` knows; generated video uses the others (`data_modules.synthetic`).
+IMAGE_LEVELS = ("noise_sigma", "blur_kernel", "motion_blur_length", "jpeg_quality")
+
+# The generated videos' camera presets (`data_modules.synthetic`, the embedded benchmark).
+DEGRADATION_PRESETS = {
+    "clean": Degradation(),
+    "mild": Degradation(noise_sigma=2.0, blur_exposure=0.5, jpeg_quality=90, flicker=0.02),
+    "heavy": Degradation(noise_sigma=10.0, blur_exposure=1.0, jpeg_quality=40, flicker=0.08),
+}
+
+# cv2 drawing takes integer points; ``shift`` fractional bits give 1/16-pixel accuracy.
+_KERNEL_SHIFT = 4
+
+
+def motion_kernel(displacement: np.ndarray) -> np.ndarray:
+    """Normalised line kernel spanning ``displacement`` (px), centred (sub-pixel endpoints)."""
+    half = math.ceil(float(np.abs(displacement).max()) / 2) + 1
+    kernel = np.zeros((2 * half + 1, 2 * half + 1), np.float32)
+    ends = np.array([half, half]) + np.outer([-0.5, 0.5], displacement)
+    ends = np.round(ends * (1 << _KERNEL_SHIFT)).astype(np.int32)
+    cv2.line(kernel, ends[0], ends[1], 1.0, 1, cv2.LINE_AA, _KERNEL_SHIFT)
+    return kernel / kernel.sum()
+
+
+def motion_blur(image: np.ndarray, displacement: np.ndarray) -> np.ndarray:
+    """``image`` (any dtype) smeared along ``displacement`` (px) with `motion_kernel`."""
+    return cv2.filter2D(image, -1, motion_kernel(displacement), borderType=cv2.BORDER_REFLECT)
+
+
+def _line_motion_blur(length: int):
+    """albumentations step: `motion_blur` of ``length`` px (one pixel centre to the other) in a
+    direction drawn from the step's seeded generator (a line: 180 degrees cover them all)."""
+    import albumentations as A
+
+    class LineMotionBlur(A.ImageOnlyTransform):
+        def get_params(self) -> dict[str, float]:
+            return {"angle": self.py_random.uniform(0.0, math.pi)}
+
+        def apply(self, img: np.ndarray, angle: float, **params) -> np.ndarray:
+            span = (length - 1) * np.array([math.cos(angle), math.sin(angle)])
+            return motion_blur(img, span)
+
+    return LineMotionBlur(p=1.0)
+
+
 @functools.lru_cache(maxsize=16)
-def _albumentations_steps(config: DegradationConfig):
+def _albumentations_steps(config: Degradation):
     """albumentations pipeline of ``config``'s blur, motion blur and noise (None when all off).
 
     Built once per config and reseeded for every frame (each DataLoader worker process has its
@@ -208,16 +289,7 @@ def _albumentations_steps(config: DegradationConfig):
         sigma = 0.3 * ((k - 1) * 0.5 - 1) + 0.8  # OpenCV's sigma for a k x k kernel
         steps.append(A.GaussianBlur(blur_limit=(k, k), sigma_limit=(sigma, sigma), p=1.0))
     if config.motion_blur_length > 1:
-        length = config.motion_blur_length
-        steps.append(
-            A.MotionBlur(
-                blur_limit=(length, length),
-                angle_range=(0.0, 180.0),  # a line: 180 degrees cover every direction
-                direction_range=(0.0, 0.0),  # centred on the pixel, as a shutter-long exposure
-                allow_shifted=False,
-                p=1.0,
-            )
-        )
+        steps.append(_line_motion_blur(config.motion_blur_length))
     if config.noise_sigma > 0:
         # std as a fraction of uint8's 255. Its noise field comes from cv2.randn seeded with one
         # of 2**16 values drawn from the step's seed: fields can repeat across many frames.
@@ -248,10 +320,10 @@ def degrade(
 ) -> np.ndarray:
     """Degrade an RGB uint8 image: blur, motion blur, Gaussian noise, then JPEG (each optional).
 
-    ``DegradationConfig(...).apply``: random draws (noise, motion direction) are seeded from
-    ``rng`` only, so results are reproducible; all levels off returns ``image`` itself.
+    ``Degradation(...).apply``: random draws (noise, motion direction) are seeded from ``rng``
+    only, so results are reproducible; all levels off returns ``image`` itself.
     """
-    config = DegradationConfig(noise_sigma, blur_kernel, motion_blur_length, jpeg_quality)
+    config = Degradation(noise_sigma, blur_kernel, motion_blur_length, jpeg_quality)
     return config.apply(image, rng)
 
 
@@ -269,7 +341,7 @@ def crop_frame(
     affine: np.ndarray,
     output_size: tuple[int, int],
     params: AugmentParams,
-    degradation: DegradationConfig | None,
+    degradation: Degradation | None,
     rng: np.random.Generator,
 ) -> torch.Tensor:
     """One training / evaluation crop: warp, the sequence's colour jitter, this frame's

@@ -22,7 +22,7 @@ from data_modules.image import (
 from data_modules.landmarks import get_spec
 from data_modules.transforms import (
     AugmentConfig,
-    DegradationConfig,
+    Degradation,
 )
 from lightning_fa.geometry import (
     transform_points,
@@ -157,7 +157,7 @@ def test_per_frame_degradation_on_top(root_300w: Path) -> None:
         mode="sequence",
         seq_len=3,
         max_shift=0.0,
-        degradation=DegradationConfig(noise_sigma=8.0),
+        degradation=Degradation(noise_sigma=8.0),
     )
     c, n = clean[0]["frames"], noisy[0]["frames"]
     torch.testing.assert_close(c[0], c[1])  # zero shift, no noise: identical frames
@@ -176,7 +176,7 @@ def test_deterministic_with_workers(root_300w: Path) -> None:
         "mode": "sequence",
         "seq_len": 3,
         "augment": AugmentConfig(),
-        "degradation": DegradationConfig(noise_sigma=3.0),
+        "degradation": Degradation(noise_sigma=3.0),
         "seed": 11,
     }
     single = _collect(_dataset(root_300w, **kw), workers=0)

@@ -13,11 +13,11 @@ import torch
 from scipy import stats
 
 from data_modules.synthetic import (
-    Degradation,
     SyntheticFaceVideos,
     apply_degradation,
     similarity_transform,
 )
+from data_modules.transforms import Degradation
 from lightning_fa.temporal import apply_filter, make_filter
 
 SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "analysis" / "stabiliser_bounds.py"

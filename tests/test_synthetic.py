@@ -16,7 +16,6 @@ from data_modules.formats import read_pts
 from data_modules.landmarks import get_spec
 from data_modules.synthetic import (
     MEAN_SHAPE,
-    Degradation,
     MotionStyle,
     SyntheticDataModule,
     SyntheticFaceImages,
@@ -28,6 +27,7 @@ from data_modules.synthetic import (
     sample_identity,
     similarity_transform,
 )
+from data_modules.transforms import Degradation
 
 SIZE = 128
 LUMA = np.array([0.299, 0.587, 0.114])
@@ -158,7 +158,7 @@ def test_degradation_presets():
     mild_std = (mild - mild.mean(axis=(0, 1))).std()
     heavy_std = (heavy - heavy.mean(axis=(0, 1))).std()
     assert 0.5 < mild_std < 2.5 and heavy_std > 3 * mild_std  # JPEG smooths part of the noise
-    noise_only = apply_degradation(flat, Degradation(noise_std=10.0), rng, still).astype(float)
+    noise_only = apply_degradation(flat, Degradation(noise_sigma=10.0), rng, still).astype(float)
     assert noise_only.std() == pytest.approx(10.0, rel=0.1)
     with pytest.raises(ValueError, match="unknown degradation"):
         Degradation.resolve("medium")
@@ -311,3 +311,11 @@ def test_datamodule_batches_match_with_and_without_workers(mode):
     assert not torch.equal(first_clean.get("frames", first_clean.get("image")), first_heavy.get("frames", first_heavy.get("image")))  # fmt: skip
     if mode == "sequence":
         assert first_clean["frames"].shape == (1, 4, 3, 48, 48)  # whole videos, one at a time
+
+
+def test_generated_video_refuses_the_levels_of_unknown_motion():
+    flat = np.full((16, 16, 3), 128, np.uint8)
+    with pytest.raises(ValueError, match=r"generated video .* cannot apply motion_blur_length"):
+        apply_degradation(
+            flat, Degradation(motion_blur_length=5), np.random.default_rng(0), np.zeros(2)
+        )

@@ -15,11 +15,12 @@ from data_modules.landmarks import DATASETS, get_spec, permutation_from_pairs
 from data_modules.transforms import (
     AugmentConfig,
     AugmentParams,
-    DegradationConfig,
+    Degradation,
     apply_colour,
     crop_frame,
     degrade,
     flip_landmarks,
+    motion_blur,
     sample_augmentation,
 )
 from lightning_fa.geometry import (
@@ -235,9 +236,7 @@ def test_apply_colour_literal_formula() -> None:
 def test_degrade_off_is_identity_and_seeded() -> None:
     image = np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)
     assert degrade(image, np.random.default_rng(1)) is image
-    config = DegradationConfig(
-        noise_sigma=5.0, blur_kernel=3, motion_blur_length=5, jpeg_quality=60
-    )
+    config = Degradation(noise_sigma=5.0, blur_kernel=3, motion_blur_length=5, jpeg_quality=60)
     a = config.apply(image, np.random.default_rng(7))
     b = config.apply(image, np.random.default_rng(7))
     c = config.apply(image, np.random.default_rng(8))
@@ -319,8 +318,8 @@ def test_zero_strength_configs_are_the_identity() -> None:
         assert apply_colour(image, params) is image
     rng = np.random.default_rng(0)
     state = rng.bit_generator.state
-    assert DegradationConfig().apply(image, rng) is image
-    assert DegradationConfig(blur_kernel=1, motion_blur_length=1).apply(image, rng) is image
+    assert Degradation().apply(image, rng) is image
+    assert Degradation(blur_kernel=1, motion_blur_length=1).apply(image, rng) is image
     assert rng.bit_generator.state == state  # nothing drawn
 
 
@@ -333,7 +332,7 @@ def test_colour_factors_drawn_in_range() -> None:
     assert len({d.saturation for d in draws}) == 40
 
 
-def _sequence(frames: list[np.ndarray], seed: int, degradation: DegradationConfig | None):
+def _sequence(frames: list[np.ndarray], seed: int, degradation: Degradation | None):
     # As the datasets do: one generator per sample, one colour draw per sequence, then a crop
     # (warp, colour, this frame's degradation) per frame from the same generator.
     rng = np.random.default_rng(seed)
@@ -354,7 +353,7 @@ def test_colour_is_the_same_for_every_frame_of_a_sequence() -> None:
 
 def test_degradations_differ_per_frame_and_repeat_per_seed() -> None:
     frames = [_photo()] * 3
-    degradation = DegradationConfig(noise_sigma=6.0, motion_blur_length=7, jpeg_quality=80)
+    degradation = Degradation(noise_sigma=6.0, motion_blur_length=7, jpeg_quality=80)
     _, first = _sequence(frames, seed=5, degradation=degradation)
     _, again = _sequence(frames, seed=5, degradation=degradation)
     _, other = _sequence(frames, seed=6, degradation=degradation)
@@ -411,4 +410,20 @@ def test_jpeg_path_of_the_synthetic_benchmark_is_unchanged(quality: int) -> None
 )
 def test_degradation_config_refuses_bad_levels(levels: dict, words: str) -> None:
     with pytest.raises(ValueError, match=words):
-        DegradationConfig(**levels)
+        Degradation(**levels)
+
+
+def test_one_vocabulary_refuses_levels_a_source_cannot_apply() -> None:
+    image = np.zeros((16, 16, 3), np.uint8)
+    for levels in ({"flicker": 0.1}, {"blur_exposure": 0.5}):
+        with pytest.raises(ValueError, match=f"unknown motion cannot apply {next(iter(levels))}"):
+            Degradation(**levels).apply(image, np.random.default_rng(0))
+
+
+def test_motion_blur_of_images_is_the_line_kernel() -> None:
+    # A horizontal streak of length 9 (pixel centre to pixel centre): 9 px of 255/9, centred.
+    dot = np.zeros((21, 21), np.float32)
+    dot[10, 10] = 255.0
+    row = motion_blur(dot, np.array([8.0, 0.0]))[10]
+    np.testing.assert_allclose(row.sum(), 255.0, rtol=1e-5)
+    assert (row[6:15] > 0).all() and row[:5].max() == row[16:].max() == 0

@@ -192,7 +192,7 @@ def frame_degradation(video: SyntheticVideo) -> dict[str, np.ndarray]:
     d = video.degradation
     streak = np.hypot(*(np.asarray(video.motion, float) * d.blur_exposure).T)
     gain = np.zeros(len(video))
-    if d.flicker > 0 or d.noise_std > 0:
+    if d.flicker > 0 or d.noise_sigma > 0:
         for t in range(len(video)):
             draw = np.random.default_rng((*video.key, 1, t)).standard_normal()
             gain[t] = d.flicker * abs(float(np.clip(draw, -3, 3)))

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from data_modules.embedded import HELD_OUT_SETS, held_out_sources, held_out_videos
-from data_modules.synthetic import Degradation, SyntheticVideo
+from data_modules.synthetic import SyntheticVideo
+from data_modules.transforms import Degradation
 
 # Bump when the meaning of a cached backbone changes without its config changing.
 CACHE_VERSION = 1

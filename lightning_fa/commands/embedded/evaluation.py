@@ -14,7 +14,8 @@ import torch
 from tqdm.auto import tqdm
 
 from data_modules.embedded import render, rendered
-from data_modules.synthetic import Degradation, SyntheticVideo
+from data_modules.synthetic import SyntheticVideo
+from data_modules.transforms import Degradation
 from lightning_fa.commands.embedded.config import (
     BASELINE,
     METHODS,
@@ -139,7 +140,7 @@ def robustness(module: StableAlignmentModule, config: PipelineConfig) -> dict[st
     keys = (BASELINE, f"{BASELINE}+one-euro-tuned", OURS)
     results: dict[str, Any] = {}
     for axis, levels, make in (
-        ("noise", e.noise_levels, lambda v: Degradation(noise_std=v)),
+        ("noise", e.noise_levels, lambda v: Degradation(noise_sigma=v)),
         ("blur", e.blur_levels, lambda v: Degradation(blur_exposure=v)),
     ):
         curves: dict[str, dict[str, list[float]]] = {k: {"mcv": [], "nrmse": []} for k in keys}
