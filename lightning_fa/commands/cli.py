@@ -37,7 +37,10 @@ TOOLS: dict[str, tuple[str, str]] = {
         "lightning_fa.commands.embedded.run:main",
         "the embedded end-to-end benchmark (`make finetune`)",
     ),
-    "bench": ("lightning_fa.commands.bench.harness:main", "speed and memory figures side by side, as JSON"),
+    "bench": (
+        "lightning_fa.commands.bench.harness:main",
+        "speed and memory figures side by side, as JSON",
+    ),
     "sweep-local": (
         "lightning_fa.commands.sweep:main",
         "run a W&B sweep grid here, one point after another",
