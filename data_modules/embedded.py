@@ -21,16 +21,16 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from data_modules.image import EpochSampler
+from data_modules.base import EpochSampler, FaceDataModule
 from data_modules.synthetic import (
     CHANNELS,
     NUM_LANDMARKS,
+    SPEC,
     SPLIT_SEED_OFFSET,
     SyntheticFaceVideos,
     SyntheticVideo,
@@ -298,7 +298,7 @@ def video_heatmaps(
 # --------------------------------------------------------------------------- data module
 
 
-class EmbeddedWindowsDataModule(L.LightningDataModule):
+class EmbeddedWindowsDataModule(FaceDataModule):
     """The embedded default's fine-tuning windows and held-out sets (module docstring).
 
     Args:
@@ -317,6 +317,8 @@ class EmbeddedWindowsDataModule(L.LightningDataModule):
         still_videos / still_frames / still_degradation: the frozen-face test set (0: none).
         test_seed: seed of the held-out videos (validation and test).
     """
+
+    spec = SPEC
 
     def __init__(
         self,
@@ -377,10 +379,6 @@ class EmbeddedWindowsDataModule(L.LightningDataModule):
             raise ValueError(f"test_sets need distinct names other than 'still', got {names}")
         self.save_hyperparameters()
         self.train_set: HeatmapWindows | None = None
-
-    @property
-    def num_landmarks(self) -> int:
-        return NUM_LANDMARKS
 
     @property
     def eval_loader_names(self) -> list[str]:

@@ -17,15 +17,15 @@ is fixed per data module (the paper's 5-8 frames: pick one, default 6).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
-import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
+from data_modules.base import EpochSampler, FaceDataModule
 from data_modules.checks import check_finite_non_negative
 from data_modules.formats import (
     WFLW_ATTRIBUTES,
@@ -208,43 +208,6 @@ def _record_box_size(record: LandmarkRecord, box: Sequence[float]) -> float:
     return float(np.sqrt((x2 - x1) * (y2 - y1)))
 
 
-class EpochSampler(Sampler[tuple[int, int] | int]):
-    """Yields ``(epoch, index)`` so workers can seed each sample from (seed, epoch, index).
-
-    The order is shuffled from (seed, epoch) when ``shuffle``. The epoch advances by one each
-    time the sampler is iterated; Lightning's ``set_epoch`` (also used on resume) sets it, so a
-    resumed run replays the same order. ``with_epoch=False`` yields bare indices, for datasets
-    whose samples do not depend on the epoch.
-    """
-
-    def __init__(
-        self, num_samples: int, shuffle: bool = True, seed: int = 0, with_epoch: bool = True
-    ) -> None:
-        self.num_samples = num_samples
-        self.shuffle = shuffle
-        self.seed = seed
-        self.with_epoch = with_epoch
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.num_samples
-
-    def __iter__(self) -> Iterator[tuple[int, int] | int]:
-        epoch = self.epoch
-        self.epoch += 1
-        order = (
-            np.random.default_rng((self.seed, epoch)).permutation(self.num_samples)
-            if self.shuffle
-            else np.arange(self.num_samples)
-        )
-        if not self.with_epoch:
-            return iter(order.tolist())
-        return iter([(epoch, int(i)) for i in order])
-
-
 class LandmarkImageDataset(Dataset):
     """Crops (image mode) or shifted pseudo-sequences (sequence mode) of annotated still images.
 
@@ -347,7 +310,7 @@ class LandmarkImageDataset(Dataset):
         return shifts
 
 
-class LandmarkDataModule(L.LightningDataModule):
+class LandmarkDataModule(FaceDataModule):
     """Train split + one evaluation subset of a still-image landmark dataset.
 
     ``subset`` is the evaluation subset (used for validation and test), e.g. 300W ``full`` /
@@ -387,10 +350,11 @@ class LandmarkDataModule(L.LightningDataModule):
                 f"dataset must be one of {sorted(SUBSETS)} (300VW lives in video.py), got {dataset!r}"
             )
         _check_subset(self.spec.name, subset)
-        check_ints(image_size=image_size, seq_len=seq_len, batch_size=batch_size)
+        check_ints(image_size=image_size, seq_len=seq_len)
+        counts = {"batch_size": batch_size}
         if eval_batch_size is not None:
-            check_ints(eval_batch_size=eval_batch_size)
-        check_ints(0, num_workers=num_workers, seed=seed)
+            counts["eval_batch_size"] = eval_batch_size
+        self.check_loader_settings(num_workers, seed, **counts)
         check_finite_non_negative(max_shift=max_shift)
         self.save_hyperparameters()
         self.root = Path(root)
@@ -398,10 +362,6 @@ class LandmarkDataModule(L.LightningDataModule):
         self.skipped: dict[str, list[str]] = {}
         self.train_set: LandmarkImageDataset | None = None
         self.eval_set: LandmarkImageDataset | None = None
-
-    @property
-    def num_landmarks(self) -> int:
-        return self.spec.num_landmarks
 
     @property
     def eval_loader_names(self) -> list[str]:
@@ -431,31 +391,11 @@ class LandmarkDataModule(L.LightningDataModule):
         if self.eval_set is None:
             self.eval_set = self._dataset(self.subset, train=False)
 
-    def _loader(self, dataset: Dataset, batch_size: int, sampler: Sampler | None) -> DataLoader:
-        hp = self.hparams
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            sampler=sampler,
-            shuffle=False,
-            num_workers=hp.num_workers,
-            pin_memory=hp.pin_memory and torch.cuda.is_available(),
-            persistent_workers=hp.num_workers > 0,
-        )
-
     def train_dataloader(self) -> DataLoader:
         assert self.train_set is not None, "call setup('fit') first"
         sampler = EpochSampler(len(self.train_set), shuffle=True, seed=self.hparams.seed)
-        return self._loader(self.train_set, self.hparams.batch_size, sampler)
+        return self.loader(self.train_set, self.hparams.batch_size, sampler)
 
     def val_dataloader(self) -> DataLoader:
         assert self.eval_set is not None, "call setup() first"
-        return self._loader(
-            self.eval_set, self.hparams.eval_batch_size or self.hparams.batch_size, None
-        )
-
-    def test_dataloader(self) -> DataLoader:
-        return self.val_dataloader()
-
-    def predict_dataloader(self) -> DataLoader:
-        return self.val_dataloader()
+        return self.loader(self.eval_set, self.hparams.eval_batch_size or self.hparams.batch_size)

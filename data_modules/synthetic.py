@@ -28,14 +28,13 @@ from pathlib import Path
 from typing import Literal
 
 import cv2
-import lightning as L
 import numpy as np
 import torch
 from scipy.spatial import Delaunay
 from torch.utils.data import DataLoader, Dataset
 
+from data_modules.base import EpochSampler, FaceDataModule
 from data_modules.formats import log_skipped, read_image_rgb, read_pts_folder
-from data_modules.image import EpochSampler
 from data_modules.landmarks import get_spec
 from data_modules.transforms import (
     Degradation,
@@ -956,7 +955,7 @@ class SyntheticFaceImages(_Generated):
 # --------------------------------------------------------------------------- DataModule
 
 
-class SyntheticDataModule(L.LightningDataModule):
+class SyntheticDataModule(FaceDataModule):
     """Synthetic faces for backbone pretraining (``mode="image"``) or ConvLSTM fine-tuning
     (``mode="sequence"``: random windows of ``seq_len`` frames from generated videos).
 
@@ -964,6 +963,8 @@ class SyntheticDataModule(L.LightningDataModule):
     sequence mode they stream whole videos with batch size 1. ``eval_degradation`` may list
     several presets (e.g. ["clean", "heavy"]): one val / test dataloader per entry, in order.
     """
+
+    spec = SPEC
 
     def __init__(
         self,
@@ -1005,7 +1006,7 @@ class SyntheticDataModule(L.LightningDataModule):
             test_frames=test_frames,
         )
         check_ints(32, image_size=image_size)
-        check_ints(0, num_workers=num_workers, seed=seed)
+        self.check_loader_settings(num_workers, seed)
         if mode == "sequence" and seq_len > train_video_frames:
             raise ValueError(
                 f"seq_len={seq_len} exceeds train_video_frames={train_video_frames} (the windows "
@@ -1021,10 +1022,6 @@ class SyntheticDataModule(L.LightningDataModule):
     def eval_loader_names(self) -> list[str]:
         """Metric prefixes of the evaluation loaders: one per degradation level."""
         return list(self.eval_degradations)
-
-    @property
-    def num_landmarks(self) -> int:
-        return NUM_LANDMARKS
 
     def _common(self, degradation: str, split: int) -> dict:
         h = self.hparams
@@ -1053,27 +1050,16 @@ class SyntheticDataModule(L.LightningDataModule):
         self.val_sets = self._eval_sets(1, h.val_samples, h.val_videos, h.val_frames)
         self.test_sets = self._eval_sets(2, h.test_samples, h.test_videos, h.test_frames)
 
-    def _loader(self, dataset: Dataset, shuffle: bool, batch_size: int) -> DataLoader:
-        h = self.hparams
+    def train_dataloader(self) -> DataLoader:
         # Shuffled from (seed, epoch), not from the global RNG, so a resumed run replays the
         # same order (checkpoints do not store RNG states).
-        sampler = EpochSampler(len(dataset), seed=h.seed, with_epoch=False) if shuffle else None
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            sampler=sampler,
-            num_workers=h.num_workers,
-            pin_memory=h.pin_memory,
-            persistent_workers=h.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, True, self.hparams.batch_size)
+        sampler = EpochSampler(len(self.train_set), seed=self.hparams.seed, with_epoch=False)
+        return self.loader(self.train_set, self.hparams.batch_size, sampler)
 
     def _eval_loaders(self, sets: list[Dataset]) -> DataLoader | list[DataLoader]:
         # Whole videos one at a time (the temporal state runs through each video in order).
         batch = self.hparams.batch_size if self.hparams.mode == "image" else 1
-        loaders = [self._loader(s, False, batch) for s in sets]
+        loaders = [self.loader(s, batch) for s in sets]
         return loaders[0] if len(loaders) == 1 else loaders
 
     def val_dataloader(self) -> DataLoader | list[DataLoader]:
@@ -1081,6 +1067,3 @@ class SyntheticDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader | list[DataLoader]:
         return self._eval_loaders(self.test_sets)
-
-    def predict_dataloader(self) -> DataLoader | list[DataLoader]:
-        return self.test_dataloader()

@@ -15,11 +15,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
-import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from data_modules.base import FaceDataModule
 from data_modules.landmarks import DatasetSpec, get_spec
 from lightning_fa.heatmaps import augment_patches, landmark_patches
 
@@ -150,7 +150,7 @@ class UnlabelledWindows(Dataset):
         return sample
 
 
-class UnlabelledVideoDataModule(L.LightningDataModule):
+class UnlabelledVideoDataModule(FaceDataModule):
     """Sequence batches from unlabelled videos with offline-smoothed pseudo labels.
 
     Args:
@@ -205,7 +205,6 @@ class UnlabelledVideoDataModule(L.LightningDataModule):
         self.train_paths = list_videos(videos)
         self.val_paths = list_videos(val_videos) if val_videos else []
         self.spec = get_spec("300w") if num_landmarks == 68 else None
-        self.val_loader_names = ["unlabelled"]
         self.train_set: UnlabelledWindows | None = None
         self.val_set: UnlabelledWindows | None = None
 
@@ -281,6 +280,3 @@ class UnlabelledVideoDataModule(L.LightningDataModule):
         if self.val_set is None:
             return []
         return DataLoader(self.val_set, batch_size=1, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader | list:
-        return self.val_dataloader()

@@ -24,15 +24,15 @@ from pathlib import Path
 from typing import Literal
 
 import cv2
-import lightning as L
 import numpy as np
 import torch
 from scipy.ndimage import uniform_filter1d
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
+from data_modules.base import EpochSampler, FaceDataModule
 from data_modules.formats import OnError, log_skipped, read_pts
-from data_modules.image import DEFAULT_AUGMENT, EpochSampler, crop_norm_size
+from data_modules.image import DEFAULT_AUGMENT, crop_norm_size
 from data_modules.landmarks import DatasetSpec, get_spec
 from data_modules.transforms import (
     AugmentConfig,
@@ -488,7 +488,7 @@ class VideoShardSampler(DistributedSampler):
         return len(self.indices)
 
 
-class Video300VWDataModule(L.LightningDataModule):
+class Video300VWDataModule(FaceDataModule):
     """300VW: training windows from the ``train`` split, streamed evaluation of ``split``.
 
     Validation streams ``val_videos``, training videos held out of the training windows (default
@@ -541,21 +541,17 @@ class Video300VWDataModule(L.LightningDataModule):
             seq_len=seq_len,
             windows_per_video=windows_per_video,
             smooth_window=smooth_window,
-            batch_size=batch_size,
         )
+        counts = {"batch_size": batch_size}
         if eval_window is not None:
-            check_ints(eval_window=eval_window)
-        check_ints(0, num_workers=num_workers, seed=seed)
+            counts["eval_window"] = eval_window
+        self.check_loader_settings(num_workers, seed, **counts)
         self.save_hyperparameters()
         self.spec = get_spec("300vw")
         self.skipped: dict[str, list[str]] = {}
         self.train_set: VideoWindowDataset | None = None
         self.val_set: VideoWindowDataset | None = None
         self.eval_set: VideoWindowDataset | None = None
-
-    @property
-    def num_landmarks(self) -> int:
-        return self.spec.num_landmarks
 
     @property
     def eval_loader_names(self) -> list[str]:
@@ -626,14 +622,8 @@ class Video300VWDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         assert self.train_set is not None, "call setup('fit') first"
         hp = self.hparams
-        return DataLoader(
-            self.train_set,
-            batch_size=hp.batch_size,
-            sampler=EpochSampler(len(self.train_set), shuffle=True, seed=hp.seed),
-            num_workers=hp.num_workers,
-            pin_memory=hp.pin_memory and torch.cuda.is_available(),
-            persistent_workers=hp.num_workers > 0,
-        )
+        sampler = EpochSampler(len(self.train_set), shuffle=True, seed=hp.seed)
+        return self.loader(self.train_set, hp.batch_size, sampler)
 
     def eval_dataloader(
         self,
@@ -664,7 +654,4 @@ class Video300VWDataModule(L.LightningDataModule):
         return self.eval_dataloader(dataset=self.val_set)
 
     def test_dataloader(self) -> DataLoader:
-        return self.eval_dataloader()
-
-    def predict_dataloader(self) -> DataLoader:
         return self.eval_dataloader()
