@@ -34,9 +34,9 @@ from data_modules.synthetic import (
     SPLIT_SEED_OFFSET,
     SyntheticFaceVideos,
     SyntheticVideo,
-    _interocular,
     project,
 )
+from data_modules.synthetic.datasets import _interocular
 from data_modules.transforms import Degradation
 from lightning_fa.checks import check_ints
 from lightning_fa.heatmaps import landmark_patches

@@ -240,16 +240,21 @@ DEGRADATION_PRESETS = {
 }
 
 # cv2 drawing takes integer points; ``shift`` fractional bits give 1/16-pixel accuracy.
-_KERNEL_SHIFT = 4
+DRAW_SHIFT = 4
+DRAW_ONE = 1 << DRAW_SHIFT
+
+
+def fixed_point(points: np.ndarray) -> np.ndarray:
+    """Float pixel coordinates -> cv2 fixed-point int32 (for ``shift=DRAW_SHIFT``)."""
+    return np.round(points * DRAW_ONE).astype(np.int32)
 
 
 def motion_kernel(displacement: np.ndarray) -> np.ndarray:
     """Normalised line kernel spanning ``displacement`` (px), centred (sub-pixel endpoints)."""
     half = math.ceil(float(np.abs(displacement).max()) / 2) + 1
     kernel = np.zeros((2 * half + 1, 2 * half + 1), np.float32)
-    ends = np.array([half, half]) + np.outer([-0.5, 0.5], displacement)
-    ends = np.round(ends * (1 << _KERNEL_SHIFT)).astype(np.int32)
-    cv2.line(kernel, ends[0], ends[1], 1.0, 1, cv2.LINE_AA, _KERNEL_SHIFT)
+    ends = fixed_point(np.array([half, half]) + np.outer([-0.5, 0.5], displacement))
+    cv2.line(kernel, ends[0], ends[1], 1.0, 1, cv2.LINE_AA, DRAW_SHIFT)
     return kernel / kernel.sum()
 
 
