@@ -258,3 +258,22 @@ def test_experiment_goals() -> None:
     }  # fmt: skip
     assert not goals(methods(0.5, 0.6, 0))["deviation_below_raw_and_one_euro"]
     assert not goals(methods(0.5, 0.5, 2))["lag_le_1"]
+
+
+def test_the_cli_gives_the_labeller_the_models_backbone(shared_data: Path) -> None:
+    """experiments/unlabelled.yaml names the backbone once, under model; the data's labeller
+    gets the same one (and its checkpoint)."""
+    pytest.importorskip("dlib")
+    pytest.importorskip("face_recognition_models")
+    from lightning_fa.commands.lightning_cli import build_cli
+    from tests.conftest import REPO_ROOT
+
+    configs = [REPO_ROOT / "experiments" / name for name in ("base.yaml", "unlabelled.yaml")]
+    args = [arg for config in configs for arg in ("--config", str(config))]
+    clip = f"--data.init_args.videos=[{shared_data / CLIP}]"
+    only = [clip, "--data.init_args.val_videos=null", "--trainer.logger=false"]
+    cli = build_cli([*args, *only, "--trainer.callbacks=null"], run=False)
+    labeller = cli.datamodule.labeller
+    assert isinstance(labeller, PseudoLabeller)
+    assert labeller.settings["backbone"] == cli.model.backbone.spec
+    assert labeller.backbone_checkpoint is None
