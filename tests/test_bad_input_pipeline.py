@@ -18,7 +18,7 @@ import torch
 import yaml
 
 from data_modules.unlabelled import UnlabelledVideoDataModule
-from data_modules.video import FrameStore
+from data_modules.video_files import FrameStore
 from lightning_fa import labelling
 from lightning_fa.backbones import load_checkpoint
 from lightning_fa.commands.cli import main as cli_main
@@ -288,7 +288,7 @@ def test_damaged_frame_cache_is_decoded_again(tmp_path, caplog, fmt: str, damage
     other_file = tmp_path / "cache" / "010" / f"000002.{fmt}"
     kept = other_file.read_bytes()
     damaged = damage(tmp_path / "cache" / "009")
-    with caplog.at_level(logging.WARNING, logger="data_modules.video"):
+    with caplog.at_level(logging.WARNING, logger="data_modules.video_files"):
         frames = store.frames(video, 0, 6)
     assert str(damaged) in caplog.text and "again" in caplog.text
     for a, b in zip(expected, frames, strict=True):

@@ -27,7 +27,8 @@ from data_modules.formats import (
 )
 from data_modules.image import LandmarkDataModule
 from data_modules.synthetic import StillSources, SyntheticDataModule
-from data_modules.video import Video300VWDataModule, load_300vw_split, read_300vw_video
+from data_modules.video import Video300VWDataModule
+from data_modules.video_files import load_300vw_split, read_300vw_video
 from lightning_fa.heatmaps import decode, pdc, render_gaussian
 from lightning_fa.losses import JitterLoss
 from lightning_fa.metrics import VideoStability

@@ -15,12 +15,10 @@ from data_modules.landmarks import get_spec
 from data_modules.transforms import (
     AugmentConfig,
 )
-from data_modules.video import (
+from data_modules.video import Video300VWDataModule, VideoShardSampler, VideoWindowDataset
+from data_modules.video_files import (
     SPLITS_300VW,
     FrameStore,
-    Video300VWDataModule,
-    VideoShardSampler,
-    VideoWindowDataset,
     load_300vw_split,
     load_broken_frames,
     read_300vw_video,

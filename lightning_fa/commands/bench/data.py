@@ -91,7 +91,8 @@ def video_windows_dataset(root: Path, video_ids: list[str], seq_len: int, image_
     """Training windows over the 300VW folders under `root`, frames decoded once into a cache
     inside `root` (the setting the data helper recommends for training)."""
     from data_modules.landmarks import get_spec
-    from data_modules.video import FrameStore, VideoWindowDataset, read_300vw_video
+    from data_modules.video import VideoWindowDataset
+    from data_modules.video_files import FrameStore, read_300vw_video
 
     records = [read_300vw_video(root / video_id) for video_id in video_ids]
     store = FrameStore(cache_dir=root / "frame_cache")
