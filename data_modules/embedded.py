@@ -36,7 +36,6 @@ from data_modules.synthetic import (
     SyntheticVideo,
     project,
 )
-from data_modules.synthetic.datasets import _interocular
 from data_modules.transforms import Degradation
 from lightning_fa.checks import check_ints
 from lightning_fa.heatmaps import landmark_patches
@@ -272,7 +271,7 @@ class VideoClips(Dataset):
             "landmarks": torch.from_numpy(landmarks),
             "affine": torch.eye(2, 3).expand(length, 2, 3).clone(),
             "valid": torch.ones(length, dtype=torch.bool),
-            "norm_size": torch.from_numpy(_interocular(landmarks).astype(np.float32)),
+            "norm_size": torch.from_numpy(SPEC.interocular(landmarks).astype(np.float32)),
             "video_id": torch.tensor(index, dtype=torch.int64),
             "frame_index": torch.arange(length, dtype=torch.int64),
         }

@@ -10,6 +10,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
+
 Normalisation = Literal["interocular", "box"]
 
 
@@ -70,6 +72,12 @@ class DatasetSpec:
             raise ValueError(
                 f"{self.name}: norm='interocular' needs norm_indices, norm='box' must have None"
             )
+
+    def interocular(self, landmarks: np.ndarray) -> np.ndarray:
+        """Distance (...,) between the normalising points (outer eye corners) of landmarks
+        (..., L, 2); for a ``norm="interocular"`` spec."""
+        a, b = self.norm_indices
+        return np.linalg.norm(landmarks[..., a, :] - landmarks[..., b, :], axis=-1)
 
 
 _PAIRS_68 = [

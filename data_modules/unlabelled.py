@@ -94,8 +94,7 @@ class UnlabelledWindows(Dataset):
 
     def _norm_size(self, labels: np.ndarray) -> np.ndarray:
         if self.spec is not None and self.spec.norm_indices is not None:
-            a, b = self.spec.norm_indices
-            return np.linalg.norm(labels[:, a] - labels[:, b], axis=-1)
+            return self.spec.interocular(labels)
         extent = labels.max(axis=1) - labels.min(axis=1)
         return np.sqrt(extent[:, 0] * extent[:, 1])
 

@@ -101,11 +101,6 @@ _VIDEO_STREAM, _IMAGE_STREAM, _WINDOW_STREAM = 0, 1, 2
 SPLIT_SEED_OFFSET = 1_000_000
 
 
-def _interocular(landmarks: np.ndarray) -> np.ndarray:
-    a, b = SPEC.norm_indices
-    return np.linalg.norm(landmarks[..., a, :] - landmarks[..., b, :], axis=-1)
-
-
 class _Generated(Dataset):
     """Shared configuration of the synthetic datasets."""
 
@@ -188,7 +183,7 @@ class SyntheticFaceVideos(_Generated):
             "landmarks": torch.from_numpy(landmarks),
             "affine": torch.eye(2, 3).expand(length, 2, 3).clone(),
             "valid": torch.ones(length, dtype=torch.bool),
-            "norm_size": torch.from_numpy(_interocular(landmarks).astype(np.float32)),
+            "norm_size": torch.from_numpy(SPEC.interocular(landmarks).astype(np.float32)),
             "video_id": torch.tensor(self._check_index(index), dtype=torch.int64),
             "frame_index": torch.arange(start, start + length, dtype=torch.int64),
         }
@@ -246,6 +241,6 @@ class SyntheticFaceImages(_Generated):
             "landmarks": torch.from_numpy(landmarks),
             "affine": torch.eye(2, 3),
             "visible": torch.ones(NUM_LANDMARKS, dtype=torch.bool),
-            "norm_size": torch.tensor(float(_interocular(landmarks)), dtype=torch.float32),
+            "norm_size": torch.tensor(float(SPEC.interocular(landmarks)), dtype=torch.float32),
             "index": torch.tensor(index, dtype=torch.int64),
         }
