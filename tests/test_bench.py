@@ -67,7 +67,7 @@ def test_smoke_decode_writes_json_with_machine_info(tmp_path):
 
 def test_missing_component_is_skipped_not_a_crash(tmp_path, monkeypatch):
     # A None entry in sys.modules makes the import raise ImportError, as if the file were absent.
-    monkeypatch.setitem(sys.modules, "lightning_fa.tracking", None)
+    monkeypatch.setitem(sys.modules, "lightning_fa.tracking.tracker", None)
 
     def needs_missing_part(ctx):
         import lightning_fa.no_such_component  # noqa: F401
