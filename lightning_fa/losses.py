@@ -225,6 +225,11 @@ class JitterLoss(nn.Module):
     Psi is small wherever the truth moves much more than the error changes, so in Eq. 2 a steady
     lag behind a fast move costs almost nothing; the floor makes a stage that smooths by
     remembering past frames pay for that lag. pixel_weight = 0 is the paper's loss.
+
+    Beyond the paper: `position_weight` > 0 adds `position_weight * mean(rho(||u_t - g_t||))`,
+    unmodulated: the lag cost for a stage whose output maps carry only a position (a stage that
+    renders its estimate, such as `FaceMotionStage`, has no meaningful pixel loss).
+    position_weight = 0 is the paper's loss.
     """
 
     def __init__(
@@ -238,6 +243,7 @@ class JitterLoss(nn.Module):
         coord_loss: Literal["l1", "geman_mcclure"] = "l1",
         coord_theta: float = 1.0,
         pixel_weight: float = 0.0,
+        position_weight: float = 0.0,
     ) -> None:
         super().__init__()
         settings = {
@@ -247,13 +253,19 @@ class JitterLoss(nn.Module):
             "coord_weight": coord_weight,
             "coord_theta": coord_theta,
             "pixel_weight": pixel_weight,
+            "position_weight": position_weight,
         }
         for name, value in settings.items():
             if not math.isfinite(value):  # plain floats: no tensor op, no device sync
                 raise ValueError(f"JitterLoss: {name} must be a finite number; got {value!r}")
         _check_theta(theta)
         _check_positive(xi=xi, coord_theta=coord_theta)
-        for name, weight in (("coord_weight", coord_weight), ("pixel_weight", pixel_weight)):
+        weights = (
+            ("coord_weight", coord_weight),
+            ("pixel_weight", pixel_weight),
+            ("position_weight", position_weight),
+        )
+        for name, weight in weights:
             if not weight >= 0:
                 raise ValueError(f"{name} must be >= 0; got {weight}")
         if coord_loss not in ("l1", "geman_mcclure"):
@@ -267,6 +279,7 @@ class JitterLoss(nn.Module):
         self.coord_loss = coord_loss
         self.coord_theta = coord_theta
         self.pixel_weight = pixel_weight
+        self.position_weight = position_weight
 
     def _coordinate_loss(self, coords: Tensor, target_coords: Tensor) -> Tensor:
         """rho of the decoded-to-target distance, (B, T, L, 2) -> (B, T, L)."""
@@ -332,4 +345,7 @@ class JitterLoss(nn.Module):
                 loss
                 + self.coord_weight * (psi * self._coordinate_loss(coords, target_coords)).mean()
             )
+        if self.position_weight > 0:  # skipped at 0 so the paper's loss stays bit-identical
+            distance = self._coordinate_loss(coords, target_coords)
+            loss = loss + self.position_weight * distance.mean()
         return (loss, coords[:, -1].detach()) if return_last_coords else loss

@@ -22,17 +22,19 @@ from lightning_fa.inference.onnx import StreamingStep
 from lightning_fa.inference.streaming import MultiStreamInference, compile_step
 from lightning_fa.losses import JitterLoss
 from lightning_fa.systems.finetune import StableAlignmentModule
-from lightning_fa.temporal import ConvLSTM, GatedBlendConvLSTM, TemporalStage
+from lightning_fa.temporal import ConvLSTM, FaceMotionStage, GatedBlendConvLSTM, TemporalStage
 
 BATCH, STEPS, LANDMARKS, SIZE = 2, 3, 3, 16
 
-# The stage's default and the embedded default's (lightning_fa.commands.embedded.config.FinetuneConfig).
+# The stage's default, the embedded default's (experiments/embedded.yaml) and the face-level
+# motion filter (experiments/face-motion.yaml).
 STAGES = {
     "default": (ConvLSTM, {}),
     "embedded": (
         GatedBlendConvLSTM,
         {"hidden_channels": 4, "max_blend": 0.98, "motion_smoothing": 0.2},
     ),
+    "face_motion": (FaceMotionStage, {}),
 }
 
 

@@ -139,6 +139,35 @@ def test_crop_patches_need_a_landmark_wise_stage(fast_backbone, tmp_path, capsys
     assert cli_main([*args, *flat, *whole]) == 0
 
 
+def test_face_motion_overlay_builds_its_stage_and_trains_it(fast_backbone, tmp_path):
+    overlay = ROOT / "experiments" / "face-motion.yaml"
+    args = [*fast_args(fast_backbone), "--config", str(overlay)]
+    cli = build_cli([*args, "--model.init_args.pdc_threshold=0.3"], run=False)
+    stage = cli.model.temporal
+    assert type(stage).__name__ == "FaceMotionStage"
+    assert stage.threshold == 0.3 == cli.model.loss.threshold  # both follow the decoder's
+    assert cli.model.loss.pixel_weight == 0.0 and cli.model.loss.position_weight > 0
+    assert cli.datamodule.hparams.crop is None  # whole maps: the stage sees every landmark
+    assert cli.model.loss.theta == 1.0  # the rest comes from embedded.yaml
+    fit = ["fit", *args, "--data.init_args.val_videos=0", f"--trainer.default_root_dir={tmp_path}"]
+    assert cli_main(fit) == 0
+    state = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert state["temporal_stage"] == "FaceMotionStage"
+    assert state["state_dict"]["temporal.strength"].abs().sum() > 0  # it trained
+
+
+def test_demo_set_lays_an_override_over_the_fine_tuning(monkeypatch, tmp_path):
+    seen = {}
+    monkeypatch.setattr(embedded_run, "run", lambda config, *a, **k: seen.update(c=config))
+    argv = ["--out", str(tmp_path), "--set", "seed_everything=3", "--set", "config=x.yaml"]
+    assert embedded_run.main(argv) == 0
+    assert seen["c"].finetune.overrides == ("seed_everything=3", "config=x.yaml")
+    assert embedded_run.finetune_args(seen["c"], Path("b.pth"))[-2:] == [
+        "--seed_everything=3",
+        "--config=x.yaml",
+    ]
+
+
 def test_make_finetune_refuses_another_backbone_with_the_synthetic_data(tmp_path, capsys):
     for target in ("finetune", "pretrain"):
         printed = subprocess.run(

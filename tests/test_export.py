@@ -10,7 +10,7 @@ from lightning_fa.backbones import create_backbone
 from lightning_fa.heatmaps import heatmap_to_crop, pdc
 from lightning_fa.inference.onnx import OnnxStep, StreamingStep, export_onnx, heatmap_confidence
 from lightning_fa.systems.finetune import StableAlignmentModule
-from lightning_fa.temporal import ConvLSTM, GatedBlendConvLSTM
+from lightning_fa.temporal import ConvLSTM, FaceMotionStage, GatedBlendConvLSTM
 
 pytest.importorskip("onnxruntime")
 
@@ -45,6 +45,15 @@ def blend_module() -> StableAlignmentModule:
     return module
 
 
+@pytest.fixture(scope="module")
+def face_motion_module() -> StableAlignmentModule:
+    """The face-level motion filter: its state is coordinates, its output rendered maps."""
+    module = _module(FaceMotionStage(68))
+    with torch.no_grad():
+        module.temporal.strength.copy_(torch.tensor([0.5, 0.3, 0.7]))
+    return module
+
+
 def test_streaming_step_is_backbone_convlstm_pdc(module: StableAlignmentModule) -> None:
     step = StreamingStep(module).eval()
     images = torch.randint(0, 256, (2, 3, 128, 128), dtype=torch.uint8)
@@ -62,7 +71,12 @@ def test_streaming_step_is_backbone_convlstm_pdc(module: StableAlignmentModule) 
 
 @pytest.mark.parametrize(
     ("fixture", "frames"),
-    [("module", 5), ("blend_module", 5), pytest.param("module", 30, marks=pytest.mark.slow)],
+    [
+        ("module", 5),
+        ("blend_module", 5),
+        ("face_motion_module", 5),
+        pytest.param("module", 30, marks=pytest.mark.slow),
+    ],
 )
 def test_onnx_matches_pytorch_over_stream(request, tmp_path, fixture: str, frames: int) -> None:
     module = request.getfixturevalue(fixture)

@@ -49,9 +49,10 @@ def literal_jitter_loss(
     coord_loss="l1",
     coord_theta=1.0,
     pixel_weight=0.0,
+    position_weight=0.0,
 ) -> float:
     """Eq. 2 with Eq. 7 pixel loss (+ coord_weight * Psi * rho(||u - g||), + pixel_weight * the
-    pixel loss unmodulated), as plain loops.
+    pixel loss unmodulated, + position_weight * rho(||u - g||) unmodulated), as plain loops.
 
     Coordinates u_t come from `pdc`, which test_heatmaps checks against Algorithm 1.
     """
@@ -90,6 +91,7 @@ def literal_jitter_loss(
                     psi = 1.0
                 rho = literal_coordinate_rho(coords[b][t][k], gt[b][t][k], coord_loss, coord_theta)
                 total += psi * (pixel + coord_weight * rho) + pixel_weight * pixel
+                total += position_weight * rho
     return total / (batch * frames * landmarks)
 
 
@@ -171,6 +173,18 @@ def test_pixel_weight_matches_literal_loop(pixel_weight: float, continued: bool)
     )
     expected = literal_jitter_loss(
         pred, target, target_coords, 0.8, 0.01, 0.2, prev, pixel_weight=pixel_weight
+    )
+    assert loss.item() == pytest.approx(expected, rel=1e-10)
+
+
+@pytest.mark.parametrize("coord_loss", ["l1", "geman_mcclure"])
+def test_position_weight_matches_literal_loop(coord_loss: str) -> None:
+    pred, target, target_coords = _sequence(frames=3)
+    loss = JitterLoss(theta=0.8, xi=0.01, position_weight=0.7, coord_loss=coord_loss)(
+        pred, target, target_coords
+    )
+    expected = literal_jitter_loss(
+        pred, target, target_coords, 0.8, 0.01, 0.2, position_weight=0.7, coord_loss=coord_loss
     )
     assert loss.item() == pytest.approx(expected, rel=1e-10)
 
@@ -387,6 +401,8 @@ def test_jitter_loss_rejects_bad_input() -> None:
         JitterLoss(coord_weight=-1.0)
     with pytest.raises(ValueError, match="pixel_weight"):
         JitterLoss(pixel_weight=-0.5)
+    with pytest.raises(ValueError, match="position_weight"):
+        JitterLoss(position_weight=-0.1)
     with pytest.raises(ValueError, match="coord_loss"):
         JitterLoss(coord_loss="l2")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="coord_theta"):

@@ -10,6 +10,7 @@ from lightning_fa.backbones.base import require_plain_data
 from lightning_fa.temporal.base import State, TemporalStage, detach_state
 from lightning_fa.temporal.cells import ConvLSTMCell, ConvLSTMStack
 from lightning_fa.temporal.convlstm import ConvLSTM
+from lightning_fa.temporal.face_motion import FaceMotionStage
 from lightning_fa.temporal.filters import (
     FILTER_NAMES,
     ONE_EURO_MEDIAPIPE,
@@ -33,6 +34,7 @@ TEMPORAL_STAGES: dict[str, type[TemporalStage]] = {
     "ConvLSTM": ConvLSTM,
     "LandmarkWiseConvLSTM": LandmarkWiseConvLSTM,
     "GatedBlendConvLSTM": GatedBlendConvLSTM,
+    "FaceMotionStage": FaceMotionStage,
 }
 
 # Until the split into one class per stage, "ConvLSTM" was all three behind these flags, and
@@ -107,6 +109,7 @@ __all__ = [
     "ConvLSTM",
     "ConvLSTMCell",
     "ConvLSTMStack",
+    "FaceMotionStage",
     "GatedBlendConvLSTM",
     "LandmarkFilter",
     "LandmarkWiseConvLSTM",

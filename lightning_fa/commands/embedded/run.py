@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -270,6 +271,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--pretrain-only", action="store_true", help="only pretrain (or find) the backbone"
     )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a `lightning-fa fit` override of the fine-tuning, without its leading --; "
+        "repeatable, e.g. --set seed_everything=1 or --set config=experiments/face-motion.yaml "
+        "(a second config file laid over experiments/embedded.yaml)",
+    )
     args = parser.parse_args(argv)
     if args.backbone not in ("hrnet", "hrnet_lite"):
         # Refused before any work: the synthetic pretraining and experiments/embedded.yaml are
@@ -283,6 +293,9 @@ def main(argv: list[str] | None = None) -> int:
     # two compute threads plus a worker oversubscribe and run slower.
     torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
     config = PipelineConfig.fast() if args.fast else PipelineConfig()
+    if args.set:
+        overrides = (*config.finetune.overrides, *args.set)
+        config = replace(config, finetune=replace(config.finetune, overrides=overrides))
     if args.pretrain_only:
         path, _ = pretrain_backbone(config, Path(args.out), Path(args.cache_dir), args.retrain)
         print(f"[demo] backbone weights: {path}")

@@ -1,0 +1,255 @@
+"""A face-level motion filter (beyond the paper, issue #18): the whole face's similarity motion
+and each landmark's own residual are smoothed separately, with gains a small network sets from
+how the face moves.
+
+Why (docs/stabiliser-analysis.md): on moving faces the truth moves as one similarity (89 % of
+its frame-to-frame energy) while 55-68 % of the backbone's jitter is per landmark. A filter that
+sees each landmark alone must choose one time constant for both; this stage follows the head
+with one gain and smooths the per-landmark part with another.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from lightning_fa.checks import check_ints
+from lightning_fa.heatmaps import PDC_THRESHOLD, pdc
+from lightning_fa.temporal.base import State, StateLayout, TemporalStage
+
+# Dimensionless inputs of the gates span decades (a still face's innovation is 1e-3 of its
+# size, a head turn's 1e-1): they enter as logarithms, floored here.
+_LOG_FLOOR = 1e-4
+_EPS = 1e-6
+
+
+def similarity_basis(shape: Tensor) -> tuple[Tensor, Tensor]:
+    """The centred shape c = shape - mean (B, L, 2) and its squared norm per face (B, 1, 1)."""
+    centred = shape - shape.mean(dim=-2, keepdim=True)
+    return centred, centred.square().sum(dim=(-2, -1), keepdim=True).clamp_min(_EPS)
+
+
+def split_similarity(step: Tensor, shape: Tensor) -> tuple[Tensor, Tensor]:
+    """Least-squares split of a per-landmark step (B, L, 2) into the similarity motion of
+    ``shape`` it contains and the rest.
+
+    The similarity motions of a centred shape c are the translations (1, 0), (0, 1), the scaling
+    c and the rotation perp(c) = (-c_y, c_x): mutually orthogonal, so each coefficient is a
+    projection. Returns (coefficients (B, 4): tx, ty in the step's unit, scale and rotation
+    dimensionless; residual (B, L, 2), orthogonal to all four).
+    """
+    centred, norm = similarity_basis(shape)
+    translation = step.mean(dim=-2)  # (B, 2)
+    perp = torch.stack((-centred[..., 1], centred[..., 0]), dim=-1)
+    scale = (step * centred).sum(dim=(-2, -1)) / norm[..., 0, 0]
+    rotation = (step * perp).sum(dim=(-2, -1)) / norm[..., 0, 0]
+    coefficients = torch.cat((translation, scale[:, None], rotation[:, None]), dim=-1)
+    return coefficients, step - apply_similarity(coefficients, shape)
+
+
+def apply_similarity(coefficients: Tensor, shape: Tensor) -> Tensor:
+    """The per-landmark step (B, L, 2) of the similarity motion ``coefficients`` (B, 4) of
+    ``shape`` (the inverse of `split_similarity`'s projection)."""
+    centred, _ = similarity_basis(shape)
+    perp = torch.stack((-centred[..., 1], centred[..., 0]), dim=-1)
+    translation = coefficients[:, None, :2]
+    return translation + coefficients[:, None, 2:3] * centred + coefficients[:, None, 3:4] * perp
+
+
+def _axis_weights(position: Tensor, size: int) -> Tensor:
+    """(..., ) positions -> (..., size) weights on three pixels whose centroid is the position.
+
+    Around the nearest pixel n, the weights 1 - 1.5 f, 1, 1 + 1.5 f (f = position - n in
+    [-0.5, 0.5]) have their centroid at n + f exactly and are at least 0.25. Positions closer
+    than one pixel to the border are clamped to it.
+    """
+    position = position.clamp(1, size - 2)
+    nearest = position.round()
+    fraction = position - nearest
+    pixels = torch.arange(size, device=position.device, dtype=position.dtype)
+    offset = pixels - nearest[..., None]
+    return (
+        (offset == -1) * (1 - 1.5 * fraction[..., None])
+        + (offset == 0) * 1.0
+        + (offset == 1) * (1 + 1.5 * fraction[..., None])
+    ).to(position.dtype)
+
+
+def render_points(points: Tensor, height: int, width: int, threshold: float) -> Tensor:
+    """Maps (B, L, h, w) that PDC with ``threshold`` decodes exactly to ``points`` (B, L, 2).
+
+    Each map is a separable 3x3 patch (`_axis_weights` per axis) scaled so that its smallest
+    value exceeds the threshold by 0.1: PDC keeps all nine pixels, and their centroid is the
+    point, with a gradient of exactly one. (Moving the backbone's map instead, by a bilinear
+    shift, decodes 0.02-0.06 heatmap px away from the intended point: more than the jitter the
+    stage removes.)
+    """
+    amplitude = (threshold + 0.1) / 0.25**2
+    wx = _axis_weights(points[..., 0], width)
+    wy = _axis_weights(points[..., 1], height)
+    return amplitude * wy[..., :, None] * wx[..., None, :]
+
+
+def _log_feature(value: Tensor) -> Tensor:
+    return value.clamp_min(_LOG_FLOOR).log()
+
+
+class FaceMotionStage(TemporalStage):
+    """A two-part alpha-beta filter on the decoded landmarks, applied back to the heatmaps.
+
+    Per frame: the landmarks p_t are decoded from o_t (PDC); the estimate q is predicted one
+    frame ahead by its face-level velocity u (a similarity motion: translation, scale,
+    rotation); the innovation p_t - prediction is split into its similarity part and the
+    per-landmark residual; the estimate takes ``alpha_face`` of the first and ``alpha_landmark``
+    of the second, and the velocity ``beta`` of the first. The gains come from linear gates on dimensionless motion
+    features (the innovation and velocity relative to the face size, and their running
+    averages), so one setting serves a still face and a head turn, as One Euro's speed-dependent
+    cutoff does.
+
+    The output maps are rendered at the estimate (`render_points`) so that PDC decodes them to it
+    exactly; they carry no shape of the backbone's maps, so train this stage with the Jitter
+    loss's coordinate terms only (``pixel_weight: 0``) and read confidences from the raw maps
+    (as `inference.FrameStep` does). Decode with PDC at an absolute threshold no higher than the
+    stage's ``threshold``.
+
+    At initialisation every gain strength is zero: alpha = 1, beta = 0, the output is exactly
+    the backbone's PDC point (the identity on the decoded track).
+
+    Args:
+        num_landmarks: L.
+        threshold: the PDC threshold of the decoding inside the stage (the system's decoder).
+        max_smoothing: the largest share of the innovation an alpha may hold back, in (0, 1).
+        activity_smoothing: weight of the newest frame in the running averages of the motion
+            features, in (0, 1] (as One Euro smooths its derivative).
+
+    The state is one group: (estimate (B, L, 2) heatmap pixels, velocity (B, 4), face activity
+    (B, 1), landmark activity (B, L), started (B, 1)); all zeros is a new sequence.
+    """
+
+    landmark_wise = False
+
+    def __init__(
+        self,
+        num_landmarks: int,
+        threshold: float = PDC_THRESHOLD,
+        max_smoothing: float = 0.95,
+        activity_smoothing: float = 0.2,
+    ) -> None:
+        super().__init__()
+        check_ints(num_landmarks=num_landmarks)
+        if not 0.0 < max_smoothing < 1.0:
+            raise ValueError(f"max_smoothing must be in (0, 1), got {max_smoothing}")
+        if not 0.0 < activity_smoothing <= 1.0:
+            raise ValueError(f"activity_smoothing must be in (0, 1], got {activity_smoothing}")
+        self.num_landmarks = num_landmarks
+        self.threshold = threshold
+        self.max_smoothing = max_smoothing
+        self.activity_smoothing = activity_smoothing
+        self.config = {
+            "num_landmarks": num_landmarks,
+            "threshold": threshold,
+            "max_smoothing": max_smoothing,
+            "activity_smoothing": activity_smoothing,
+        }
+        # Face gates: (innovation, velocity, face activity) -> (alpha_face, beta) logits.
+        self.face_gate = nn.Linear(3, 2)
+        # Landmark gate: (its residual, its activity, face activity) -> alpha_landmark logit.
+        self.landmark_gate = nn.Linear(3, 1)
+        for gate in (self.face_gate, self.landmark_gate):
+            nn.init.zeros_(gate.weight)
+            nn.init.zeros_(gate.bias)
+        # Strengths of (face smoothing, velocity, landmark smoothing); zero: the identity.
+        self.strength = nn.Parameter(torch.zeros(3))
+
+    def init_state(
+        self,
+        batch: int,
+        height: int,
+        width: int,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> State:
+        def zeros(*shape: int) -> Tensor:
+            return torch.zeros(batch, *shape, device=device, dtype=dtype)
+
+        return (
+            (zeros(self.num_landmarks, 2), zeros(4), zeros(1), zeros(self.num_landmarks), zeros(1)),
+        )
+
+    def state_names(self) -> list[str]:
+        return ["estimate", "velocity", "face_activity", "landmark_activity", "started"]
+
+    def _state_layout(self, batch: int, height: int, width: int) -> tuple[StateLayout, str]:
+        group = {
+            "estimate": ((batch, self.num_landmarks, 2), "batch, L, 2"),
+            "velocity": ((batch, 4), "batch, 4"),
+            "face_activity": ((batch, 1), "batch, 1"),
+            "landmark_activity": ((batch, self.num_landmarks), "batch, L"),
+            "started": ((batch, 1), "batch, 1"),
+        }
+        return [group], "one (estimate, velocity, face_activity, landmark_activity, started) group"
+
+    def _step(self, heatmaps: Tensor, state: State) -> tuple[Tensor, State]:
+        estimate, velocity, face_activity, landmark_activity, started = state[0]
+        points = pdc(heatmaps, threshold=self.threshold).to(estimate.dtype)
+        # A new sequence starts from its first frame, still.
+        estimate = points + started[..., None] * (estimate - points)
+        velocity = started * velocity
+        predicted = estimate + apply_similarity(velocity, estimate)
+        coefficients, residual = split_similarity(points - predicted, predicted)
+
+        # Motion features relative to the face's size, so the gates do not depend on it.
+        _, norm = similarity_basis(predicted)
+        size = (norm[..., 0] / self.num_landmarks).sqrt()  # (B, 1) rms distance to the centre
+        relative = torch.cat((coefficients[:, :2] / size, coefficients[:, 2:]), dim=-1)
+        innovation = relative.norm(dim=-1, keepdim=True)
+        motion = torch.cat((velocity[:, :2] / size, velocity[:, 2:]), dim=-1)
+        speed = motion.norm(dim=-1, keepdim=True)
+        own = residual.norm(dim=-1) / size  # (B, L)
+        rate = self.activity_smoothing
+        face_activity = started * face_activity
+        face_activity = face_activity + rate * (innovation - face_activity)
+        landmark_activity = started * landmark_activity
+        landmark_activity = landmark_activity + rate * (own - landmark_activity)
+
+        face_logits = self.face_gate(
+            torch.cat([_log_feature(v) for v in (innovation, speed, face_activity)], dim=-1)
+        )
+        landmark_features = torch.stack(
+            [
+                _log_feature(own),
+                _log_feature(landmark_activity),
+                _log_feature(face_activity).expand_as(own),
+            ],
+            dim=-1,
+        )
+        landmark_logit = self.landmark_gate(landmark_features)[..., 0]  # (B, L)
+        strength = self.strength.clamp(0, 1)
+        alpha_face = 1 - self.max_smoothing * strength[0] * torch.sigmoid(face_logits[:, :1])
+        beta = strength[1] * torch.sigmoid(face_logits[:, 1:])
+        alpha_landmark = 1 - self.max_smoothing * strength[2] * torch.sigmoid(landmark_logit)
+
+        estimate = (
+            predicted
+            + apply_similarity(alpha_face * coefficients, predicted)
+            + alpha_landmark[..., None] * residual
+        )
+        velocity = velocity + beta * coefficients
+        out = render_points(estimate, *heatmaps.shape[-2:], self.threshold).to(heatmaps.dtype)
+        state = ((estimate, velocity, face_activity, landmark_activity, torch.ones_like(started)),)
+        return out, state
+
+    def forward(self, heatmaps: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+        self._check_heatmaps(heatmaps, 4, "(B, L, h, w)")
+        return self._step(heatmaps, self._start(heatmaps, state))
+
+    def forward_sequence(
+        self, heatmaps: Tensor, state: State | None = None
+    ) -> tuple[Tensor, State]:
+        self._check_sequence(heatmaps)
+        state = self._start(heatmaps, state)
+        outs = []
+        for t in range(heatmaps.shape[1]):
+            out, state = self._step(heatmaps[:, t], state)
+            outs.append(out)
+        return torch.stack(outs, dim=1), state
