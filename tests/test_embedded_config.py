@@ -160,8 +160,9 @@ def test_demo_set_lays_an_override_over_the_fine_tuning(monkeypatch, tmp_path):
     seen = {}
     monkeypatch.setattr(embedded_run, "run", lambda config, *a, **k: seen.update(c=config))
     argv = ["--out", str(tmp_path), "--set", "seed_everything=3", "--set", "config=x.yaml"]
-    assert embedded_run.main(argv) == 0
+    assert embedded_run.main([*argv, "--eval-seed", "1000"]) == 0
     assert seen["c"].finetune.overrides == ("seed_everything=3", "config=x.yaml")
+    assert seen["c"].evaluate.seed == 1000 and PipelineConfig().evaluate.seed == 0
     assert embedded_run.finetune_args(seen["c"], Path("b.pth"))[-2:] == [
         "--seed_everything=3",
         "--config=x.yaml",

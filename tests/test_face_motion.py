@@ -190,3 +190,14 @@ def test_bad_settings_are_refused(kwargs, message):
     arguments = {"num_landmarks": L, **kwargs}
     with pytest.raises(ValueError, match=message):
         FaceMotionStage(**arguments)
+
+
+def test_a_strength_below_zero_acts_as_zero_but_keeps_its_gradient():
+    heatmaps = _heatmaps(5)
+    stage = FaceMotionStage(L)
+    with torch.no_grad():
+        stage.strength.copy_(torch.tensor([-0.5, -0.5, -0.5]))
+    out, _ = stage.forward_sequence(heatmaps)
+    torch.testing.assert_close(pdc(out), pdc(heatmaps), atol=1e-4, rtol=0)  # still the identity
+    pdc(out).diff(dim=1).square().sum().backward()
+    assert (stage.strength.grad != 0).all()  # so training can bring it back

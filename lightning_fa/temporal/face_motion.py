@@ -224,7 +224,9 @@ class FaceMotionStage(TemporalStage):
             dim=-1,
         )
         landmark_logit = self.landmark_gate(landmark_features)[..., 0]  # (B, L)
-        strength = self.strength.clamp(0, 1)
+        # Clamped to [0, 1] going forward, but the gradient passes as if unclamped: a strength
+        # the optimiser once pushed below 0 would otherwise never come back (the velocity's did).
+        strength = self.strength + (self.strength.clamp(0, 1) - self.strength).detach()
         alpha_face = 1 - self.max_smoothing * strength[0] * torch.sigmoid(face_logits[:, :1])
         beta = strength[1] * torch.sigmoid(face_logits[:, 1:])
         alpha_landmark = 1 - self.max_smoothing * strength[2] * torch.sigmoid(landmark_logit)

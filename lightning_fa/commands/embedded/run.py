@@ -280,6 +280,13 @@ def main(argv: list[str] | None = None) -> int:
         "repeatable, e.g. --set seed_everything=1 or --set config=experiments/face-motion.yaml "
         "(a second config file laid over experiments/embedded.yaml)",
     )
+    parser.add_argument(
+        "--eval-seed",
+        type=int,
+        default=None,
+        help="evaluate on other videos of the same sets: choose settings on seeds >= 1000 "
+        "(disjoint from the reported held-out seeds 0-17 and from training), report on 0",
+    )
     args = parser.parse_args(argv)
     if args.backbone not in ("hrnet", "hrnet_lite"):
         # Refused before any work: the synthetic pretraining and experiments/embedded.yaml are
@@ -296,6 +303,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.set:
         overrides = (*config.finetune.overrides, *args.set)
         config = replace(config, finetune=replace(config.finetune, overrides=overrides))
+    if args.eval_seed is not None:
+        config = replace(config, evaluate=replace(config.evaluate, seed=args.eval_seed))
     if args.pretrain_only:
         path, _ = pretrain_backbone(config, Path(args.out), Path(args.cache_dir), args.retrain)
         print(f"[demo] backbone weights: {path}")
