@@ -125,3 +125,28 @@ def test_confidence_ellipse_covers_95_percent_of_gaussian_samples():
 def test_missing_run_dir_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"metrics\.json"):
         report.main([str(tmp_path / "nothing")])
+
+
+def test_frontier_verdict_per_set_reaches_the_summary_table():
+    rng = np.random.default_rng(0)
+    truth = 50 + np.cumsum(rng.normal(0, 0.5, size=(2, 40, 68, 2)), axis=1)
+    raw = truth + rng.normal(0, 0.8, size=truth.shape)
+    perfect = embedded_evaluation.frontier_position(truth, raw, truth)
+    assert perfect["verdict"].startswith("not dominated") and not perfect["dominated"]
+    assert perfect["settings"] == 70
+    # The raw track shifted by 2 px: as jittery as raw and less accurate than any filter.
+    worse = embedded_evaluation.frontier_position(raw + 2.0, raw, truth)
+    assert worse["dominated"] and worse["verdict"].startswith("dominated by ")
+    metrics = {
+        "methods": {"raw-pdc": "raw"},
+        "results": {"set": {"raw-pdc": {m: 1.0 for m, _, _ in report.COLUMNS}}},
+        "frontier": {"set": worse},
+    }
+    assert report.summary_table(metrics, "set").splitlines()[-1] == (
+        f"ours against the swept filters: {worse['verdict']}"
+    )
+    assert f"**ours against the swept filters: {worse['verdict']}**" in report.summary_table(
+        metrics, "set", markdown=True
+    )
+    del metrics["frontier"]  # a run recorded before the frontier: no verdict line
+    assert "swept filters" not in report.summary_table(metrics, "set")

@@ -35,7 +35,7 @@ import json
 import math
 import sys
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +46,9 @@ from scipy import stats
 from data_modules.embedded import rendered
 from data_modules.synthetic import SyntheticVideo
 from lightning_fa.commands.embedded import config as embedded_config
-from lightning_fa.commands.embedded import evaluation as embedded_evaluation
 from lightning_fa.heatmaps import decode, heatmap_to_crop
+from lightning_fa.metrics import frontier as filter_frontier
+from lightning_fa.metrics.frontier import FILTER_GRIDS, FilterGrid, setting_name
 from lightning_fa.metrics.tracks import interocular, track_metrics
 from lightning_fa.systems.finetune import StableAlignmentModule
 from lightning_fa.temporal import make_filter
@@ -56,38 +57,10 @@ from lightning_fa.temporal.filters import LandmarkFilter, zero_phase_smooth
 MODELS = {"translation": 2, "similarity": 4, "affine": 6}
 
 
-# (c) sweep grids: name -> (parameter names, value tuples, factory, scale of a track).
-ONE_EURO_CUTOFFS = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 4.0, 8.0)
-ONE_EURO_BETAS = (0.0, 1.0, 3.0, 10.0, 30.0, 100.0)
-SWEEPS: dict[str, tuple[tuple[str, ...], list[tuple[float, ...]], Callable[..., Any], Callable]] = {
-    "one-euro": (
-        ("min_cutoff", "beta"),
-        list(itertools.product(ONE_EURO_CUTOFFS, ONE_EURO_BETAS)),
-        lambda c, b: make_filter("one-euro", min_cutoff=c, beta=b),
-        interocular,
-    ),
-    "moving-average": (
-        ("window",),
-        [(w,) for w in (2, 3, 4, 5, 7, 9, 13)],
-        lambda w: make_filter("moving-average", window=int(w)),
-        lambda track: None,
-    ),
-    "kalman": (
-        ("process_noise",),
-        [(q,) for q in (1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0)],
-        lambda q: make_filter("kalman", process_noise=q),
-        lambda track: None,
-    ),
-    "savgol": (
-        ("window",),
-        [(w,) for w in (5, 7, 9, 13, 17, 25, 33)],
-        lambda w: make_filter("savgol", window=int(w)),
-        lambda track: None,
-    ),
-}
+# (c) the classical grids are the library's (`lightning_fa.metrics.frontier.FILTER_GRIDS`).
 # The split probe: the shared part under the moving sets' best One Euro settings, the
 # per-landmark part under a low-cutoff One Euro (beta 0: a fixed first-order low-pass).
-SPLIT = (
+SPLIT = FilterGrid(
     ("shared_cutoff", "shared_beta", "residual_cutoff"),
     list(itertools.product((0.5, 1.0, 2.0, 4.0), (10.0, 30.0), (0.1, 0.3, 1.0, 2.0))),
     lambda c, b, r: SplitFilter(
@@ -95,7 +68,7 @@ SPLIT = (
     ),
     interocular,
 )
-GRIDS = {**SWEEPS, "split": SPLIT}
+GRIDS = {**FILTER_GRIDS, "split": SPLIT}
 ZERO_PHASE_CUTOFFS_HZ = (0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0)
 MAX_LAG = 1.0
 
@@ -368,71 +341,45 @@ def set_evidence(run_dir: Path, tracks: dict[str, np.ndarray]) -> dict[str, Any]
 
 
 def sweep(
-    raw: np.ndarray, truth: np.ndarray, names: Sequence[str] = tuple(SWEEPS)
+    raw: np.ndarray, truth: np.ndarray, names: Sequence[str] = tuple(FILTER_GRIDS)
 ) -> list[dict[str, Any]]:
     """Metrics of every setting of the grids ``names`` (keys of `GRIDS`) on (V, T, L, 2) raw
     tracks."""
-    points = []
-    for name in names:
-        parameters, grid = GRIDS[name][:2]
-        for values in grid:
-            point = {"filter": name, **dict(zip(parameters, values))}
-            smoothed = np.stack([smooth(point, video) for video in raw])
-            points.append({**point, **track_metrics(smoothed, truth)})
-    return points
+    grids = {name: GRIDS[name] for name in names}
+    return filter_frontier.sweep(raw, lambda smoothed: track_metrics(smoothed, truth), grids)
 
 
 def smooth(point: dict[str, Any], track: np.ndarray) -> np.ndarray:
     """One (T, L, 2) track under the setting ``point`` (filter name and parameters)."""
-    parameters, _, factory, scale_of = GRIDS[point["filter"]]
-    values = [point[k] for k in parameters]
-    return embedded_evaluation.run_filter(lambda: factory(*values), scale_of, track)
-
-
-def _lag_ok(lag: float, limit: float) -> bool:
-    return not np.isfinite(lag) or lag <= limit + 1e-9  # NaN: no motion, so no lag to see
+    grid = GRIDS[point["filter"]]
+    return filter_frontier.smooth(grid, tuple(point[k] for k in grid.parameters), track)
 
 
 def frontier(points: Sequence[dict[str, Any]], max_lag: float = MAX_LAG) -> list[dict[str, Any]]:
-    """The settings with lag <= max_lag that no other such setting beats in both NRMSE and
-    error-jitter, by increasing NRMSE."""
-    admissible = [p for p in points if _lag_ok(p["lag"], max_lag)]
-    keep = [
-        p
-        for p in admissible
-        if not any(
-            q["nrmse"] <= p["nrmse"]
-            and q["error_jitter"] <= p["error_jitter"]
-            and (q["nrmse"] < p["nrmse"] or q["error_jitter"] < p["error_jitter"])
-            for q in admissible
-        )
-    ]
-    return sorted(keep, key=lambda p: p["nrmse"])
+    """The NRMSE x error-jitter frontier of the settings with lag <= max_lag."""
+    return filter_frontier.frontier(points, "nrmse", "error_jitter", max_lag)
 
 
-def setting_name(point: dict[str, Any]) -> str:
-    parameters = GRIDS[point["filter"]][0]
-    return f"{point['filter']}(" + ", ".join(f"{k}={point[k]:g}" for k in parameters) + ")"
-
-
-def lag_limit(ours: dict[str, float]) -> float:
-    """The lag a filter may have when compared with ours: max(ours, 1 frame)."""
-    return max(ours["lag"], MAX_LAG) if np.isfinite(ours["lag"]) else MAX_LAG
+def best_at_equal_nrmse(
+    ours: dict[str, float], points: Sequence[dict[str, Any]]
+) -> dict[str, Any] | None:
+    """The lowest error-jitter among settings with NRMSE <= ours at lag <= max(ours, 1)."""
+    fair = filter_frontier.fair_settings(ours, points, "nrmse", MAX_LAG)
+    choice = min(fair, key=lambda p: p["error_jitter"], default=None)
+    return None if choice is None else {"setting": setting_name(choice), **choice}
 
 
 def position(ours: dict[str, float], points: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Where ours sits against the sweep: the settings that dominate it (NRMSE and error-jitter
     no higher, lag <= max(ours, 1 frame)), and the lowest error-jitter among settings with NRMSE
     <= ours at that lag (the ratio ours / it is how far ours is from the frontier)."""
-    limit = lag_limit(ours)
-    fair = [p for p in points if _lag_ok(p["lag"], limit) and p["nrmse"] <= ours["nrmse"]]
-    dominating = [p for p in fair if p["error_jitter"] <= ours["error_jitter"]]
-    best = min(fair, key=lambda p: p["error_jitter"], default=None)
+    dominating = filter_frontier.dominating(ours, points, "nrmse", "error_jitter", MAX_LAG)
+    best = best_at_equal_nrmse(ours, points)
     return {
-        "lag_limit": limit,
+        "lag_limit": filter_frontier.lag_limit(ours["lag"], MAX_LAG),
         "dominated": bool(dominating),
         "dominating_settings": len(dominating),
-        "best_at_equal_nrmse": None if best is None else {"setting": setting_name(best), **best},
+        "best_at_equal_nrmse": best,
         "error_jitter_ratio_ours_vs_best": (
             None if best is None else ours["error_jitter"] / best["error_jitter"]
         ),
@@ -491,15 +438,11 @@ def split_probe(
     classical filters, and the lowest error-jitter each family reaches at NRMSE <= ours and
     lag <= max(ours, 1 frame), as in `position`."""
     split = sweep(raw, truth, ("split",))
-    limit = lag_limit(ours)
-
-    def best(family: list[dict[str, Any]]) -> dict[str, Any] | None:
-        fair = [p for p in family if _lag_ok(p["lag"], limit) and p["nrmse"] <= ours["nrmse"]]
-        choice = min(fair, key=lambda p: p["error_jitter"], default=None)
-        return None if choice is None else {"setting": setting_name(choice), **choice}
-
     joint = frontier(points + split)
-    chosen = {"split": best(split), "classical": best(points)}
+    chosen = {
+        "split": best_at_equal_nrmse(ours, split),
+        "classical": best_at_equal_nrmse(ours, points),
+    }
     per_video = {
         family: None if point is None else [
             track_metrics(smooth(point, video)[None], target[None])

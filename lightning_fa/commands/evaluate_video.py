@@ -7,9 +7,11 @@ backbone and no checkpoint the shipped stage, otherwise identical to raw) and wi
 zero-phase smoothed raw track (the reference: no lag, no jitter). Per method: MCV (%), MAV
 (px^2), Accel (px), the mean distance to the offline track (px) and the lag (frames of delay that
 maximise the cross-correlation of the method's velocity with the offline track's, searched over
--5..5; positive = behind). Writes `metrics.json` and `report.md` (atomically: an earlier result
-is replaced only by a complete new one; both are locked against a second run writing the same
-folder).
+-5..5; positive = behind). The tracker and the streaming filters run on the container's
+timestamps (variable-frame-rate video keeps its timing); the offline reference and the metrics
+count frames, as evenly spaced at the nominal rate. Writes `metrics.json` and `report.md`
+(atomically: an earlier result is replaced only by a complete new one; both are locked against a
+second run writing the same folder).
 
 Results are keyed by the video's file name; videos that share a name (`a/clip.mp4`,
 `b/clip.mp4`) are keyed by as many trailing path parts as tell them apart. The same file given
@@ -23,7 +25,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from lightning_fa.checks import check_ints
@@ -35,7 +36,7 @@ from lightning_fa.tracking.loading import ENGINES, load_step
 from lightning_fa.tracking.options import check_device
 from lightning_fa.tracking.shipped import default_stage
 from lightning_fa.tracking.tracker import StreamingTracker, face_scale
-from lightning_fa.tracking.video_io import FrameReader, open_capture
+from lightning_fa.tracking.video_io import FrameReader, capture_fps, open_capture
 
 DEFAULT_CUTOFF_HZ = 3.0
 MAX_LAG = 5
@@ -58,30 +59,36 @@ def longest_run(present: np.ndarray) -> slice:
 
 def track_one_face(
     tracker: StreamingTracker, path: str, max_frames: int | None = None, progress: bool = False
-) -> tuple[np.ndarray, np.ndarray, float]:
-    """Raw and model (T, L, 2) frame-pixel tracks of the first tracked face (NaN where none)."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Raw and model (T, L, 2) frame-pixel tracks of the first tracked face (NaN where none),
+    the frames' container timestamps (T,) in seconds (variable frame rates kept) and the
+    video's nominal frame rate."""
     from tqdm import tqdm
 
     capture, _ = open_capture(path)
-    fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
-    tracker.reset()
-    tracker.fps = fps
-    raw, ours = [], []
-    nan = np.full((tracker.step_fn.num_landmarks, 2), np.nan)
-    reader = FrameReader(capture, max_frames)
-    total = min(filter(None, (reader.frame_count, max_frames)), default=None)
     try:
-        for index, frame in tqdm(
-            reader, total=total, unit="frame", desc=Path(path).name, disable=not progress
-        ):
-            results = tracker.step(frame, index / fps)
+        reader = FrameReader(capture, max_frames)
+        tracker.fps = reader.fps
+        tracker.reset()
+        raw, ours, times = [], [], []
+        nan = np.full((tracker.step_fn.num_landmarks, 2), np.nan)
+        timed = tqdm(
+            reader.timed(),
+            total=reader.expected_frames,
+            unit="frame",
+            desc=Path(path).name,
+            disable=not progress,
+        )
+        for _, t, frame in timed:
+            results = tracker.step(frame, t)
             raw.append(results[0].raw if results else nan)
             ours.append(results[0].stabilised if results else nan)
+            times.append(t)
     finally:
         capture.release()
     if not raw:
         raise ValueError(f"{path}: no decodable frame")
-    return np.stack(raw), np.stack(ours), fps
+    return np.stack(raw), np.stack(ours), np.array(times), reader.fps
 
 
 def video_keys(videos: list[str]) -> list[str]:
@@ -103,11 +110,20 @@ def video_keys(videos: list[str]) -> list[str]:
 
 
 def evaluate_tracks(
-    raw: np.ndarray, ours: np.ndarray, fps: float, cutoff_hz: float = DEFAULT_CUTOFF_HZ
+    raw: np.ndarray,
+    ours: np.ndarray,
+    fps: float,
+    cutoff_hz: float = DEFAULT_CUTOFF_HZ,
+    timestamps: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """All methods' metrics for one video's raw and model tracks (T, L, 2)."""
+    """All methods' metrics for one video's raw and model tracks (T, L, 2).
+
+    The streaming filters run on `timestamps` (T,) in seconds when given, else on frames
+    `1 / fps` apart. The offline reference (a Butterworth filtfilt) and the metrics count in
+    frames: they take the frames as evenly spaced at `fps`."""
     run = longest_run(np.isfinite(raw).all(axis=(1, 2)) & np.isfinite(ours).all(axis=(1, 2)))
     raw, ours = raw[run], ours[run]
+    times = None if timestamps is None else timestamps[run]
     if len(raw) == 0:
         raise ValueError("no face was found in any frame")
     if len(raw) < 3:
@@ -117,11 +133,11 @@ def evaluate_tracks(
     box = np.array([np.ptp(p, axis=0).mean() for p in raw])  # MediaPipe's (w + h) / 2
     tracks = {
         "raw": raw,
-        "one-euro": apply_filter(make_filter("one-euro", freq=fps), raw, scale=iod),
+        "one-euro": apply_filter(make_filter("one-euro", freq=fps), raw, iod, times),
         "one-euro-mediapipe": apply_filter(
-            make_filter("one-euro-mediapipe", freq=fps), raw, scale=box
+            make_filter("one-euro-mediapipe", freq=fps), raw, box, times
         ),
-        "kalman": apply_filter(make_filter("kalman", freq=fps), raw),
+        "kalman": apply_filter(make_filter("kalman", freq=fps), raw, timestamps=times),
         "ours": ours,
         "offline": offline,
     }
@@ -203,7 +219,7 @@ def main(argv: list[str]) -> int:
         keys = video_keys(args.videos)
         for video in args.videos:  # every video readable, and the cutoff below its Nyquist rate
             capture, _ = open_capture(video)
-            fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
+            fps = capture_fps(capture)
             capture.release()
             if args.cutoff_hz >= fps / 2:
                 raise ValueError(
@@ -216,11 +232,11 @@ def main(argv: list[str]) -> int:
         tracker = StreamingTracker(step, make_detector(args.detector), device=args.device)
         per_video = {}
         for key, video in zip(keys, args.videos):
-            raw, ours, fps = track_one_face(
+            raw, ours, times, fps = track_one_face(
                 tracker, video, args.max_frames, progress=not args.no_progress
             )
             try:
-                per_video[key] = evaluate_tracks(raw, ours, fps, args.cutoff_hz)
+                per_video[key] = evaluate_tracks(raw, ours, fps, args.cutoff_hz, times)
             except ValueError as error:  # e.g. no face in the video: say which video
                 raise ValueError(f"{video}: {error}") from error
         stage_file = default_stage(args.checkpoint, args.backbone)

@@ -52,13 +52,17 @@ def summary_table(metrics: dict[str, Any], eval_set: str, markdown: bool = False
         for key, label in metrics["methods"].items()
     ]
     header = ["method", *(title for _, title, _ in COLUMNS)]
+    # Runs before the frontier was recorded have no verdict line.
+    position = metrics.get("frontier", {}).get(eval_set)
+    verdict = [f"ours against the swept filters: {position['verdict']}"] if position else []
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        return "\n".join([*lines, *("| " + " | ".join(r) + " |" for r in rows)])
+        table = [*lines, *("| " + " | ".join(r) + " |" for r in rows)]
+        return "\n".join([*table, *(["", f"**{verdict[0]}**"] if verdict else [])])
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     fmt_row = "  ".join(f"{{:<{widths[0]}}}" if i == 0 else f"{{:>{w}}}" for i, w in enumerate(widths))  # fmt: skip
     lines = [f"== {eval_set} ==", fmt_row.format(*header)]
-    return "\n".join([*lines, *(fmt_row.format(*r) for r in rows)])
+    return "\n".join([*lines, *(fmt_row.format(*r) for r in rows), *verdict])
 
 
 RUN_FILES = ("metrics.json", "tracks.npz")

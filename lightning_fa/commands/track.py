@@ -45,7 +45,7 @@ from lightning_fa.tracking.options import check_device, check_fraction
 from lightning_fa.tracking.run import track_video
 from lightning_fa.tracking.shipped import default_stage
 from lightning_fa.tracking.tracker import StreamingTracker
-from lightning_fa.tracking.video_io import FrameReader, open_capture, overlay_path
+from lightning_fa.tracking.video_io import FrameReader, capture_fps, open_capture, overlay_path
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -151,8 +151,7 @@ def main(argv: list[str]) -> int:
 def _track(args: argparse.Namespace, capture: cv2.VideoCapture) -> dict[str, Any]:
     """Load the model, track every frame into the outputs; on any failure the partial files
     (if frames were done) are kept and named, the earlier outputs are untouched."""
-    fps = capture.get(cv2.CAP_PROP_FPS) or 0.0
-    fps = fps if fps > 0 else 25.0
+    fps = capture_fps(capture)
     step = load_step(
         args.checkpoint, args.backbone, args.engine, args.num_landmarks, args.device,
         allow_untrained=args.allow_untrained,
@@ -177,7 +176,7 @@ def _track(args: argparse.Namespace, capture: cv2.VideoCapture) -> dict[str, Any
     )  # fmt: skip
     try:
         summary = track_video(
-            tracker, FrameReader(capture, args.max_frames, fps=fps), outputs,
+            tracker, FrameReader(capture, args.max_frames), outputs,
             progress=not args.no_progress,
         )  # fmt: skip
         outputs.close({"source": args.input, "fps": fps, **summary})

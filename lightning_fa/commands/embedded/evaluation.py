@@ -24,6 +24,7 @@ from lightning_fa.commands.embedded.config import (
     PipelineConfig,
     eval_videos,
 )
+from lightning_fa.metrics import frontier
 from lightning_fa.metrics.tracks import box_size, interocular, track_metrics
 from lightning_fa.systems.finetune import StableAlignmentModule
 from lightning_fa.temporal import apply_filter, make_filter
@@ -131,6 +132,28 @@ def sweep_filters(raw: np.ndarray, truth: np.ndarray) -> dict[str, dict[str, Any
             points.append({parameter: value, **track_metrics(smoothed, truth)})
         results[name] = {"parameter": parameter, "points": points}
     return results
+
+
+def frontier_position(ours: np.ndarray, raw: np.ndarray, truth: np.ndarray) -> dict[str, Any]:
+    """Ours against every classical filter setting (`metrics.frontier.FILTER_GRIDS`) on the same
+    raw PDC track: NRMSE x error-jitter at lag <= max(ours, 1 frame). The verdict line, the
+    frontier of the settings with lag <= 1 frame, and the lowest error-jitter at NRMSE <= ours."""
+    points = frontier.sweep(raw, lambda smoothed: track_metrics(smoothed, truth))
+    mine = track_metrics(ours, truth)
+    fair = frontier.fair_settings(mine, points, "nrmse")
+    best = min(fair, key=lambda p: p["error_jitter"], default=None)
+    return {
+        "verdict": frontier.verdict(mine, points, "nrmse", "error_jitter"),
+        "dominated": bool(frontier.dominating(mine, points, "nrmse", "error_jitter")),
+        "frontier": [
+            {"setting": frontier.setting_name(p), **p}
+            for p in frontier.frontier(points, "nrmse", "error_jitter")
+        ],
+        "best_at_equal_nrmse": None
+        if best is None
+        else {"setting": frontier.setting_name(best), **best},
+        "settings": len(points),
+    }
 
 
 def robustness(module: StableAlignmentModule, config: PipelineConfig) -> dict[str, Any]:

@@ -34,6 +34,7 @@ from lightning_fa.commands import report as report_module
 from lightning_fa.commands.embedded.config import (
     BASELINE,
     METHODS,
+    OURS,
     RUN_OUTPUTS,
     PipelineConfig,
     PretrainConfig,
@@ -42,6 +43,7 @@ from lightning_fa.commands.embedded.config import (
 from lightning_fa.commands.embedded.evaluation import (
     acceptance,
     evaluate_set,
+    frontier_position,
     latency,
     robustness,
     sweep_filters,
@@ -198,7 +200,7 @@ def _run(
     timing["finetune_s"] = time.perf_counter() - start - timing["pretrain_s"]
 
     eval_start = time.perf_counter()
-    results, arrays, motion = {}, {}, {}
+    results, arrays, motion, positions = {}, {}, {}, {}
     for name, source in eval_sources(config).items():
         tracks, truth = evaluate_set(module, source(), config, name)
         results[name] = {key: track_metrics(track, truth) for key, track in tracks.items()}
@@ -208,6 +210,7 @@ def _run(
         arrays.update({f"{name}/{key}": track for key, track in tracks.items()})
         if name == "degraded":
             sweeps = sweep_filters(tracks[BASELINE], truth)
+        positions[name] = frontier_position(tracks[OURS], tracks[BASELINE], truth)
     for key, ms in latency(module, config).items():
         for per_set in results.values():
             per_set[key]["latency_ms"] = ms
@@ -228,6 +231,7 @@ def _run(
         "ground_truth_motion": motion,
         "acceptance": acceptance(results, config.evaluate.acceptance_set),
         "sweeps": {"degraded": sweeps},
+        "frontier": positions,
         "robustness": probe,
         "torch_threads": torch.get_num_threads(),
     }
