@@ -1,7 +1,8 @@
 """`track`'s outputs for other tools: COCO-keypoints JSON (MMPoseInferencer's layout) and
 OpenFace CSV parsed back and equal to our CSV; per-landmark scores through the torch and ONNX
-steps; timestamps from a variable-frame-rate file reach the filters; the overlay is labelled
-H.264 (MJPG .avi without PyAV). Tests that need PyAV skip without it."""
+steps; timestamps from a variable-frame-rate file reach the filters (of `track` and of
+`evaluate-video`); the overlay is labelled H.264 (MJPG .avi without PyAV). Tests that need PyAV
+skip without it."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import csv
 import json
 from fractions import Fraction
 from pathlib import Path
+from types import ModuleType
 
 import cv2
 import numpy as np
@@ -16,6 +18,7 @@ import pytest
 import torch
 
 from lightning_fa.backbones import HRNet
+from lightning_fa.commands import evaluate_video
 from lightning_fa.commands import track as track_command
 from lightning_fa.commands.cli import main as cli_main
 from lightning_fa.inference.onnx import StreamingStep
@@ -100,9 +103,11 @@ class _LateDetector:
         return np.array([[16.0, 16.0, 48.0, 48.0, 1.0]])
 
 
-def _fake_model(monkeypatch: pytest.MonkeyPatch, scores: bool = True) -> None:
-    monkeypatch.setattr(track_command, "load_step", lambda *args, **kwargs: _ScoringStep(scores))
-    monkeypatch.setattr(track_command, "make_detector", lambda name: _LateDetector())
+def _fake_model(
+    monkeypatch: pytest.MonkeyPatch, scores: bool = True, command: ModuleType = track_command
+) -> None:
+    monkeypatch.setattr(command, "load_step", lambda *args, **kwargs: _ScoringStep(scores))
+    monkeypatch.setattr(command, "make_detector", lambda name: _LateDetector())
 
 
 def track(*argv: str | Path) -> int:
@@ -288,6 +293,48 @@ def test_variable_frame_rate_timestamps_are_read_and_reach_the_one_euro_filter(
     landmark_times, crop_times = sorted(seen.values(), key=lambda times: times[0] is None)
     assert landmark_times == pytest.approx(tracked, abs=1e-6)
     assert crop_times[0] is None and crop_times[1:] == pytest.approx(tracked, abs=1e-6)
+
+
+def test_evaluate_video_feeds_the_container_timestamps_of_a_variable_frame_rate_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    video = write_vfr_mp4(tmp_path / "phone.mp4", VFR_MS)
+    seconds = [t / 1000 for t in VFR_MS]
+    capture = cv2.VideoCapture(str(video))
+    nominal_fps = video_io.capture_fps(capture)
+    capture.release()
+
+    steps: list[tuple[float, float | None]] = []  # (the tracker's fps, the frame's timestamp)
+    tracker_step = StreamingTracker.step
+
+    def recording_step(self, frame, timestamp=None):
+        steps.append((self.fps, timestamp))
+        return tracker_step(self, frame, timestamp)
+
+    filtered: list[tuple[str, list[float]]] = []  # (filter class, its timestamps)
+    apply_filter = evaluate_video.apply_filter
+
+    def recording_filter(filter, track, scale=None, timestamps=None):
+        filtered.append((type(filter).__name__, list(timestamps)))
+        return apply_filter(filter, track, scale, timestamps)
+
+    monkeypatch.setattr(evaluate_video, "apply_filter", recording_filter)
+    monkeypatch.setattr(StreamingTracker, "step", recording_step)
+    _fake_model(monkeypatch, command=evaluate_video)
+    out = tmp_path / "eval"
+    assert cli_main(["evaluate-video", str(video), "--out", str(out), "--no-progress"]) == 0
+
+    # The tracker ran at the file's nominal rate on every frame's container timestamp.
+    assert [fps for fps, _ in steps] == [nominal_fps] * len(VFR_MS)
+    assert [t for _, t in steps] == pytest.approx(seconds, abs=1e-6)
+    # The classical filters (both One Euro presets, Kalman) ran on the timestamps of the frames
+    # with a face, not on index / fps.
+    tracked = seconds[NO_FACE_FRAMES:]
+    assert [name for name, _ in filtered] == ["OneEuroFilter"] * 2 + ["ConstantVelocityKalman"]
+    for _, times in filtered:
+        assert times == pytest.approx(tracked, abs=1e-6)
+    metrics = json.loads((out / "metrics.json").read_text())["videos"]["phone.mp4"]
+    assert metrics["frames"] == len(tracked) and metrics["first_frame"] == NO_FACE_FRAMES
 
 
 # ----------------------------------------------------------------------------- overlay video

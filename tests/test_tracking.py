@@ -193,13 +193,13 @@ class _StubCapture:
 
 def test_frame_reader_skips_and_counts_corrupt_frames() -> None:
     reader = FrameReader(_StubCapture([True, False, False, True, True], frame_count=5))
-    assert [index for index, _ in reader] == [0, 3, 4]
+    assert [index for index, _, _ in reader.timed()] == [0, 3, 4]
     assert reader.skipped == 2
     # A failure at the end of the file is the end, not a corrupt frame.
     reader = FrameReader(_StubCapture([True, True], frame_count=2))
-    assert len(list(reader)) == 2 and reader.skipped == 0
+    assert len(list(reader.timed())) == 2 and reader.skipped == 0
     reader = FrameReader(_StubCapture([True] * 5, frame_count=5), max_frames=3)
-    assert len(list(reader)) == 3
+    assert len(list(reader.timed())) == 3
 
 
 # ----------------------------------------------------------------------------- tracker logic

@@ -21,12 +21,10 @@ def track_video(
     summary (frames, faces, skipped)."""
     from tqdm import tqdm
 
-    total = reader.frame_count if reader.max_frames is None else reader.max_frames
-    if reader.frame_count is not None and reader.max_frames is not None:
-        total = min(reader.frame_count, reader.max_frames)
     frames = faces = 0
     start = time.perf_counter()
-    for index, t, frame in tqdm(reader.timed(), total=total, unit="frame", disable=not progress):
+    timed = tqdm(reader.timed(), total=reader.expected_frames, unit="frame", disable=not progress)
+    for index, t, frame in timed:
         results = tracker.step(frame, t)
         if outputs is not None:
             outputs.add(index, t, frame, results)

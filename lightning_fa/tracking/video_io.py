@@ -42,6 +42,12 @@ def open_capture(source: str) -> tuple[cv2.VideoCapture, bool]:
     return cv2.VideoCapture(str(path)), False
 
 
+def capture_fps(capture: Any) -> float:
+    """The capture's nominal frame rate; 25 when it reports none (0, or a negative value)."""
+    fps = capture.get(cv2.CAP_PROP_FPS) or 0.0
+    return float(fps) if fps > 0 else 25.0
+
+
 class FrameReader:
     """Sequential RGB frames from a capture with their timestamps. A frame that fails to decode
     before the file's end is skipped and counted (`skipped`); `max_failures` failures in a row
@@ -59,7 +65,6 @@ class FrameReader:
         capture: Any,
         max_frames: int | None = None,
         max_failures: int = 25,
-        fps: float | None = None,
     ) -> None:
         check_ints(need=">= 1", none_allowed=True, max_frames=max_frames)
         self.capture = capture
@@ -69,14 +74,12 @@ class FrameReader:
         self.estimated_times = 0
         count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
         self.frame_count = count if count > 0 else None
-        if fps is None:
-            fps = capture.get(cv2.CAP_PROP_FPS) or 0.0
-        self.fps = float(fps) if fps > 0 else 25.0
+        self.fps = capture_fps(capture)
 
-    def __iter__(self) -> Iterator[tuple[int, np.ndarray]]:
-        """Yields (frame number in the file, RGB frame)."""
-        for position, _, frame in self.timed():
-            yield position, frame
+    @property
+    def expected_frames(self) -> int | None:
+        """At most how many frames `timed` yields (for a progress bar); None when unknown."""
+        return min(filter(None, (self.frame_count, self.max_frames)), default=None)
 
     def timed(self) -> Iterator[tuple[int, float, np.ndarray]]:
         """Yields (frame number in the file, timestamp in seconds, RGB frame); the timestamps
