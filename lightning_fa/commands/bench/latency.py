@@ -156,16 +156,18 @@ def bench_backbones(ctx: BenchContext) -> Figures:
 # temporal_overhead: ConvLSTM step + PDC vs the backbone
 # --------------------------------------------------------------------------------------------
 
+# name -> (registered stage, its arguments beyond num_landmarks).
 TEMPORAL_CONFIGS = {
-    "default_h16_k3_p16": {"hidden_channels": 16, "kernel_size": 3, "input_proj": 16},
-    "h32_k3_p16": {"hidden_channels": 32, "kernel_size": 3, "input_proj": 16},
-    "h16_k5_p16": {"hidden_channels": 16, "kernel_size": 5, "input_proj": 16},
-    "h16_k3_noproj": {"hidden_channels": 16, "kernel_size": 3, "input_proj": None},
+    "default_h16_k3_p16": ("ConvLSTM", {"hidden_channels": 16, "kernel_size": 3, "input_proj": 16}),
+    "h32_k3_p16": ("ConvLSTM", {"hidden_channels": 32, "kernel_size": 3, "input_proj": 16}),
+    "h16_k5_p16": ("ConvLSTM", {"hidden_channels": 16, "kernel_size": 5, "input_proj": 16}),
+    "h16_k3_noproj": ("ConvLSTM", {"hidden_channels": 16, "kernel_size": 3, "input_proj": None}),
+    "face_motion": ("FaceMotionStage", {}),
 }
 
 
 def _streaming_step(temporal: nn.Module, heatmaps: Tensor, state: Any) -> Tensor:
-    """What a stream pays per frame after the backbone: one ConvLSTM step and the PDC decode."""
+    """What a stream pays per frame after the backbone: one stage step and the PDC decode."""
     from lightning_fa.heatmaps import pdc
 
     stabilised, _ = temporal(heatmaps, state)
@@ -174,9 +176,9 @@ def _streaming_step(temporal: nn.Module, heatmaps: Tensor, state: Any) -> Tensor
 
 @register("temporal_overhead")
 def bench_temporal_overhead(ctx: BenchContext) -> Figures:
-    """(ConvLSTM step + PDC) / HRNet-W18 forward at batch 1 (goal <= 10 % CPU, 15 % GPU)."""
+    """(stage step + PDC) / HRNet-W18 forward at batch 1 (goal <= 10 % CPU, 15 % GPU)."""
     from lightning_fa.backbones import create_backbone
-    from lightning_fa.temporal.convlstm import ConvLSTM
+    from lightning_fa.temporal import TEMPORAL_STAGES
 
     size = ctx.pick(64, 256, 256)
     backbone = create_backbone("hrnet_w18", 68, input_size=(size, size)).to(ctx.device).eval()
@@ -191,8 +193,8 @@ def bench_temporal_overhead(ctx: BenchContext) -> Figures:
 
     workloads["backbone"] = backbone_forward
     parameters = {}
-    for name, config in TEMPORAL_CONFIGS.items():
-        temporal = ConvLSTM(68, **config).to(ctx.device).eval()
+    for name, (stage, config) in TEMPORAL_CONFIGS.items():
+        temporal = TEMPORAL_STAGES[stage](68, **config).to(ctx.device).eval()
         with torch.inference_mode():
             _, state = temporal(heatmaps, None)  # a running stream, not a fresh one
         parameters[name] = parameter_count(temporal)
@@ -210,7 +212,8 @@ def bench_temporal_overhead(ctx: BenchContext) -> Figures:
         "timings": timings,
         "configs": {
             name: {
-                **TEMPORAL_CONFIGS[name],
+                "stage": TEMPORAL_CONFIGS[name][0],
+                **TEMPORAL_CONFIGS[name][1],
                 "parameters": parameters[name],
                 "overhead_ratio": ratio(timings[name], timings["backbone"]),
                 "within_goal": ratio(timings[name], timings["backbone"]) <= goal,
