@@ -104,7 +104,16 @@ def awing_weight_map(target: Tensor, weight: float = 10.0, threshold: float = 0.
 # --------------------------------------------------------------------------------------------
 
 
-class HeatmapMSELoss(nn.Module):
+class PixelLoss(nn.Module):
+    """The pixel baselines' base: `forward(pred, target) -> scalar` on (..., H, W) heatmaps,
+    a loss that knows nothing of time. A system's own pixel loss subclasses it (the systems'
+    configs accept its subclasses)."""
+
+    def forward(self, pred: Tensor, target: Tensor) -> Tensor:
+        raise NotImplementedError
+
+
+class HeatmapMSELoss(PixelLoss):
     """Mean squared error over all heatmap pixels."""
 
     def forward(self, pred: Tensor, target: Tensor) -> Tensor:
@@ -112,7 +121,7 @@ class HeatmapMSELoss(nn.Module):
         return F.mse_loss(pred, target)
 
 
-class WingLoss(nn.Module):
+class WingLoss(PixelLoss):
     """Mean Wing loss over all heatmap pixels."""
 
     def __init__(self, omega: float = 10.0, epsilon: float = 2.0) -> None:
@@ -126,7 +135,7 @@ class WingLoss(nn.Module):
         return wing(pred, target, self.omega, self.epsilon).mean()
 
 
-class AdaptiveWingLoss(nn.Module):
+class AdaptiveWingLoss(PixelLoss):
     """Mean Adaptive Wing loss, optionally weighted by the dilated-foreground map of the target."""
 
     def __init__(
@@ -155,7 +164,7 @@ class AdaptiveWingLoss(nn.Module):
         return loss.mean()
 
 
-class GemanMcClureLoss(nn.Module):
+class GemanMcClureLoss(PixelLoss):
     """Mean Geman-McClure loss over all heatmap pixels (the Jitter loss without modulation)."""
 
     def __init__(self, theta: float = 1.0) -> None:

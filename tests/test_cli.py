@@ -189,6 +189,32 @@ def test_experiment_configs_compose(parts, capsys) -> None:
     assert printed["data"]["class_path"]
 
 
+def test_model_help_lists_the_losses_only_and_a_pixel_loss_still_parses(tmp_path, capsys) -> None:
+    config = write_config(tmp_path, tmp_path / "run")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", *base_args(config), "--model.help", "StableAlignmentModule"])
+    assert exit_info.value.code in (0, None)
+    help_text = capsys.readouterr().out
+    loss_help = help_text[help_text.index("\n  --model.loss LOSS") + 1 :].split("\n  --")[0]
+    loss_help = "".join(loss_help.split())  # argparse wraps class paths at the terminal width
+    # The loss is typed JitterLoss | PixelLoss, not nn.Module: no torch class in its listing.
+    assert "torch." not in loss_help
+    assert re.findall(r"lightning_fa\.losses\.(\w+)", loss_help) == [
+        "JitterLoss", "PixelLoss", "HeatmapMSELoss", "WingLoss", "AdaptiveWingLoss",
+        "GemanMcClureLoss",
+    ]  # fmt: skip
+    # The paper's Figure 6 route (docs/reproduce.md): a pixel loss in place of the Jitter loss.
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", *base_args(config), "--model.init_args.loss=lightning_fa.losses.AdaptiveWingLoss",
+              "--print_config"])  # fmt: skip
+    assert exit_info.value.code in (0, None)
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert (
+        printed["model"]["init_args"]["loss"]["class_path"]
+        == "lightning_fa.losses.AdaptiveWingLoss"
+    )
+
+
 @pytest.fixture(scope="module")
 def diverging_run(tmp_path_factory) -> tuple[Path, Path]:
     """3 epochs at a learning rate that makes the temporal stage worse after epoch 0: the best

@@ -22,7 +22,7 @@ from lightning_fa.backbones import Backbone, load_checkpoint
 from lightning_fa.checks import check_ints
 from lightning_fa.heatmaps import PDC_THRESHOLD, HeatmapCodec, crop_to_frame
 from lightning_fa.inference.step import FrameStep
-from lightning_fa.losses import JitterLoss
+from lightning_fa.losses import JitterLoss, PixelLoss
 from lightning_fa.metrics import LandmarkAccuracy, VideoStability
 from lightning_fa.systems.checkpoints import check_loaded, describe_backbone, rebuild
 from lightning_fa.temporal import (
@@ -42,7 +42,10 @@ class StableAlignmentModule(pl.LightningModule):
     Args:
         backbone: a heatmap backbone (protocol of `lightning_fa.backbones.Backbone`); frozen here.
         temporal: the trainable stage; default `ConvLSTM(backbone.num_landmarks)`.
-        loss: `JitterLoss` (default) or a pixel loss `(pred, target) -> scalar` for ablations.
+        loss: `JitterLoss` (default) or a `PixelLoss` `(pred, target) -> scalar` for ablations
+            (the paper's Figure 6). A loss of one's own subclasses `JitterLoss` (called on whole
+            TBPTT chunks with the previous chunk's coordinates) or `PixelLoss` (called on the
+            chunk's frames flattened into the batch).
         backbone_checkpoint: weights loaded into the backbone; its path and SHA-256 go into every
             checkpoint of this module, so a run names exactly which detector it stabilised.
         store_backbone_weights: also keep the backbone weights in this module's checkpoints.
@@ -63,7 +66,7 @@ class StableAlignmentModule(pl.LightningModule):
         self,
         backbone: Backbone,
         temporal: TemporalStage | None = None,
-        loss: nn.Module | None = None,
+        loss: JitterLoss | PixelLoss | None = None,
         backbone_checkpoint: str | None = None,
         store_backbone_weights: bool = False,
         decoder: str = "pdc",
