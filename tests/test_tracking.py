@@ -301,6 +301,27 @@ def test_evaluate_tracks_orders_methods_sensibly() -> None:
     assert methods["raw"]["accel"] == pytest.approx(accel)
 
 
+def test_evaluate_tracks_places_ours_against_every_filter_setting() -> None:
+    from lightning_fa.commands.evaluate_video import evaluate_tracks
+
+    rng = np.random.default_rng(2)
+    t = np.arange(120)[:, None] / 25.0
+    clean = np.stack([200 + 30 * np.sin(2 * np.pi * 0.5 * t), 220 + 0 * t], -1)
+    clean = clean + np.linspace(0, 60, 68)[None, :, None]
+    raw = clean + rng.normal(0, 1.5, clean.shape)
+    identity = evaluate_tracks(raw, raw.copy(), fps=25.0)
+    position = identity["frontier"]
+    assert position["settings"] == 70
+    # An untrained stage is raw: some setting is closer to the offline track with less Accel.
+    assert position["dominated"] and position["verdict"].startswith("dominated by ")
+    assert set(identity["tracks"]) == {"raw", "one-euro", "one-euro-mediapipe", "kalman", "ours", "offline"}  # fmt: skip
+    np.testing.assert_array_equal(identity["tracks"]["ours"], raw)
+    # Ours = the offline track itself: no causal setting can match a deviation of 0.
+    offline = identity["tracks"]["offline"]
+    perfect = evaluate_tracks(raw, offline, fps=25.0)["frontier"]
+    assert not perfect["dominated"] and perfect["verdict"].startswith("not dominated")
+
+
 @pytest.mark.slow
 def test_evaluate_video_writes_metrics(shared_data: Path, tmp_path: Path) -> None:
     _needs_dlib()
@@ -314,6 +335,9 @@ def test_evaluate_video_writes_metrics(shared_data: Path, tmp_path: Path) -> Non
                                     "offline"}  # fmt: skip
     assert metrics["videos"]["liveportrait_d0.mp4"]["frames"] == 12
     assert "| raw |" in (out / "report.md").read_text()
+    with np.load(out / "tracks.npz") as tracks:
+        assert tracks["liveportrait_d0.mp4/ours"].shape == (12, 68, 2)
+    assert "swept filters" in (out / "report.md").read_text()
 
 
 def test_evaluate_video_bad_input(tmp_path: Path, capsys) -> None:

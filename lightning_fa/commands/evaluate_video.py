@@ -10,8 +10,10 @@ maximise the cross-correlation of the method's velocity with the offline track's
 -5..5; positive = behind). The tracker and the streaming filters run on the container's
 timestamps (variable-frame-rate video keeps its timing); the offline reference and the metrics
 count frames, as evenly spaced at the nominal rate. Writes `metrics.json` and `report.md`
-(atomically: an earlier result is replaced only by a complete new one; both are locked against a
-second run writing the same folder).
+(atomically: an earlier result is replaced only by a complete new one; all are locked against a
+second run writing the same folder), and `tracks.npz` with every method's track per video.
+Each video also gets the frontier: every classical filter setting (`metrics.frontier`) run on
+the same raw track, and the verdict line for ours: deviation x Accel at lag <= max(ours, 1).
 
 Results are keyed by the video's file name; videos that share a name (`a/clip.mp4`,
 `b/clip.mp4`) are keyed by as many trailing path parts as tell them apart. The same file given
@@ -28,8 +30,9 @@ from typing import Any
 import numpy as np
 
 from lightning_fa.checks import check_ints
+from lightning_fa.metrics import frontier
 from lightning_fa.metrics.tracks import stability_metrics
-from lightning_fa.outputs import claim_outputs, write_text_atomic
+from lightning_fa.outputs import atomic_write, claim_outputs, write_text_atomic
 from lightning_fa.temporal.filters import apply_filter, make_filter, zero_phase_smooth
 from lightning_fa.tracking.detectors import DETECTORS, make_detector
 from lightning_fa.tracking.loading import ENGINES, load_step
@@ -141,12 +144,28 @@ def evaluate_tracks(
         "ours": ours,
         "offline": offline,
     }
+    methods = {name: stability_metrics(track, offline, MAX_LAG) for name, track in tracks.items()}
+    # Every classical setting on the same raw track, at the real frame times.
+    points = frontier.sweep(
+        raw[None],
+        lambda smoothed: stability_metrics(smoothed[0], offline, MAX_LAG),
+        timestamps=np.arange(len(raw)) / fps if times is None else times,
+    )
+    ours_metrics = methods["ours"]
     return {
         "frames": len(raw),
         "first_frame": run.start,
-        "methods": {
-            name: stability_metrics(track, offline, MAX_LAG) for name, track in tracks.items()
+        "methods": methods,
+        "frontier": {
+            "verdict": frontier.verdict(ours_metrics, points, "deviation", "accel"),
+            "dominated": bool(frontier.dominating(ours_metrics, points, "deviation", "accel")),
+            "frontier": [
+                {"setting": frontier.setting_name(p), **p}
+                for p in frontier.frontier(points, "deviation", "accel")
+            ],
+            "settings": len(points),
         },
+        "tracks": tracks,
     }
 
 
@@ -185,6 +204,8 @@ def markdown_report(results: dict[str, Any]) -> str:
     ]
     for name, video in results["videos"].items():
         lines += ["", f"## {name} ({video['frames']} frames)", "", *table(video["methods"])]
+        if "frontier" in video:
+            lines += ["", f"ours against the swept filters: {video['frontier']['verdict']}"]
     return "\n".join(lines) + "\n"
 
 
@@ -215,7 +236,9 @@ def main(argv: list[str]) -> int:
     if args.out.exists() and not args.out.is_dir():
         raise ValueError(f"--out {args.out} is a file; it must be a folder")
     metrics_path, report_path = args.out / "metrics.json", args.out / "report.md"
-    with claim_outputs([(metrics_path, "--out"), (report_path, "--out")]):
+    tracks_path = args.out / "tracks.npz"
+    outputs = [(metrics_path, "--out"), (report_path, "--out"), (tracks_path, "--out")]
+    with claim_outputs(outputs):
         keys = video_keys(args.videos)
         for video in args.videos:  # every video readable, and the cutoff below its Nyquist rate
             capture, _ = open_capture(video)
@@ -246,6 +269,12 @@ def main(argv: list[str]) -> int:
             model = f"shipped dlib stage ({stage_file.name})"
         else:
             model = f"{args.backbone} (untrained ConvLSTM)"
+        # Every method's track of every video, frame pixels: "<video key>/<method>" (T, L, 2).
+        arrays = {
+            f"{key}/{method}": track.astype(np.float32)
+            for key, video in per_video.items()
+            for method, track in video.pop("tracks").items()
+        }
         results = {
             "model": model,
             "cutoff_hz": args.cutoff_hz,
@@ -254,6 +283,8 @@ def main(argv: list[str]) -> int:
             "videos": per_video,
         }
         report = markdown_report(results)
+        with atomic_write(tracks_path, "wb") as handle:
+            np.savez_compressed(handle, **arrays)
         write_text_atomic(metrics_path, json.dumps(results, indent=2))
         write_text_atomic(report_path, report)
     print(report)

@@ -72,9 +72,17 @@ FILTER_GRIDS: dict[str, FilterGrid] = {
 }
 
 
-def smooth(grid: FilterGrid, values: tuple[float, ...], track: np.ndarray) -> np.ndarray:
-    """One (T, L, 2) track under one setting of ``grid``, from a fresh filter."""
-    out = apply_filter(grid.build(*values), track.astype(np.float64), scale=grid.scale_of(track))
+def smooth(
+    grid: FilterGrid,
+    values: tuple[float, ...],
+    track: np.ndarray,
+    timestamps: np.ndarray | None = None,
+) -> np.ndarray:
+    """One (T, L, 2) track under one setting of ``grid``, from a fresh filter; ``timestamps``
+    (T,) in seconds, else frames at the filter's default rate."""
+    filter = grid.build(*values)
+    scale = grid.scale_of(track)
+    out = apply_filter(filter, track.astype(np.float64), scale=scale, timestamps=timestamps)
     return np.asarray(out, dtype=np.float32)
 
 
@@ -82,13 +90,14 @@ def sweep(
     raw: np.ndarray,
     score: Callable[[np.ndarray], dict[str, float]],
     grids: dict[str, FilterGrid] = FILTER_GRIDS,
+    timestamps: np.ndarray | None = None,
 ) -> list[dict[str, Any]]:
     """Every setting of ``grids`` on the raw (V, T, L, 2) tracks: one point per setting, its
-    filter name and parameters plus ``score(smoothed tracks)``."""
+    filter name and parameters plus ``score(smoothed tracks)``; ``timestamps`` (T,) seconds."""
     points = []
     for name, grid in grids.items():
         for values in grid.values:
-            smoothed = np.stack([smooth(grid, values, video) for video in raw])
+            smoothed = np.stack([smooth(grid, values, video, timestamps) for video in raw])
             points.append({"filter": name, **dict(zip(grid.parameters, values)), **score(smoothed)})
     return points
 
