@@ -59,7 +59,11 @@ HELD_OUT_SETS: tuple[HeldOutSet, ...] = (
 def still_video(videos: SyntheticFaceVideos, index: int) -> SyntheticVideo:
     """Video ``index`` frozen at its first pose with open eyes: the face does not move, only the
     per-frame camera degradation changes (the paper's Figure 1 case)."""
-    video = videos.video(index)
+    return freeze_video(videos.video(index))
+
+
+def freeze_video(video: SyntheticVideo) -> SyntheticVideo:
+    """``video`` (changed in place and returned) frozen at its first pose with open eyes."""
     params = np.repeat(video.params[:1], len(video), axis=0)
     params[:, CHANNELS.index("blink_left") :] = 0.0
     video.params = params
@@ -126,10 +130,13 @@ def training_videos(
     slowed_fraction: float,
     slowed_motion: Sequence[float],
     seed: int,
+    still_fraction: float = 0.0,
 ) -> list[SyntheticVideo]:
     """The fine-tuning videos: an equal share per degradation preset (training-split seeds),
     ``slowed_fraction`` of them nearly still talking heads (`slow_video` with ``slowed_motion``
-    = head pose and expression scales), spread evenly over the list."""
+    = head pose and expression scales), spread evenly over the list, and ``still_fraction`` of
+    them frozen faces (`freeze_video`: only the camera noise changes), taken evenly from the
+    videos not slowed."""
     per_set = -(-count // len(degradations))
     videos = []
     for i, degradation in enumerate(degradations):
@@ -139,8 +146,13 @@ def training_videos(
         videos += [ds.video(k) for k in range(per_set)]
     videos = videos[:count]
     slowed = round(slowed_fraction * len(videos))
-    for i in np.linspace(0, len(videos) - 1, slowed).round().astype(int):
+    slowed_indices = np.linspace(0, len(videos) - 1, slowed).round().astype(int)
+    for i in slowed_indices:
         videos[i] = slow_video(videos[i], *slowed_motion)
+    moving = [i for i in range(len(videos)) if i not in set(slowed_indices.tolist())]
+    frozen = min(round(still_fraction * len(videos)), len(moving))
+    for j in np.linspace(0, len(moving) - 1, frozen).round().astype(int):
+        videos[moving[j]] = freeze_video(videos[moving[j]])
     return videos
 
 
@@ -306,6 +318,8 @@ class EmbeddedWindowsDataModule(FaceDataModule):
             degradation preset.
         slowed_fraction / slowed_motion: share of nearly still talking heads among them and their
             (head pose, expression) motion scales.
+        still_fraction: share of frozen faces among them (only the camera noise changes; taken
+            from the videos not slowed; 0: none, the embedded default).
         windows_per_epoch / batch_size / seq_len: training windows drawn afresh each epoch.
         crop: cut each landmark's window to a crop x crop patch around it (a landmark-wise
             temporal stage sees each map alone: ~7x fewer pixels per step at 12 of 32); None:
@@ -327,6 +341,7 @@ class EmbeddedWindowsDataModule(FaceDataModule):
         degradations: Sequence[str] = ("mild", "heavy"),
         slowed_fraction: float = 0.5,
         slowed_motion: tuple[float, float] = (0.02, 0.25),
+        still_fraction: float = 0.0,
         windows_per_epoch: int = 480,
         batch_size: int = 4,
         seq_len: int = 16,
@@ -362,10 +377,18 @@ class EmbeddedWindowsDataModule(FaceDataModule):
         check_ints(0, val_videos=val_videos, still_videos=still_videos)
         if video_frames < seq_len:
             raise ValueError(f"video_frames ({video_frames}) must be >= seq_len ({seq_len})")
-        if not 0.0 <= slowed_fraction <= 1.0:
+        for name, share in (
+            ("slowed_fraction", slowed_fraction),
+            ("still_fraction", still_fraction),
+        ):
+            if not 0.0 <= share <= 1.0:
+                raise ValueError(
+                    f"{name} is a share of the training videos, in [0, 1]; got {share}"
+                )
+        if slowed_fraction + still_fraction > 1.0:
             raise ValueError(
-                f"slowed_fraction is a share of the training videos, in [0, 1]; got "
-                f"{slowed_fraction}"
+                f"slowed_fraction + still_fraction must be <= 1 (shares of the same videos), "
+                f"got {slowed_fraction} + {still_fraction}"
             )
         if not degradations or not test_sets:
             raise ValueError("degradations and test_sets must each name at least one entry")
@@ -396,6 +419,7 @@ class EmbeddedWindowsDataModule(FaceDataModule):
             h.slowed_fraction,
             h.slowed_motion,
             h.seed,
+            h.still_fraction,
         )
 
     def held_out(self, split: str) -> dict[str, Callable[[], list[SyntheticVideo]]]:
@@ -453,6 +477,8 @@ class EmbeddedWindowsDataModule(FaceDataModule):
         videos = ("image_size", "train_videos", "video_frames", "degradations", "slowed_fraction",
                   "slowed_motion", "seed", "heatmap_batch_size")  # fmt: skip
         settings = {name: h[name] for name in videos}
+        if h.still_fraction:  # absent at 0, so the default's key (and cache) stays as it was
+            settings["still_fraction"] = h.still_fraction
         return json.dumps([reference, settings, str(model.device)], sort_keys=True, default=str)
 
     def train_dataloader(self) -> DataLoader:

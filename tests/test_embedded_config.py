@@ -208,6 +208,27 @@ def test_training_videos_slow_the_configured_share_spread_over_the_presets():
         EmbeddedWindowsDataModule(video_frames=8, seq_len=16)
 
 
+def test_still_fraction_freezes_faces_among_the_videos_not_slowed():
+    def videos(still_fraction: float):
+        return training_videos(
+            8, 8, 64, ("mild", "heavy"), 0.25, (0.02, 0.25), 100, still_fraction=still_fraction
+        )
+
+    plain, mixed = videos(0.0), videos(0.25)
+    # Slowed: videos 0 and 7 (evenly spread); frozen: 2 of the other six, evenly (1 and 6).
+    frozen = [i for i in range(8) if np.ptp(mixed[i].landmarks, axis=0).max() == 0]
+    assert frozen == [1, 6]
+    for i in frozen:  # the first pose of the same video, for every frame
+        np.testing.assert_array_equal(mixed[i].params[1:, :6], plain[i].params[:1, :6].repeat(7, 0))
+    for i in set(range(8)) - set(frozen):
+        np.testing.assert_array_equal(mixed[i].params, plain[i].params)
+    assert videos(0.0)[3].params.tolist() == plain[3].params.tolist()  # 0: the default videos
+    with pytest.raises(ValueError, match="still_fraction"):
+        EmbeddedWindowsDataModule(still_fraction=-0.1)
+    with pytest.raises(ValueError, match=r"slowed_fraction \+ still_fraction"):
+        EmbeddedWindowsDataModule(slowed_fraction=0.6, still_fraction=0.6)
+
+
 def test_held_out_loaders_stream_whole_videos_of_every_set():
     data = EmbeddedWindowsDataModule(
         image_size=64, test_videos=1, test_frames=5, still_videos=1, still_frames=3, val_videos=1,
