@@ -277,3 +277,27 @@ def test_the_cli_gives_the_labeller_the_models_backbone(shared_data: Path) -> No
     assert isinstance(labeller, PseudoLabeller)
     assert labeller.settings["backbone"] == cli.model.backbone.spec
     assert labeller.backbone_checkpoint is None
+
+
+def test_face_motion_overlay_builds_its_stage_on_whole_maps(shared_data: Path) -> None:
+    """experiments/unlabelled-face-motion.yaml over unlabelled.yaml: a FaceMotionStage whose
+    threshold follows the decoder's, the coordinate terms of the loss only, whole maps."""
+    pytest.importorskip("dlib")
+    pytest.importorskip("face_recognition_models")
+    from lightning_fa.commands.lightning_cli import build_cli
+    from lightning_fa.temporal import FaceMotionStage
+    from tests.conftest import REPO_ROOT
+
+    names = ("base.yaml", "unlabelled.yaml", "unlabelled-face-motion.yaml")
+    args = [arg for name in names for arg in ("--config", str(REPO_ROOT / "experiments" / name))]
+    clip = f"--data.init_args.videos=[{shared_data / CLIP}]"
+    only = [clip, "--data.init_args.val_videos=null", "--trainer.logger=false"]
+    threshold = "--model.init_args.pdc_threshold=0.3"
+    cli = build_cli([*args, *only, threshold, "--trainer.callbacks=null"], run=False)
+    stage, loss = cli.model.temporal, cli.model.loss
+    assert isinstance(stage, FaceMotionStage) and not stage.landmark_wise
+    assert stage.threshold == 0.3 == loss.threshold  # both follow the decoder's
+    assert (stage.max_smoothing, stage.activity_smoothing) == (0.99, 0.2)
+    assert loss.pixel_weight == 0.0 and loss.position_weight == 0.5
+    assert loss.coord_weight == 1.0 and loss.xi == 0.05  # the rest is unlabelled.yaml's
+    assert cli.datamodule.hparams.train_patch is None  # whole maps: every landmark at once
