@@ -15,6 +15,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from lightning_fa.commands.bench import data as data_bench
 from lightning_fa.commands.bench import harness, latency
 from lightning_fa.commands.bench import tracker as tracker_bench
 from lightning_fa.heatmaps import pdc
@@ -227,3 +228,62 @@ def test_smoke_cli_help_reports_its_wall_time(tmp_path):
     figures = json.loads(out.read_text())["benchmarks"]["cli_help"]
     assert figures["help_seconds"] > 0 and isinstance(figures["meets_goal"], bool)
     assert figures["help"]["repeats"] == figures["python"]["repeats"] == 2
+
+
+@pytest.mark.ddp
+def test_smoke_ddp_reports_both_throughputs_and_the_efficiency(tmp_path):
+    out = tmp_path / "bench.json"
+    assert harness.main(["--smoke", "--only", "ddp", "--out", str(out), "--threads", "1"]) == 0
+    ddp = json.loads(out.read_text())["benchmarks"]["ddp"]
+    assert ddp["step"] == "StableAlignmentModule.training_step" and ddp["backend"] == "gloo"
+    assert ddp["threads_per_process"] == 1 and ddp["usable_cpus"] >= 1
+    for processes in (1, 2):
+        run = ddp["runs"][str(processes)]
+        assert run["processes"] == processes
+        assert run["wall_s"] > 0 and run["samples_per_s"] > 0 and run["frames_per_s"] > 0
+        # Each rank trained on its own batch: equal weights at the end mean synced gradients.
+        assert run["parameters_in_sync"] is True
+        assert ddp[f"samples_per_s_{processes}"] == run["samples_per_s"]
+    expected = ddp["samples_per_s_2"] / (2 * ddp["samples_per_s_1"])
+    assert ddp["efficiency"] == pytest.approx(expected, abs=1e-4) and ddp["efficiency"] > 0
+
+
+def test_smoke_dataloader_reports_rates_per_worker_and_workers_needed(tmp_path):
+    out = tmp_path / "bench.json"
+    argv = ["--smoke", "--only", "dataloader", "--out", str(out), "--threads", "1"]
+    assert harness.main(argv) == 0
+    loader = json.loads(out.read_text())["benchmarks"]["dataloader"]
+    loaders = ("image_pseudo_sequences", "synthetic_video_windows", "300vw_video_windows")
+    for name in loaders:
+        assert loader[name]["samples"] > 0 and loader[name]["samples_per_s"] > 0
+    assert loader["300vw_video_windows"]["frame_cache_build_s"] >= 0
+    assert set(loader["per_worker"]) == {"image_pseudo_sequences", "300vw_video_windows"}
+    for sweep in loader["per_worker"].values():
+        assert set(sweep) == {"workers_0", "workers_1", "workers_2"}
+        for workers, figures in enumerate(sweep.values()):
+            assert figures["workers"] == workers
+            assert figures["samples_per_s_per_worker"] > 0
+            assert figures["frames_per_s_per_worker"] == pytest.approx(
+                figures["samples_per_s_per_worker"] * loader["sequence_length"], rel=1e-3
+            )
+    needed = loader["workers_needed_for"]
+    assert list(needed) == ["h100_target"]  # no fine-tuning rate was measured in this run
+    assert needed["h100_target"]["frames_per_s"] == data_bench.H100_TARGET_FRAMES_PER_S
+    assert needed["h100_target"]["image_pseudo_sequences"] >= 1
+    assert needed["h100_target"]["300vw_video_windows"] >= 1
+
+
+def test_workers_needed_uses_this_runs_finetune_rates():
+    assert data_bench.workers_needed_for(4000.0, 1000.0) == 4
+    assert data_bench.workers_needed_for(4001.0, 1000.0) == 5
+    assert data_bench.workers_needed_for(20.0, 1000.0) == 1  # a loader is one worker at least
+    with pytest.raises(ValueError, match="> 0"):
+        data_bench.workers_needed_for(10.0, 0.0)
+    ctx = harness.BenchContext(torch.device("cpu"), "smoke")
+    ctx.results["finetune_step"] = {"frames_per_s": {"finetune_frozen": 20.5}}
+    ctx.results["gpu_path"] = {"finetune_bf16": {"frames_per_s": 1283.0}}
+    assert data_bench.consumer_rates(ctx) == {
+        "h100_target": data_bench.H100_TARGET_FRAMES_PER_S,
+        "finetune_step_this_run": 20.5,
+        "gpu_finetune_bf16_this_run": 1283.0,
+    }

@@ -1,7 +1,9 @@
-"""DataLoader throughput: image pseudo-sequences, synthetic video windows, 300VW video windows."""
+"""DataLoader throughput: image pseudo-sequences, synthetic video windows, 300VW video windows;
+samples/s per worker and how many workers keep up with a consumer's frames/s."""
 
 from __future__ import annotations
 
+import math
 import tempfile
 import time
 from pathlib import Path
@@ -14,6 +16,12 @@ from lightning_fa.commands.bench.harness import (
     Figures,
     register,
 )
+
+# Issue 20's fine-tuning goal on one H100 (>= 4,000 frames/s): the consumer rate the worker
+# count is sized for when no GPU fine-tuning rate was measured earlier in the same run.
+H100_TARGET_FRAMES_PER_S = 4000.0
+# Worker counts of the per-worker sweep; 0 loads in the main process.
+SWEEP_WORKERS = (0, 1, 2)
 
 # --------------------------------------------------------------------------------------------
 # dataloader
@@ -104,9 +112,46 @@ def video_windows_dataset(root: Path, video_ids: list[str], seq_len: int, image_
     )  # fmt: skip
 
 
+def worker_sweep(dataset: Any, batch_size: int, batches: int, seq_len: int) -> Figures:
+    """`loader_throughput` at each of `SWEEP_WORKERS`, with the rate per loading process
+    (workers=0: the main process itself) in samples/s and frames/s."""
+    sweep = {}
+    for workers in SWEEP_WORKERS:
+        figures = loader_throughput(dataset, batch_size, workers, batches)
+        per_worker = figures["samples_per_s"] / max(workers, 1)
+        sweep[f"workers_{workers}"] = {
+            **figures,
+            "samples_per_s_per_worker": round(per_worker, 3),
+            "frames_per_s_per_worker": round(per_worker * seq_len, 3),
+        }
+    return sweep
+
+
+def workers_needed_for(frames_per_s: float, frames_per_s_per_worker: float) -> int:
+    """DataLoader workers that together deliver `frames_per_s`, each at the measured rate."""
+    if frames_per_s_per_worker <= 0:
+        raise ValueError(f"a worker's rate must be > 0, got {frames_per_s_per_worker}")
+    return max(1, math.ceil(frames_per_s / frames_per_s_per_worker))
+
+
+def consumer_rates(ctx: BenchContext) -> dict[str, float]:
+    """Frames/s a training process consumes: the fine-tuning rates measured earlier in this run
+    (`finetune_step`, `gpu_path`) and, always, issue 20's H100 target."""
+    rates = {"h100_target": H100_TARGET_FRAMES_PER_S}
+    finetune = ctx.results.get("finetune_step", {}).get("frames_per_s", {})
+    if "finetune_frozen" in finetune:
+        rates["finetune_step_this_run"] = finetune["finetune_frozen"]
+    gpu_finetune = ctx.results.get("gpu_path", {}).get("finetune_bf16", {})
+    if "frames_per_s" in gpu_finetune:
+        rates["gpu_finetune_bf16_this_run"] = gpu_finetune["frames_per_s"]
+    return rates
+
+
 @register("dataloader")
 def bench_dataloader(ctx: BenchContext) -> Figures:
-    """Samples/s over 2 workers: image pseudo-sequences, synthetic videos, 300VW video windows."""
+    """Samples/s over 2 workers: image pseudo-sequences, synthetic videos, 300VW video windows;
+    the image and 300VW loaders also at 0, 1 and 2 workers, and the workers each consumer in
+    `consumer_rates` needs (from the 1-worker rate)."""
     from data_modules.image import LandmarkImageDataset
     from data_modules.landmarks import get_spec
     from data_modules.synthetic import SyntheticFaceVideos, SyntheticVideoWindows
@@ -123,7 +168,8 @@ def bench_dataloader(ctx: BenchContext) -> Figures:
         pseudo = LandmarkImageDataset(
             records * 64, get_spec("300w"), mode="sequence", image_size=256, seq_len=seq_len
         )
-        figures["image_pseudo_sequences"] = loader_throughput(pseudo, batch_size, workers, batches)
+        sweeps = {"image_pseudo_sequences": worker_sweep(pseudo, batch_size, batches, seq_len)}
+        figures["image_pseudo_sequences"] = sweeps["image_pseudo_sequences"][f"workers_{workers}"]
         videos = SyntheticFaceVideos(4, 64, image_size=ctx.pick(64, 256, 256))
         windows = SyntheticVideoWindows(videos, 1000, seq_len)
         figures["synthetic_video_windows"] = loader_throughput(
@@ -137,8 +183,21 @@ def bench_dataloader(ctx: BenchContext) -> Figures:
         start = time.perf_counter()
         dataset = video_windows_dataset(root / "300vw", video_ids, seq_len, 256)
         cache_s = round(time.perf_counter() - start, 3)
+        sweeps["300vw_video_windows"] = worker_sweep(dataset, batch_size, batches, seq_len)
         figures["300vw_video_windows"] = {
-            **loader_throughput(dataset, batch_size, workers, batches),
+            **sweeps["300vw_video_windows"][f"workers_{workers}"],
             "frame_cache_build_s": cache_s,
         }
+    figures["per_worker"] = sweeps
+    rates = consumer_rates(ctx)
+    figures["workers_needed_for"] = {
+        consumer: {
+            "frames_per_s": rate,
+            **{
+                name: workers_needed_for(rate, sweep["workers_1"]["frames_per_s_per_worker"])
+                for name, sweep in sweeps.items()
+            },
+        }
+        for consumer, rate in rates.items()
+    }
     return figures

@@ -28,7 +28,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,7 @@ Benchmark = Callable[["BenchContext"], Figures]
 
 BENCHMARKS: dict[str, Benchmark] = {}
 # The modules that register the benchmarks, imported by `main` in bench.json's order.
-BENCHMARK_MODULES = ("latency", "training", "data", "gpu", "tracker")
+BENCHMARK_MODULES = ("latency", "training", "ddp", "data", "gpu", "tracker")
 
 
 class Skip(Exception):
@@ -69,11 +69,13 @@ def register(name: str) -> Callable[[Benchmark], Benchmark]:
 
 @dataclass
 class BenchContext:
-    """What a benchmark needs to know about the run: device, size tier, thread count."""
+    """What a benchmark needs to know about the run: device, size tier, thread count, and the
+    figures of the benchmarks already run (so one can build on another's measurement)."""
 
     device: torch.device
     tier: str = "default"  # "smoke" | "default" | "full"
     threads: int = 2
+    results: dict[str, Figures] = field(default_factory=dict)
 
     def pick(self, smoke: Any, default: Any, full: Any) -> Any:
         """The workload parameter for this run's tier."""
@@ -340,7 +342,7 @@ def _run(args: argparse.Namespace) -> int:
     report: Figures = {
         "machine": machine_info(ctx.device),
         "settings": {"device": args.device, "tier": tier, "threads": args.threads, "only": names},
-        "benchmarks": {},
+        "benchmarks": ctx.results,
     }
     start = time.perf_counter()
     for name in names:

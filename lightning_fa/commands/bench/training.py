@@ -45,8 +45,16 @@ class FinetuneSetup:
 
 
 def finetune_setup(
-    backbone_name: str, size: int, batch: int, steps: int, chunk: int, device: Any = "cpu"
+    backbone_name: str,
+    size: int,
+    batch: int,
+    steps: int,
+    chunk: int,
+    device: Any = "cpu",
+    data_seed: int = 0,
 ) -> FinetuneSetup:
+    """The backbone and default stage (weights from seed 0 whatever `data_seed`, so replicas of
+    a distributed run start equal) and a random batch drawn from `data_seed`."""
     from lightning_fa.backbones import create_backbone
     from lightning_fa.losses import JitterLoss
     from lightning_fa.temporal.convlstm import ConvLSTM
@@ -54,7 +62,7 @@ def finetune_setup(
     torch.manual_seed(0)
     backbone = create_backbone(backbone_name, 68, input_size=(size, size)).to(device)
     temporal = ConvLSTM(68).to(device)
-    frames, landmarks = random_sequences(batch, steps, size, device=device)
+    frames, landmarks = random_sequences(batch, steps, size, seed=data_seed, device=device)
     return FinetuneSetup(backbone, temporal, JitterLoss(), frames, landmarks, chunk)
 
 
@@ -62,6 +70,7 @@ def training_step_workload(
     setup: FinetuneSetup,
     autocast_dtype: torch.dtype | None = None,
     train_backbone: bool = False,
+    backward: Callable[[Tensor], None] = Tensor.backward,
 ) -> Callable[[], Tensor]:
     """The project's own `StableAlignmentModule.training_step` on the setup's batch, run without
     a Trainer: its optimizer, backward and logging hooks are bound to plain equivalents.
@@ -69,6 +78,8 @@ def training_step_workload(
     train_backbone=False is the paper's fine-tuning (backbone frozen, run in inference mode,
     Adam on the temporal stage); True trains the whole network on the same batch and loss, for
     comparison: the backbone runs in train mode with gradients and joins the optimizer.
+    backward stands in for Lightning's `manual_backward` (the DDP benchmark's also averages the
+    gradients across processes).
     """
     from lightning_fa.systems.finetune import StableAlignmentModule
 
@@ -85,7 +96,7 @@ def training_step_workload(
         optimizer = module.configure_optimizers()
         optimizer = optimizer["optimizer"] if isinstance(optimizer, dict) else optimizer
     module.optimizers = lambda: optimizer
-    module.manual_backward = lambda loss: loss.backward()
+    module.manual_backward = backward
     module.log = lambda *args, **kwargs: None
     batch = {"frames": setup.frames, "landmarks": setup.landmarks}
     device_type = setup.frames.device.type
