@@ -43,7 +43,7 @@ Benchmark = Callable[["BenchContext"], Figures]
 
 BENCHMARKS: dict[str, Benchmark] = {}
 # The modules that register the benchmarks, imported by `main` in bench.json's order.
-BENCHMARK_MODULES = ("latency", "training", "ddp", "data", "gpu", "tracker")
+BENCHMARK_MODULES = ("latency", "training", "ddp", "gpu", "data", "tracker")
 
 
 class Skip(Exception):
