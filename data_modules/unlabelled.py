@@ -249,8 +249,21 @@ class UnlabelledVideoDataModule(FaceDataModule):
             videos, windows, self.spec, offset, render, stride, patch, self.hparams.seed, augment
         )
 
+    def check_stage(self, temporal: object) -> None:
+        """Refuse per-landmark patches for a stage that needs every landmark's map at once."""
+        patch = self.hparams.train_patch
+        if patch is not None and getattr(temporal, "landmark_wise", None) is False:
+            raise ValueError(
+                "data.train_patch cuts every landmark's heatmap to its own patch, which only a "
+                f"landmark_wise temporal stage can train on; got train_patch={patch} with "
+                f"{type(temporal).__name__} (landmark_wise=False; set "
+                "data.init_args.train_patch=null)"
+            )
+
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit") and self.train_set is None:
+            model = self.trainer.lightning_module if self.trainer is not None else None
+            self.check_stage(getattr(model, "temporal", None))
             videos = [self.labeller.load(p) for p in self.train_paths]
             self.train_set = self._windows(
                 videos,

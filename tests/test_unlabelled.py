@@ -301,3 +301,18 @@ def test_face_motion_overlay_builds_its_stage_on_whole_maps(shared_data: Path) -
     assert loss.pixel_weight == 0.0 and loss.position_weight == 0.5
     assert loss.coord_weight == 1.0 and loss.xi == 0.05  # the rest is unlabelled.yaml's
     assert cli.datamodule.hparams.train_patch is None  # whole maps: every landmark at once
+
+
+def test_patches_are_refused_for_a_stage_that_needs_every_landmark(tmp_path: Path) -> None:
+    from lightning_fa.temporal import FaceMotionStage, LandmarkWiseConvLSTM
+
+    (tmp_path / "clip.mp4").write_bytes(b"")
+    patches = UnlabelledVideoDataModule(
+        videos=str(tmp_path), labeller=PseudoLabeller(), train_patch=12
+    )
+    with pytest.raises(ValueError, match=r"train_patch=12 with FaceMotionStage"):
+        patches.check_stage(FaceMotionStage(68))
+    patches.check_stage(LandmarkWiseConvLSTM(68, 4))  # one map at a time: patches are fine
+    patches.check_stage(None)  # no model attached (the data module used alone)
+    whole = UnlabelledVideoDataModule(videos=str(tmp_path), labeller=PseudoLabeller())
+    whole.check_stage(FaceMotionStage(68))
