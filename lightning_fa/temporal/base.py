@@ -124,3 +124,27 @@ class TemporalStage(nn.Module, ABC):
             return self.init_state(batch, height, width, heatmaps.device, heatmaps.dtype)
         self._check_state(state, batch, height, width)
         return state
+
+
+class StepwiseStage(TemporalStage):
+    """A stage whose clip is its frames one after another: subclasses write ``_step`` (one frame
+    on a checked state) and inherit ``forward`` and ``forward_sequence``."""
+
+    @abstractmethod
+    def _step(self, heatmaps: Tensor, state: State) -> tuple[Tensor, State]:
+        """One frame (B, L, h, w) on a checked state -> (output, new state)."""
+
+    def forward(self, heatmaps: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+        self._check_heatmaps(heatmaps, 4, "(B, L, h, w)")
+        return self._step(heatmaps, self._start(heatmaps, state))
+
+    def forward_sequence(
+        self, heatmaps: Tensor, state: State | None = None
+    ) -> tuple[Tensor, State]:
+        self._check_sequence(heatmaps)
+        state = self._start(heatmaps, state)
+        outs = []
+        for t in range(heatmaps.shape[1]):
+            out, state = self._step(heatmaps[:, t], state)
+            outs.append(out)
+        return torch.stack(outs, dim=1), state

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from lightning_fa.checks import check_ints
 from lightning_fa.heatmaps import PDC_THRESHOLD, pdc
-from lightning_fa.temporal.base import State, StateLayout, TemporalStage
+from lightning_fa.temporal.base import State, StateLayout, StepwiseStage
 
 # Dimensionless inputs of the gates span decades (a still face's innovation is 1e-3 of its
 # size, a head turn's 1e-1): they enter as logarithms, floored here.
@@ -94,7 +94,7 @@ def _log_feature(value: Tensor) -> Tensor:
     return value.clamp_min(_LOG_FLOOR).log()
 
 
-class FaceMotionStage(TemporalStage):
+class FaceMotionStage(StepwiseStage):
     """A two-part alpha-beta filter on the decoded landmarks, applied back to the heatmaps.
 
     Per frame: the landmarks p_t are decoded from o_t (PDC); the estimate q is predicted one
@@ -240,18 +240,3 @@ class FaceMotionStage(TemporalStage):
         out = render_points(estimate, *heatmaps.shape[-2:], self.threshold).to(heatmaps.dtype)
         state = ((estimate, velocity, face_activity, landmark_activity, torch.ones_like(started)),)
         return out, state
-
-    def forward(self, heatmaps: Tensor, state: State | None = None) -> tuple[Tensor, State]:
-        self._check_heatmaps(heatmaps, 4, "(B, L, h, w)")
-        return self._step(heatmaps, self._start(heatmaps, state))
-
-    def forward_sequence(
-        self, heatmaps: Tensor, state: State | None = None
-    ) -> tuple[Tensor, State]:
-        self._check_sequence(heatmaps)
-        state = self._start(heatmaps, state)
-        outs = []
-        for t in range(heatmaps.shape[1]):
-            out, state = self._step(heatmaps[:, t], state)
-            outs.append(out)
-        return torch.stack(outs, dim=1), state

@@ -8,11 +8,11 @@ from torch import Tensor, nn
 
 from lightning_fa.checks import check_ints
 from lightning_fa.heatmaps import pdc
-from lightning_fa.temporal.base import State, StateLayout, TemporalStage
+from lightning_fa.temporal.base import State, StateLayout, StepwiseStage
 from lightning_fa.temporal.cells import ConvLSTMStack
 
 
-class GatedBlendConvLSTM(TemporalStage):
+class GatedBlendConvLSTM(StepwiseStage):
     """The gated blend ``s_t = o_t + a_t (s_{t-1} - o_t)``, a_t set by a landmark-wise cell.
 
     A recurrent blend of whole maps is an exponential smoother whose memory the cell sets per
@@ -136,18 +136,3 @@ class GatedBlendConvLSTM(TemporalStage):
         gate = self.max_blend * self.blend_strength.clamp(0, 1) * torch.sigmoid(pooled)
         out = heatmaps + gate * (previous - heatmaps)
         return out, (*layers, (out, drift, torch.ones_like(started)))
-
-    def forward(self, heatmaps: Tensor, state: State | None = None) -> tuple[Tensor, State]:
-        self._check_heatmaps(heatmaps, 4, "(B, L, h, w)")
-        return self._step(heatmaps, self._start(heatmaps, state))
-
-    def forward_sequence(
-        self, heatmaps: Tensor, state: State | None = None
-    ) -> tuple[Tensor, State]:
-        self._check_sequence(heatmaps)
-        state = self._start(heatmaps, state)
-        outs = []
-        for t in range(heatmaps.shape[1]):
-            out, state = self._step(heatmaps[:, t], state)
-            outs.append(out)
-        return torch.stack(outs, dim=1), state
