@@ -34,9 +34,9 @@ from lightning_fa.metrics import frontier
 from lightning_fa.metrics.tracks import stability_metrics
 from lightning_fa.outputs import atomic_write, claim_outputs, write_text_atomic
 from lightning_fa.temporal.filters import apply_filter, make_filter, zero_phase_smooth
-from lightning_fa.tracking.detectors import DETECTORS, make_detector
-from lightning_fa.tracking.loading import ENGINES, load_step
-from lightning_fa.tracking.options import check_device
+from lightning_fa.tracking.detectors import make_detector
+from lightning_fa.tracking.loading import load_step
+from lightning_fa.tracking.options import add_model_options, check_device
 from lightning_fa.tracking.shipped import default_stage
 from lightning_fa.tracking.tracker import StreamingTracker, face_scale
 from lightning_fa.tracking.video_io import FrameReader, capture_fps, open_capture
@@ -213,20 +213,9 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="lightning-fa evaluate-video", description=__doc__)
     parser.add_argument("videos", nargs="+")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
-    parser.add_argument(
-        "--checkpoint", type=Path, default=None,
-        help="fine-tuned .ckpt; default with the dlib backbone: the stage shipped with the package",
-    )  # fmt: skip
-    parser.add_argument("--backbone", default="dlib")
-    parser.add_argument(
-        "--num-landmarks", type=int, default=None,
-        help="landmarks expected (default: the checkpoint's own; 68 for a bare backbone)",
-    )  # fmt: skip
-    parser.add_argument("--engine", choices=ENGINES, default="torch")
-    parser.add_argument("--detector", choices=DETECTORS, default="dlib")
+    add_model_options(parser)
     parser.add_argument("--cutoff-hz", type=float, default=DEFAULT_CUTOFF_HZ)
     parser.add_argument("--max-frames", type=int, default=None)
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     check_ints(need=">= 1", none_allowed=True, **{"--max-frames": args.max_frames})

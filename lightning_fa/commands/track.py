@@ -38,10 +38,10 @@ import cv2
 from lightning_fa.checks import check_ints
 from lightning_fa.outputs import claim_outputs
 from lightning_fa.temporal.filters import FILTER_NAMES
-from lightning_fa.tracking.detectors import DETECTORS, make_detector
+from lightning_fa.tracking.detectors import make_detector
 from lightning_fa.tracking.formats import TrackOutputs
-from lightning_fa.tracking.loading import ENGINES, load_step
-from lightning_fa.tracking.options import check_device, check_fraction
+from lightning_fa.tracking.loading import load_step
+from lightning_fa.tracking.options import add_model_options, check_device, check_fraction
 from lightning_fa.tracking.run import track_video
 from lightning_fa.tracking.shipped import default_stage
 from lightning_fa.tracking.tracker import StreamingTracker
@@ -55,22 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("input", help="video file or camera index (0, 1, ...)")
-    parser.add_argument(
-        "--checkpoint", type=Path,
-        help="fine-tuned .ckpt (or .onnx with --engine onnx); default with the dlib backbone: "
-        "the stage shipped with the package",
-    )  # fmt: skip
-    parser.add_argument("--backbone", default="dlib", help="backbone name when no checkpoint")
+    add_model_options(parser)
     parser.add_argument(
         "--allow-untrained", action="store_true",
         help="run a backbone with random weights or an untrained (identity) stage anyway",
     )  # fmt: skip
-    parser.add_argument(
-        "--num-landmarks", type=int, default=None,
-        help="landmarks expected (default: the checkpoint's own; 68 for a bare backbone)",
-    )  # fmt: skip
-    parser.add_argument("--engine", choices=ENGINES, default="torch")
-    parser.add_argument("--detector", choices=DETECTORS, default="dlib")
     parser.add_argument("--filter", choices=FILTER_NAMES, default="none")
     parser.add_argument("--max-faces", type=int, default=1)
     parser.add_argument("--max-frames", type=int, default=None)
@@ -90,7 +79,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--out-video", type=Path, default=None,
         help="labelled raw | stabilised overlay: .mp4 H.264 (needs PyAV) or .avi MJPG",
     )  # fmt: skip
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--no-progress", action="store_true")
     return parser
 

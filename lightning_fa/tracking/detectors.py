@@ -11,8 +11,7 @@ import cv2
 import numpy as np
 
 from lightning_fa.tracking.boxes import BoxCalibration
-
-DETECTORS = ("haar", "dlib", "blazeface")  # blazeface: the optional extra mediapipe
+from lightning_fa.tracking.options import DETECTORS
 
 
 class HaarDetector:

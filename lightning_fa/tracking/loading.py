@@ -10,10 +10,8 @@ from typing import Any
 import torch
 
 from lightning_fa.checks import check_ints
-from lightning_fa.tracking.options import check_device
+from lightning_fa.tracking.options import ENGINES, check_device
 from lightning_fa.tracking.shipped import default_stage, load_stage_file
-
-ENGINES = ("torch", "onnx")
 
 
 def load_step(

@@ -1,9 +1,34 @@
-"""Option checks shared by the tracker, its loaders and detectors, and the commands over them:
-one clear ValueError naming the option."""
+"""Options shared by the tracker, its loaders and detectors, and the commands over them: the
+values they accept, the model / detector options of the commands (`add_model_options`) and the
+checks that raise one clear ValueError naming the option."""
 
 from __future__ import annotations
 
+import argparse
+from pathlib import Path
+
 import torch
+
+ENGINES = ("torch", "onnx")  # what `loading.load_step` runs the step on
+DETECTORS = ("haar", "dlib", "blazeface")  # `detectors.make_detector`; blazeface: extra mediapipe
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """The options that choose the model and the face detector of a command that tracks video
+    (`track`, `evaluate-video`): what `loading.load_step` and `detectors.make_detector` take."""
+    parser.add_argument(
+        "--checkpoint", type=Path, default=None,
+        help="fine-tuned .ckpt (or .onnx with --engine onnx); default with the dlib backbone: "
+        "the stage shipped with the package",
+    )  # fmt: skip
+    parser.add_argument("--backbone", default="dlib", help="backbone name when no checkpoint")
+    parser.add_argument(
+        "--num-landmarks", type=int, default=None,
+        help="landmarks expected (default: the checkpoint's own; 68 for a bare backbone)",
+    )  # fmt: skip
+    parser.add_argument("--engine", choices=ENGINES, default="torch")
+    parser.add_argument("--detector", choices=DETECTORS, default="dlib")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
 
 
 def check_fraction(value: float, what: str) -> None:
