@@ -17,6 +17,7 @@ is fixed per data module (the paper's 5-8 frames: pick one, default 6).
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -310,16 +311,47 @@ class LandmarkImageDataset(Dataset):
         return shifts
 
 
+def held_out_images(records: Sequence[LandmarkRecord], fraction: float) -> set[str]:
+    """The image paths (``as_posix``) held out of ``records`` for validation.
+
+    The distinct image paths are sorted; ``k = max(1, round(fraction * n))`` of the ``n`` are
+    held out (none when ``fraction`` is 0), those at positions ``floor((i + 0.5) * n / k)``,
+    ``i < k``: every ``n / k``-th path, spread evenly over the sorted list (so over the dataset's
+    folders). All faces of one image go to the same side. The rule reads only the paths: not
+    the seed, not the file order.
+    """
+    paths = sorted({record.image_path.as_posix() for record in records})
+    n = len(paths)
+    if fraction == 0:
+        return set()
+    k = max(1, round(fraction * n))
+    if k >= n:
+        raise ValueError(
+            f"val_fraction={fraction} holds out {k} of the {n} training images, leaving none "
+            "to train on"
+        )
+    return {paths[math.floor((i + 0.5) * n / k)] for i in range(k)}
+
+
 class LandmarkDataModule(FaceDataModule):
     """Train split + one evaluation subset of a still-image landmark dataset.
 
-    ``subset`` is the evaluation subset (used for validation and test), e.g. 300W ``full`` /
-    ``common`` / ``challenge`` / ``private``, WFLW ``test`` or an attribute, COFW ``test``, AFLW
-    ``full`` / ``frontal``. Training always uses the ``train`` split with ``augment`` and
-    ``degradation``; evaluation uses no augmentation and ``eval_degradation`` (off by default;
-    the robustness experiment turns it on); ``augment=None`` turns training augmentation off.
-    ``on_error="skip"`` leaves out bad samples and
-    counts them in ``skipped`` (also logged).
+    ``subset`` is the evaluation subset, used by test and predict (metrics
+    ``test/<dataset>_<subset>/...``), e.g. 300W ``full`` / ``common`` / ``challenge`` /
+    ``private``, WFLW ``test`` or an attribute, COFW ``test``, AFLW ``full`` / ``frontal``.
+    Validation never looks at it: it uses the ``val_fraction`` of the ``train`` split's images
+    that `held_out_images` holds out (every ``1 / val_fraction``-th image path in sorted order,
+    at least one; metrics ``val/heldout/...`` and ``val/score``), which training then leaves out,
+    so choosing a checkpoint or tuning on ``val/score`` never looks at the test set.
+    ``val_fraction=0`` trains on the whole split and has no validation loader (Lightning then
+    skips validation, as with ``limit_val_batches=0``): no ``val/score`` is logged, so a
+    checkpoint monitoring it (experiments/base.yaml) keeps only ``last.ckpt``, with Lightning's
+    warning.
+
+    Training uses ``augment`` and ``degradation``; validation and test use no augmentation and
+    ``eval_degradation`` (off by default; the robustness experiment turns it on);
+    ``augment=None`` turns training augmentation off. ``on_error="skip"`` leaves out bad samples
+    and counts them in ``skipped`` (also logged).
     """
 
     def __init__(
@@ -342,6 +374,7 @@ class LandmarkDataModule(FaceDataModule):
         pin_memory: bool = True,
         seed: int = 0,
         on_error: OnError = "raise",
+        val_fraction: float = 0.1,
     ) -> None:
         super().__init__()
         self.spec = get_spec(dataset)
@@ -356,22 +389,33 @@ class LandmarkDataModule(FaceDataModule):
             counts["eval_batch_size"] = eval_batch_size
         self.check_loader_settings(num_workers, seed, **counts)
         check_finite_non_negative(max_shift=max_shift)
+        if isinstance(val_fraction, bool) or not 0 <= val_fraction < 1:
+            raise ValueError(f"val_fraction must be a number in [0, 1), got {val_fraction!r}")
         self.save_hyperparameters()
         self.root = Path(root)
         self.subset = subset
         self.skipped: dict[str, list[str]] = {}
         self.train_set: LandmarkImageDataset | None = None
+        self.val_set: LandmarkImageDataset | None = None
         self.eval_set: LandmarkImageDataset | None = None
 
     @property
     def eval_loader_names(self) -> list[str]:
-        """Metric prefixes of the evaluation loaders (dataset and subset)."""
+        """Metric prefixes of the evaluation loaders: ``heldout`` (the held-out training images)
+        while validating, ``<dataset>_<subset>`` otherwise."""
+        trainer = self.trainer
+        if trainer is not None and (trainer.validating or trainer.sanity_checking):
+            return ["heldout"]
         return [f"{self.spec.name}_{self.subset}"]
 
-    def _dataset(self, split: str, train: bool) -> LandmarkImageDataset:
+    def _records(self, split: str) -> list[LandmarkRecord]:
         hp = self.hparams
         records, problems = load_records(self.spec.name, self.root, split, hp.layout, hp.on_error)
         self.skipped[split] = problems
+        return records
+
+    def _dataset(self, records: list[LandmarkRecord], train: bool) -> LandmarkImageDataset:
+        hp = self.hparams
         return LandmarkImageDataset(
             records,
             self.spec,
@@ -386,16 +430,35 @@ class LandmarkDataModule(FaceDataModule):
         )
 
     def setup(self, stage: str | None = None) -> None:
-        if stage in (None, "fit") and self.train_set is None:
-            self.train_set = self._dataset("train", train=True)
-        if self.eval_set is None:
-            self.eval_set = self._dataset(self.subset, train=False)
+        fit = stage in (None, "fit")
+        validate = stage in (None, "fit", "validate") and self.hparams.val_fraction > 0
+        if (fit and self.train_set is None) or (validate and self.val_set is None):
+            records = self._records("train")
+            held_out = held_out_images(records, self.hparams.val_fraction)
+            if fit and self.train_set is None:
+                kept = [r for r in records if r.image_path.as_posix() not in held_out]
+                self.train_set = self._dataset(kept, train=True)
+            if validate and self.val_set is None:
+                val = [r for r in records if r.image_path.as_posix() in held_out]
+                self.val_set = self._dataset(val, train=False)
+        if stage in (None, "test", "predict") and self.eval_set is None:
+            self.eval_set = self._dataset(self._records(self.subset), train=False)
+
+    def _eval_batch_size(self) -> int:
+        return self.hparams.eval_batch_size or self.hparams.batch_size
 
     def train_dataloader(self) -> DataLoader:
         assert self.train_set is not None, "call setup('fit') first"
         sampler = EpochSampler(len(self.train_set), shuffle=True, seed=self.hparams.seed)
         return self.loader(self.train_set, self.hparams.batch_size, sampler)
 
-    def val_dataloader(self) -> DataLoader:
-        assert self.eval_set is not None, "call setup() first"
-        return self.loader(self.eval_set, self.hparams.eval_batch_size or self.hparams.batch_size)
+    def val_dataloader(self) -> DataLoader | list:
+        """The held-out training images; none (an empty list) when ``val_fraction=0``."""
+        if self.hparams.val_fraction == 0:
+            return []
+        assert self.val_set is not None, "call setup('fit') or setup('validate') first"
+        return self.loader(self.val_set, self._eval_batch_size())
+
+    def test_dataloader(self) -> DataLoader:
+        assert self.eval_set is not None, "call setup('test') first"
+        return self.loader(self.eval_set, self._eval_batch_size())

@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import cv2
 import h5py
+import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader
 
-from data_modules.formats import read_image_rgb, read_pts_folder, write_pts
+from data_modules.formats import LandmarkRecord, read_image_rgb, read_pts_folder, write_pts
 from data_modules.image import (
     SUBSETS_300W_FOLDERS,
     EpochSampler,
     LandmarkDataModule,
     LandmarkImageDataset,
+    held_out_images,
     load_records,
 )
 from data_modules.landmarks import get_spec
@@ -28,6 +33,7 @@ from lightning_fa.geometry import (
     transform_points,
     warp_image,
 )
+from tests.test_finetune_system import make_module
 
 SIZE = 64
 IMAGE_KEYS = {"image", "landmarks", "affine", "visible", "norm_size", "index"}
@@ -207,10 +213,120 @@ def test_data_module_batches_and_num_landmarks(root_300w: Path) -> None:
     batch = next(iter(dm.train_dataloader()))
     assert batch["frames"].shape == (2, 4, 3, SIZE, SIZE) and batch["video_id"].shape == (2,)
     assert batch["landmarks"].shape == (2, 4, 68, 2) and batch["norm_size"].shape == (2, 4)
-    val = next(iter(dm.val_dataloader()))
-    assert val["frames"].shape[0] == 2 and len(dm.eval_set) == 2
     with pytest.raises(ValueError, match=r"300VW lives in video\.py"):
         LandmarkDataModule(str(root_300w), "300vw")
+
+
+def _paths(dataset: LandmarkImageDataset) -> list[str]:
+    return [record.image_path.as_posix() for record in dataset.records]
+
+
+def _held_out_module(root: Path, **kw) -> LandmarkDataModule:
+    kw = {"image_size": SIZE, "batch_size": 2, "num_workers": 0, "val_fraction": 0.4, **kw}
+    return LandmarkDataModule(str(root), "300w", "challenge", **kw)
+
+
+def test_validation_is_held_out_of_training_not_the_test_subset(root_300w: Path) -> None:
+    """Validation uses held-out training images (it used to be the test subset, so a sweep
+    tuned on the test set); test and predict stay on ``subset``."""
+    degradation = Degradation(noise_sigma=2.0)
+    dm = _held_out_module(root_300w, eval_degradation=degradation)
+    dm.setup("fit")
+    train, val = _paths(dm.train_set), _paths(dm.val_set)
+    everything = _paths(_dataset_of(root_300w, "train"))
+    # 2 of the 5 training images (round(0.4 * 5)), the rest train: disjoint, nothing lost
+    assert len(val) == 2 and len(train) == 3
+    assert not set(train) & set(val) and sorted(train + val) == sorted(everything)
+    # evenly spread over the sorted paths: positions floor((i + 0.5) * 5 / 2) = 1, 3
+    assert set(val) == {sorted(everything)[1], sorted(everything)[3]}
+    for subset in ("common", "challenge", "full", "private"):
+        assert not set(val) & set(_paths(_dataset_of(root_300w, subset)))
+    # validation is evaluation: no augmentation, eval_degradation; training augments
+    assert dm.val_set.augment is None and dm.val_set.degradation is degradation
+    assert dm.train_set.augment is not None
+    batches = list(dm.val_dataloader())
+    assert sum(len(b["image"]) for b in batches) == 2
+    torch.testing.assert_close(batches[0]["image"], next(iter(dm.val_dataloader()))["image"])
+    assert dm.eval_set is None  # fit never reads the test subset
+    dm.setup("test")
+    test = _paths(dm.eval_set)
+    assert test == _paths(_dataset_of(root_300w, "challenge")) and not set(test) & set(train)
+    assert sum(len(b["image"]) for b in dm.test_dataloader()) == 2
+    assert sum(len(b["image"]) for b in dm.predict_dataloader()) == 2
+    # metrics say which: val/heldout/... while validating, test/300w_challenge/... otherwise
+    dm.trainer = SimpleNamespace(validating=True, sanity_checking=False)
+    assert dm.eval_loader_names == ["heldout"]
+    dm.trainer = SimpleNamespace(validating=False, sanity_checking=True)
+    assert dm.eval_loader_names == ["heldout"]
+    dm.trainer = SimpleNamespace(validating=False, sanity_checking=False)
+    assert dm.eval_loader_names == ["300w_challenge"]
+
+
+def _dataset_of(root: Path, subset: str) -> LandmarkImageDataset:
+    records, _ = load_records("300w", root, subset)
+    return LandmarkImageDataset(records, get_spec("300w"), image_size=SIZE)
+
+
+def test_held_out_images_are_deterministic_and_ignore_the_seed(root_300w: Path) -> None:
+    first = _held_out_module(root_300w, seed=0)
+    second = _held_out_module(root_300w, seed=7)
+    first.setup("fit")
+    second.setup("validate")  # validate alone builds the same held-out set
+    assert _paths(first.val_set) == _paths(second.val_set) and second.train_set is None
+    # the default: round(0.1 * 5) = 0, so at least one image, the middle one of the sorted paths
+    default = LandmarkDataModule(str(root_300w), "300w", image_size=SIZE, num_workers=0)
+    default.setup("fit")
+    everything = sorted(_paths(_dataset_of(root_300w, "train")))
+    assert _paths(default.val_set) == [everything[2]] and len(default.train_set) == 4
+
+
+def test_held_out_rule_reads_only_the_paths() -> None:
+    """Every n/k-th of the sorted distinct paths; record order and duplicates (several faces
+    of one image) do not change it, and all faces of an image land on the same side."""
+    points = np.zeros((68, 2), dtype=np.float32)
+
+    def record(name: str) -> LandmarkRecord:
+        return LandmarkRecord(Path("/data") / name, points, np.ones(68, dtype=bool))
+
+    names = [f"{i:02d}.png" for i in range(20)]
+    records = [record(n) for n in names] + [record("05.png")]  # a second face in 05.png
+    expected = {"/data/05.png", "/data/15.png"}  # k = 2 of 20: positions 5 and 15
+    assert held_out_images(records, 0.1) == expected
+    shuffled = [records[i] for i in np.random.default_rng(3).permutation(len(records))]
+    assert held_out_images(shuffled, 0.1) == expected
+    assert held_out_images(records, 0.25) == {f"/data/{i:02d}.png" for i in (2, 6, 10, 14, 18)}
+    assert held_out_images(records, 0.0) == set()
+    with pytest.raises(ValueError, match="leaving none to train on"):
+        held_out_images(records[:3], 0.9)
+
+
+def test_fit_selects_on_held_out_images_and_test_reports_the_subset(
+    root_300w: Path, tmp_path: Path
+) -> None:
+    """Through Lightning: the checkpoint's ``monitor: val/score`` (experiments/base.yaml) finds
+    its key from the held-out images (``val/heldout/...``); test logs ``test/300w_challenge``."""
+    dm = _held_out_module(root_300w, mode="sequence", seq_len=3, image_size=32)
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="val/score", save_top_k=1)
+    run = pl.Trainer(
+        accelerator="cpu", logger=False, callbacks=[checkpoint], enable_progress_bar=False,
+        enable_model_summary=False, max_epochs=1, limit_train_batches=1,
+    )  # fmt: skip
+    run.fit(make_module(), datamodule=dm)
+    val = {k for k in run.callback_metrics if k.startswith("val/")}
+    assert "val/score" in val and "val/heldout/finetuned/nrmse" in val
+    assert all(k == "val/score" or k.startswith("val/heldout/") for k in val)
+    assert checkpoint.best_model_path and checkpoint.best_model_score is not None
+    run.test(run.lightning_module, datamodule=dm)
+    assert "test/300w_challenge/finetuned/nrmse" in run.callback_metrics
+
+
+def test_no_validation_when_val_fraction_is_zero(root_300w: Path) -> None:
+    dm = _held_out_module(root_300w, val_fraction=0.0)
+    dm.setup("fit")
+    assert len(dm.train_set) == 5 and dm.val_set is None and dm.val_dataloader() == []
+    for bad in (-0.1, 1.0, math.nan, True):
+        with pytest.raises(ValueError, match=r"val_fraction must be a number in \[0, 1\)"):
+            _held_out_module(root_300w, val_fraction=bad)
 
 
 def test_skip_and_count_bad_samples(root_300w: Path) -> None:
