@@ -215,6 +215,20 @@ def test_model_help_lists_the_losses_only_and_a_pixel_loss_still_parses(tmp_path
     )
 
 
+def test_pretrain_model_help_lists_the_pixel_losses_only(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--model.help", "lightning_fa.systems.BackbonePretrainModule"])
+    assert exit_info.value.code in (0, None)
+    help_text = capsys.readouterr().out
+    loss_help = help_text[help_text.index("\n  --model.loss LOSS") + 1 :].split("\n  --")[0]
+    loss_help = "".join(loss_help.split())
+    # Typed str | PixelLoss, not nn.Module: the names or a pixel loss, no torch class.
+    assert "torch." not in loss_help
+    assert re.findall(r"lightning_fa\.losses\.(\w+)", loss_help) == [
+        "PixelLoss", "HeatmapMSELoss", "WingLoss", "AdaptiveWingLoss", "GemanMcClureLoss",
+    ]  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def diverging_run(tmp_path_factory) -> tuple[Path, Path]:
     """3 epochs at a learning rate that makes the temporal stage worse after epoch 0: the best

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 import lightning.pytorch as pl
@@ -10,10 +9,11 @@ import torch
 from torch import Tensor, nn
 
 from lightning_fa.heatmaps import HeatmapCodec
+from lightning_fa.losses import AdaptiveWingLoss, HeatmapMSELoss, PixelLoss
 from lightning_fa.metrics.functional import nme
 
-# Loss names -> classes of lightning_fa.losses, called as loss(pred, target) -> scalar.
-LOSSES = {"mse": "HeatmapMSELoss", "awing": "AdaptiveWingLoss"}
+# Loss names -> pixel losses of lightning_fa.losses, called as loss(pred, target) -> scalar.
+LOSSES: dict[str, type[PixelLoss]] = {"mse": HeatmapMSELoss, "awing": AdaptiveWingLoss}
 
 
 def build_loss(loss: str | nn.Module) -> nn.Module:
@@ -21,9 +21,11 @@ def build_loss(loss: str | nn.Module) -> nn.Module:
     if isinstance(loss, nn.Module):
         return loss
     if loss not in LOSSES:
-        raise ValueError(f"loss must be one of {sorted(LOSSES)} or an nn.Module, got {loss!r}")
-    losses = importlib.import_module("lightning_fa.losses")
-    return getattr(losses, LOSSES[loss])()
+        raise ValueError(
+            f"loss must be one of {sorted(LOSSES)} or a loss module (a lightning_fa.losses."
+            f"PixelLoss), got {loss!r}"
+        )
+    return LOSSES[loss]()
 
 
 class BackbonePretrainModule(pl.LightningModule):
@@ -38,7 +40,7 @@ class BackbonePretrainModule(pl.LightningModule):
     def __init__(
         self,
         backbone: nn.Module,
-        loss: str | nn.Module = "mse",
+        loss: str | PixelLoss = "mse",
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         sigma: float = 1.5,
