@@ -79,7 +79,8 @@ def test_the_untrained_stage_is_the_identity_on_the_decoded_track():
 
 
 def _constant_gates(stage: FaceMotionStage, face: float, velocity: float, landmark: float):
-    """Gates saturated open, so the gains are 1 - 0.95 * strength and the velocity strength."""
+    """Gates saturated open, so each memory keeps max_smoothing * its strength a frame and the
+    velocity gain is its strength."""
     with torch.no_grad():
         for gate in (stage.face_gate, stage.landmark_gate):
             gate.weight.zero_()
@@ -90,7 +91,7 @@ def _constant_gates(stage: FaceMotionStage, face: float, velocity: float, landma
 def test_a_pure_translation_follows_the_alpha_beta_recursion():
     stage = FaceMotionStage(L, max_smoothing=0.95)
     _constant_gates(stage, face=0.6, velocity=0.3, landmark=0.0)
-    alpha, beta = 1 - 0.95 * 0.6, 0.3
+    keep, beta = 0.95 * 0.6, 0.3
     shape = _shape(1).float()
     moves = [0.0, 0.5, 1.4, 1.9, 3.0, 3.2, 4.5]
     state, track = None, []
@@ -98,22 +99,74 @@ def test_a_pure_translation_follows_the_alpha_beta_recursion():
         points = shape + torch.tensor([move, -0.5 * move])
         out, state = stage(render_points(points, 32, 32, 0.2), state)
         track.append(pdc(out)[0, 0] - shape[0, 0])
-    # The textbook alpha-beta filter on the face's translation, one axis at a time.
-    x, v = torch.tensor([moves[0], -0.5 * moves[0]]), torch.zeros(2)
+    # The textbook alpha-beta filter on the face's translation, one axis at a time, with the
+    # position gain 1 / n of a fading memory n = 1 + keep * n (n = 1 at the first frame).
+    x, v, n = torch.tensor([moves[0], -0.5 * moves[0]]), torch.zeros(2), 1.0
     for t, move in enumerate(moves):
         if t:
+            n = 1 + keep * n
             predicted = x + v
             innovation = torch.tensor([move, -0.5 * move]) - predicted
-            x, v = predicted + alpha * innovation, v + beta * innovation
+            x, v = predicted + innovation / n, v + beta * innovation
         torch.testing.assert_close(track[t], x, atol=2e-4, rtol=0)
+
+
+def test_a_still_face_held_whole_is_its_running_mean():
+    stage = FaceMotionStage(L, max_smoothing=0.999)
+    _constant_gates(stage, face=1.0, velocity=0.0, landmark=1.0)
+    generator = torch.Generator().manual_seed(4)
+    shape = _shape(1).float()
+    noisy = [shape + 0.3 * torch.randn(shape.shape, generator=generator) for _ in range(12)]
+    state = None
+    for t, points in enumerate(noisy):
+        out, state = stage(render_points(points, 32, 32, 0.2), state)
+        # keep = 0.999: within a few thousandths of the plain mean of the frames so far.
+        mean = torch.stack(noisy[: t + 1]).mean(0)
+        torch.testing.assert_close(pdc(out), mean, atol=0.01, rtol=0)
+    assert (pdc(out) - shape).norm() < 0.5 * (noisy[-1] - shape).norm()
+
+
+def _face_track(stage: FaceMotionStage, offsets: list[torch.Tensor]) -> torch.Tensor:
+    """The decoded translation of the face (T, 2) for a face moved by ``offsets`` (T, 2)."""
+    shape, state, track = _shape(1).float(), None, []
+    for offset in offsets:
+        out, state = stage(render_points(shape + offset, 32, 32, 0.2), state)
+        track.append((pdc(out) - shape)[0].mean(0))
+    return torch.stack(track)
+
+
+def test_drift_holds_a_noisy_still_face_and_releases_a_steady_move():
+    def stage_with(drift_weight: float, bias: float) -> FaceMotionStage:
+        stage = FaceMotionStage(L, max_smoothing=0.99)
+        with torch.no_grad():
+            for gate in (stage.face_gate, stage.landmark_gate):
+                gate.weight.zero_()
+            stage.face_gate.weight[0, 3] = drift_weight  # keep from the drift alone
+            stage.face_gate.bias.copy_(torch.tensor([bias, -40.0]))
+            stage.strength.copy_(torch.tensor([1.0, 0.0, 0.0]))
+        return stage
+
+    generator = torch.Generator().manual_seed(5)
+    noise = [0.3 * torch.randn(2, generator=generator) for _ in range(40)]
+    ramp = [torch.tensor([0.25 * t, 0.0]) for t in range(20)]
+    drift = stage_with(drift_weight=-6.0, bias=-3.0)
+    fixed = stage_with(drift_weight=0.0, bias=4.2)  # about the keep drift gives the still face
+    for stage in (drift, fixed):
+        still = _face_track(stage, noise)
+        # Both average the noise down to well under its 0.3 px.
+        assert still[20:].norm(dim=-1).mean() < 0.12
+    # Only the drift-gated filter follows the steady move; the fixed gain trails it by pixels.
+    assert (_face_track(drift, ramp)[-1] - ramp[-1]).norm() < 0.1
+    assert (_face_track(fixed, ramp)[-1] - ramp[-1]).norm() > 1.5
 
 
 def test_per_landmark_noise_is_smoothed_while_the_face_moves_freely():
     stage = FaceMotionStage(L)
-    _constant_gates(stage, face=0.0, velocity=0.0, landmark=1.0)  # face gain 1, landmark 0.05
+    _constant_gates(stage, face=0.0, velocity=0.0, landmark=1.0)  # face gain 1, landmark -> 0.05
     shape = _shape(1).float()
     state = None
-    out, state = stage(render_points(shape, 32, 32, 0.2), state)
+    for _ in range(30):  # the landmark memory fills up on a still face
+        out, state = stage(render_points(shape, 32, 32, 0.2), state)
     moved = shape + torch.tensor([1.5, 0.5])
     out, state = stage(render_points(moved, 32, 32, 0.2), state)
     torch.testing.assert_close(pdc(out), moved, atol=1e-4, rtol=0)  # a head move passes at once

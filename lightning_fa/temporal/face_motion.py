@@ -101,10 +101,13 @@ class FaceMotionStage(StepwiseStage):
     frame ahead by its face-level velocity u (a similarity motion: translation, scale,
     rotation); the innovation p_t - prediction is split into its similarity part and the
     per-landmark residual; the estimate takes ``alpha_face`` of the first and ``alpha_landmark``
-    of the second, and the velocity ``beta`` of the first. The gains come from linear gates on dimensionless motion
-    features (the innovation and velocity relative to the face size, and their running
-    averages), so one setting serves a still face and a head turn, as One Euro's speed-dependent
-    cutoff does.
+    of the second, and the velocity ``beta`` of the first. Each alpha is 1 / n, n a fading
+    memory of the frames averaged so far (n_t = 1 + keep_t * n_{t-1}): a still face held whole
+    gets the running mean, a constant keep k is the fixed gain 1 - k. Linear gates on
+    dimensionless motion features set each keep and beta per frame: the innovation and velocity
+    relative to the face size, their running averages, and the drift (how much of the recent
+    innovation keeps one direction), so one setting serves a still face and a head turn, as
+    One Euro's speed-dependent cutoff does.
 
     The output maps are rendered at the estimate (`render_points`) so that PDC decodes them to it
     exactly; they carry no shape of the backbone's maps, so train this stage with the Jitter
@@ -112,18 +115,20 @@ class FaceMotionStage(StepwiseStage):
     (as `inference.FrameStep` does). Decode with PDC at an absolute threshold no higher than the
     stage's ``threshold``.
 
-    At initialisation every gain strength is zero: alpha = 1, beta = 0, the output is exactly
-    the backbone's PDC point (the identity on the decoded track).
+    At initialisation every gain strength is zero: keep = 0 (alpha = 1), beta = 0, the output is
+    exactly the backbone's PDC point (the identity on the decoded track).
 
     Args:
         num_landmarks: L.
         threshold: the PDC threshold of the decoding inside the stage (the system's decoder).
-        max_smoothing: the largest share of the innovation an alpha may hold back, in (0, 1).
+        max_smoothing: the largest share of its memory a gain may keep per frame, in (0, 1)
+            (a memory of at most 1 / (1 - max_smoothing) frames).
         activity_smoothing: weight of the newest frame in the running averages of the motion
             features, in (0, 1] (as One Euro smooths its derivative).
 
-    The state is one group: (estimate (B, L, 2) heatmap pixels, velocity (B, 4), face activity
-    (B, 1), landmark activity (B, L), started (B, 1)); all zeros is a new sequence.
+    The state is one group: estimate (B, L, 2) heatmap pixels, velocity (B, 4), face and
+    landmark activity (B, 1), (B, L), face and landmark drift (B, 4), (B, L, 2), face and
+    landmark memory (B, 1), (B, L), started (B, 1); all zeros is a new sequence.
     """
 
     landmark_wise = False
@@ -151,10 +156,11 @@ class FaceMotionStage(StepwiseStage):
             "max_smoothing": max_smoothing,
             "activity_smoothing": activity_smoothing,
         }
-        # Face gates: (innovation, velocity, face activity) -> (alpha_face, beta) logits.
-        self.face_gate = nn.Linear(3, 2)
-        # Landmark gate: (its residual, its activity, face activity) -> alpha_landmark logit.
-        self.landmark_gate = nn.Linear(3, 1)
+        # Face gates: (innovation, velocity, face activity, face drift) -> (keep_face, beta)
+        # logits.
+        self.face_gate = nn.Linear(4, 2)
+        # Landmark gate: (its residual, its activity, face activity, its drift) -> keep logit.
+        self.landmark_gate = nn.Linear(4, 1)
         for gate in (self.face_gate, self.landmark_gate):
             nn.init.zeros_(gate.weight)
             nn.init.zeros_(gate.bias)
@@ -169,32 +175,51 @@ class FaceMotionStage(StepwiseStage):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> State:
-        def zeros(*shape: int) -> Tensor:
-            return torch.zeros(batch, *shape, device=device, dtype=dtype)
-
         return (
-            (zeros(self.num_landmarks, 2), zeros(4), zeros(1), zeros(self.num_landmarks), zeros(1)),
+            tuple(
+                torch.zeros(shape, device=device, dtype=dtype)
+                for shape, _ in self._state_layout(batch, height, width)[0][0].values()
+            ),
         )
 
     def state_names(self) -> list[str]:
-        return ["estimate", "velocity", "face_activity", "landmark_activity", "started"]
+        return list(self._state_layout(1, 1, 1)[0][0])
 
     def _state_layout(self, batch: int, height: int, width: int) -> tuple[StateLayout, str]:
+        landmarks = self.num_landmarks
         group = {
-            "estimate": ((batch, self.num_landmarks, 2), "batch, L, 2"),
+            "estimate": ((batch, landmarks, 2), "batch, L, 2"),
             "velocity": ((batch, 4), "batch, 4"),
             "face_activity": ((batch, 1), "batch, 1"),
-            "landmark_activity": ((batch, self.num_landmarks), "batch, L"),
+            "landmark_activity": ((batch, landmarks), "batch, L"),
+            "face_drift": ((batch, 4), "batch, 4"),
+            "landmark_drift": ((batch, landmarks, 2), "batch, L, 2"),
+            "face_memory": ((batch, 1), "batch, 1"),
+            "landmark_memory": ((batch, landmarks), "batch, L"),
             "started": ((batch, 1), "batch, 1"),
         }
-        return [group], "one (estimate, velocity, face_activity, landmark_activity, started) group"
+        return [group], f"one ({', '.join(group)}) group"
 
     def _step(self, heatmaps: Tensor, state: State) -> tuple[Tensor, State]:
-        estimate, velocity, face_activity, landmark_activity, started = state[0]
+        (
+            estimate,
+            velocity,
+            face_activity,
+            landmark_activity,
+            face_drift,
+            landmark_drift,
+            face_memory,
+            landmark_memory,
+            started,
+        ) = state[0]
         points = pdc(heatmaps, threshold=self.threshold).to(estimate.dtype)
-        # A new sequence starts from its first frame, still.
+        # A new sequence starts from its first frame, still: every running quantity restarts.
         estimate = points + started[..., None] * (estimate - points)
-        velocity = started * velocity
+        velocity, face_memory, landmark_memory = (
+            started * velocity,
+            started * face_memory,
+            started * landmark_memory,
+        )
         predicted = estimate + apply_similarity(velocity, estimate)
         coefficients, residual = split_similarity(points - predicted, predicted)
 
@@ -205,38 +230,66 @@ class FaceMotionStage(StepwiseStage):
         innovation = relative.norm(dim=-1, keepdim=True)
         motion = torch.cat((velocity[:, :2] / size, velocity[:, 2:]), dim=-1)
         speed = motion.norm(dim=-1, keepdim=True)
-        own = residual.norm(dim=-1) / size  # (B, L)
-        rate = self.activity_smoothing
-        face_activity = started * face_activity
-        face_activity = face_activity + rate * (innovation - face_activity)
-        landmark_activity = started * landmark_activity
-        landmark_activity = landmark_activity + rate * (own - landmark_activity)
+        own_step = residual / size[..., None]  # (B, L, 2)
+        own = own_step.norm(dim=-1)  # (B, L)
 
-        face_logits = self.face_gate(
-            torch.cat([_log_feature(v) for v in (innovation, speed, face_activity)], dim=-1)
+        def running(average: Tensor, value: Tensor) -> Tensor:
+            average = started.view(-1, *[1] * (average.dim() - 1)) * average
+            return average + self.activity_smoothing * (value - average)
+
+        face_activity = running(face_activity, innovation)
+        landmark_activity = running(landmark_activity, own)
+        face_drift = running(face_drift, relative)
+        landmark_drift = running(landmark_drift, own_step)
+        # Drift: how much of the innovation keeps one direction (the averaged signed innovation
+        # over the averaged size, in [0, 1]). Noise around a followed track averages out (about
+        # 0.3 at activity_smoothing 0.2) whatever its level; an unfollowed move does not. It is
+        # what tells a noisy still face from a moving one, which the innovation's size cannot.
+        face_consistency = face_drift.norm(dim=-1, keepdim=True) / (face_activity + _EPS)
+        landmark_consistency = landmark_drift.norm(dim=-1) / (landmark_activity + _EPS)
+
+        face_features = (innovation, speed, face_activity, face_consistency)
+        face_logits = self.face_gate(torch.cat([_log_feature(v) for v in face_features], dim=-1))
+        landmark_features = (
+            own,
+            landmark_activity,
+            face_activity.expand_as(own),
+            landmark_consistency,
         )
-        landmark_features = torch.stack(
-            [
-                _log_feature(own),
-                _log_feature(landmark_activity),
-                _log_feature(face_activity).expand_as(own),
-            ],
-            dim=-1,
-        )
-        landmark_logit = self.landmark_gate(landmark_features)[..., 0]  # (B, L)
+        landmark_logit = self.landmark_gate(
+            torch.stack([_log_feature(v) for v in landmark_features], dim=-1)
+        )[..., 0]  # (B, L)
         # Clamped to [0, 1] going forward, but the gradient passes as if unclamped: a strength
         # the optimiser once pushed below 0 would otherwise never come back (the velocity's did).
         strength = self.strength + (self.strength.clamp(0, 1) - self.strength).detach()
-        alpha_face = 1 - self.max_smoothing * strength[0] * torch.sigmoid(face_logits[:, :1])
+        # Each gain is 1 / n, n the frames its average holds: the gate sets the share of that
+        # memory kept (n_t = 1 + keep * n_{t-1}). Kept whole, the estimate is the running mean
+        # of a still face (the best a causal estimate of a constant can do); a constant keep k
+        # is a fixed gain 1 - k, as an exponential average.
+        keep_face = self.max_smoothing * strength[0] * torch.sigmoid(face_logits[:, :1])
+        keep_landmark = self.max_smoothing * strength[2] * torch.sigmoid(landmark_logit)
+        face_memory = 1 + keep_face * face_memory
+        landmark_memory = 1 + keep_landmark * landmark_memory
         beta = strength[1] * torch.sigmoid(face_logits[:, 1:])
-        alpha_landmark = 1 - self.max_smoothing * strength[2] * torch.sigmoid(landmark_logit)
 
         estimate = (
             predicted
-            + apply_similarity(alpha_face * coefficients, predicted)
-            + alpha_landmark[..., None] * residual
+            + apply_similarity(coefficients / face_memory, predicted)
+            + residual / landmark_memory[..., None]
         )
         velocity = velocity + beta * coefficients
         out = render_points(estimate, *heatmaps.shape[-2:], self.threshold).to(heatmaps.dtype)
-        state = ((estimate, velocity, face_activity, landmark_activity, torch.ones_like(started)),)
+        state = (
+            (
+                estimate,
+                velocity,
+                face_activity,
+                landmark_activity,
+                face_drift,
+                landmark_drift,
+                face_memory,
+                landmark_memory,
+                torch.ones_like(started),
+            ),
+        )
         return out, state
