@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -31,6 +33,37 @@ TINY_HRNET = HRNetConfig(
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+class _CurrentStderr:
+    """Writes to whatever `sys.stderr` is at the time of the write."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+@pytest.fixture(autouse=True)
+def _console_handlers_follow_stderr():
+    """`import lightning` (and torchmetrics) adds a `logging.StreamHandler()`, which keeps the
+    `sys.stderr` of that moment. The commands import Lightning lazily, so in tests/test_cli.py that
+    is the capsys stream of the first test calling `main(["fit", ...])`, which pytest closes after
+    that test: every later Lightning INFO line ("Seed set to 42") then printed a "Logging error ...
+    I/O operation on closed file" traceback into the next test's stderr. After each test, a
+    console handler left on a closed stream writes to the current `sys.stderr` instead."""
+    yield
+    loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+    for logger in loggers:
+        for handler in getattr(logger, "handlers", ()):
+            stream = getattr(handler, "stream", None)
+            if (
+                isinstance(handler, logging.StreamHandler)
+                and not isinstance(handler, logging.FileHandler)
+                and getattr(stream, "closed", False)
+            ):
+                handler.stream = _CurrentStderr()
 
 
 @pytest.fixture
