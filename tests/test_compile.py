@@ -26,15 +26,15 @@ from lightning_fa.temporal import ConvLSTM, FaceMotionStage, GatedBlendConvLSTM,
 
 BATCH, STEPS, LANDMARKS, SIZE = 2, 3, 3, 16
 
-# The stage's default, the embedded default's (experiments/embedded.yaml) and the face-level
-# motion filter (experiments/face-motion.yaml).
+# The stage's default, the gated blend (experiments/gated-blend.yaml) and the embedded
+# default's face-level motion filter (experiments/embedded.yaml).
 STAGES = {
     "default": (ConvLSTM, {}),
-    "embedded": (
+    "gated_blend": (
         GatedBlendConvLSTM,
         {"hidden_channels": 4, "max_blend": 0.98, "motion_smoothing": 0.2},
     ),
-    "face_motion": (FaceMotionStage, {}),
+    "embedded": (FaceMotionStage, {"max_smoothing": 0.99}),
 }
 
 

@@ -73,8 +73,11 @@ def test_yaml_parses_and_prints_its_config(capsys):
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["data"]["class_path"] == "data_modules.embedded.EmbeddedWindowsDataModule"
     model = printed["model"]["init_args"]
-    assert model["temporal"]["class_path"] == "lightning_fa.temporal.GatedBlendConvLSTM"
+    assert model["temporal"]["class_path"] == "lightning_fa.temporal.FaceMotionStage"
+    assert model["temporal"]["init_args"]["threshold"] == 0.2  # follows the decoder's
     assert model["loss"]["init_args"]["theta"] == 1.0
+    assert model["loss"]["init_args"]["pixel_weight"] == 0.0
+    assert printed["data"]["init_args"]["crop"] is None  # the stage sees every landmark
     assert model["loss"]["init_args"]["threshold"] == model["pdc_threshold"] == 0.2
 
 
@@ -94,6 +97,7 @@ def test_an_override_reaches_the_loss(fast_backbone):
     cli = build_cli([*args, "--model.init_args.pdc_threshold=0.4"], run=False)
     assert cli.model.loss.theta == 2.0
     assert cli.model.loss.threshold == 0.4  # interpolated from the system's pdc_threshold
+    assert cli.model.temporal.threshold == 0.4  # and the stage's own decoding
     assert cli.model.hparams.pdc_threshold == 0.4
 
 
@@ -129,7 +133,7 @@ def test_crop_patches_need_a_landmark_wise_stage(fast_backbone, tmp_path, capsys
     stage = "--model.init_args.temporal.init_args."
     flat = ["--model.init_args.temporal=lightning_fa.temporal.ConvLSTM", f"{stage}input_proj=16"]
     with pytest.raises(SystemExit) as exit_info:
-        cli_main([*args, *flat])
+        cli_main([*args, *flat, "--data.init_args.crop=12"])
     assert exit_info.value.code == 2
     message = capsys.readouterr().err.strip().splitlines()[-1]
     assert message.startswith("lightning-fa fit: ") and "crop" in message
@@ -139,21 +143,21 @@ def test_crop_patches_need_a_landmark_wise_stage(fast_backbone, tmp_path, capsys
     assert cli_main([*args, *flat, *whole]) == 0
 
 
-def test_face_motion_overlay_builds_its_stage_and_trains_it(fast_backbone, tmp_path):
-    overlay = ROOT / "experiments" / "face-motion.yaml"
+def test_gated_blend_overlay_restores_the_previous_default_and_trains_it(fast_backbone, tmp_path):
+    overlay = ROOT / "experiments" / "gated-blend.yaml"
     args = [*fast_args(fast_backbone), "--config", str(overlay)]
-    cli = build_cli([*args, "--model.init_args.pdc_threshold=0.3"], run=False)
+    cli = build_cli(args, run=False)
     stage = cli.model.temporal
-    assert type(stage).__name__ == "FaceMotionStage"
-    assert stage.threshold == 0.3 == cli.model.loss.threshold  # both follow the decoder's
-    assert cli.model.loss.pixel_weight == 0.0 and cli.model.loss.position_weight > 0
-    assert cli.datamodule.hparams.crop is None  # whole maps: the stage sees every landmark
+    assert type(stage).__name__ == "GatedBlendConvLSTM"
+    assert (stage.max_blend, stage.motion_smoothing) == (0.98, 0.2)
+    assert cli.model.loss.pixel_weight == 1.0 and cli.model.loss.position_weight == 0.0
+    assert cli.datamodule.hparams.crop == 12  # per-landmark patches for a landmark-wise stage
     assert cli.model.loss.theta == 1.0  # the rest comes from embedded.yaml
     fit = ["fit", *args, "--data.init_args.val_videos=0", f"--trainer.default_root_dir={tmp_path}"]
     assert cli_main(fit) == 0
     state = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
-    assert state["temporal_stage"] == "FaceMotionStage"
-    assert state["state_dict"]["temporal.strength"].abs().sum() > 0  # it trained
+    assert state["temporal_stage"] == "GatedBlendConvLSTM"
+    assert state["state_dict"]["temporal.blend_strength"].abs().sum() > 0  # it trained
 
 
 def test_demo_set_lays_an_override_over_the_fine_tuning(monkeypatch, tmp_path):

@@ -2,8 +2,9 @@
 
 1. Pretrain a small HRNet on synthetic face *images* (cached under ``cache/backbones/<hash>.pth``,
    keyed by the pretraining config, so later runs skip it).
-2. Fine-tune the ConvLSTM (a landmark-wise gated blend) with the Jitter loss plus the pixel loss
-   on every frame, on degraded synthetic *sequences*, half of them nearly still (frozen backbone).
+2. Fine-tune the temporal stage (experiments/embedded.yaml: the face-level motion filter) with the
+   Jitter loss plus an unmodulated distance term, on degraded synthetic *sequences*, half of them
+   nearly still (frozen backbone).
 3. Evaluate on held-out synthetic videos (clean, degraded, still faces): the raw backbone with
    three decoders, the raw PDC track under each classical filter, the fine-tuned model, and the
    fine-tuned model under One Euro; filter parameter sweeps; MCV against noise / blur level;
@@ -281,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         metavar="KEY=VALUE",
         help="a `lightning-fa fit` override of the fine-tuning, without its leading --; "
-        "repeatable, e.g. --set seed_everything=1 or --set config=experiments/face-motion.yaml "
+        "repeatable, e.g. --set seed_everything=1 or --set config=experiments/gated-blend.yaml "
         "(a second config file laid over experiments/embedded.yaml)",
     )
     parser.add_argument(
