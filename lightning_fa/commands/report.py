@@ -449,7 +449,7 @@ def write_report(run_dir: str | Path, video: bool = True) -> Path:
         t = metrics["timing"]
         cache = metrics["backbone_cache"]
         parts = [
-            "# Embedded default run: synthetic faces, hrnet_lite + ConvLSTM",
+            "# Embedded default run: synthetic faces, hrnet_lite + fine-tuned temporal stage",
             "",
             f"Backbone `{cache['path']}` ({'reused from the cache' if cache['reused'] else 'pretrained in this run'}); "
             f"times: pretrain {t['pretrain_s']:.0f} s, fine-tune {t['finetune_s']:.0f} s, evaluation "

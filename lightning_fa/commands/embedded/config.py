@@ -47,7 +47,7 @@ class PretrainConfig:
 @dataclass(frozen=True)
 class FinetuneConfig:
     """The fine-tuning stage: ``config``, a LightningCLI config (by default
-    `experiments/embedded.yaml`: the ConvLSTM's and the Jitter loss's own arguments, the windows
+    `experiments/embedded.yaml`: the temporal stage's and the Jitter loss's own arguments, the windows
     data, the optimiser settings, epochs and seed), plus ``overrides`` as `lightning-fa fit` takes
     them (``key=value``, without the leading ``--``). The demo builds the model and the data
     exactly as `lightning-fa fit --config <config> --<override> ...` does, so both routes train
@@ -147,7 +147,7 @@ METHODS: dict[str, str] = {
     "raw-pdc+kalman": "raw PDC + Kalman (CV)",
     "raw-pdc+savgol": "raw PDC + Savitzky-Golay (9, 2)",
     "raw-pdc+moving-average": "raw PDC + moving average (5)",
-    "finetuned-pdc": "fine-tuned ConvLSTM, PDC (ours)",
+    "finetuned-pdc": "fine-tuned stage, PDC (ours)",
     "finetuned-pdc+one-euro-tuned": "ours + One Euro (tuned)",
 }
 BASELINE, OURS = "raw-pdc", "finetuned-pdc"

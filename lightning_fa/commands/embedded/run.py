@@ -151,10 +151,10 @@ def finetune_args(config: PipelineConfig, backbone_path: Path) -> list[str]:
 
 
 def finetune(config: PipelineConfig, backbone_path: Path, run_dir: Path) -> StableAlignmentModule:
-    """Train the ConvLSTM on top of the frozen backbone, built from `experiments/embedded.yaml`
+    """Train the temporal stage on top of the frozen backbone, built from `experiments/embedded.yaml`
     exactly as `lightning-fa fit --config experiments/embedded.yaml` builds it (same model, data
     and seed); trained here without validation or checkpoint callbacks; saves ``finetuned.ckpt``."""
-    print("[demo] fine-tuning the ConvLSTM with the Jitter loss on degraded sequences")
+    print("[demo] fine-tuning the temporal stage with the Jitter loss on degraded sequences")
     cli = build_cli(finetune_args(config, backbone_path), run=False)
     module = cli.model
     trainer = _trainer(run_dir, "finetune", max_epochs=cli.trainer.max_epochs)
@@ -259,7 +259,7 @@ def write_results(run_dir: Path, metrics: dict[str, Any], arrays: dict[str, np.n
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="lightning-fa demo",
-        description="Embedded default: pretrain on synthetic faces, fine-tune the ConvLSTM, "
+        description="Embedded default: pretrain on synthetic faces, fine-tune the temporal stage, "
         "evaluate against classical filters, write a report.",
     )
     parser.add_argument("--out", default="runs/embedded", help="run directory")
