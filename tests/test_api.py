@@ -21,6 +21,7 @@ from lightning_fa.systems.finetune import StableAlignmentModule
 from lightning_fa.temporal import (
     TEMPORAL_STAGES,
     ConvLSTM,
+    FaceMotionStage,
     LandmarkWiseConvLSTM,
     build_temporal_stage,
 )
@@ -157,6 +158,15 @@ def test_a_trained_stage_is_not_the_identity() -> None:
     assert is_identity_stage(stage, 3)
     with torch.no_grad():
         stage.proj.bias.fill_(1e-3)
+    assert not is_identity_stage(stage, 3)
+
+
+def test_an_untrained_stage_that_renders_its_maps_is_the_identity() -> None:
+    # FaceMotionStage returns new maps even untrained, decoding to the backbone's points.
+    stage = FaceMotionStage(3)
+    assert is_identity_stage(stage, 3)
+    with torch.no_grad():
+        stage.strength.fill_(0.5)
     assert not is_identity_stage(stage, 3)
 
 
