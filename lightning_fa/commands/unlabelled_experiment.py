@@ -1,8 +1,9 @@
 """The unlabelled-video acceptance experiment: `lightning-fa unlabelled-experiment --out DIR`.
 
-For every rotation (each clip held out once): fine-tune the ConvLSTM on the other clips with
-`lightning-fa fit --config experiments/base.yaml --config experiments/unlabelled.yaml` (the
-dlib backbone's own offline-smoothed track as pseudo labels), then `lightning-fa evaluate-video
+For every rotation (each clip held out once): fine-tune the temporal stage on the other clips
+with `lightning-fa fit` and the committed configs, those the shipped stage is trained with
+(experiments/base.yaml, unlabelled.yaml and unlabelled-face-motion.yaml: the face-level motion
+stage, on the dlib backbone's own offline-smoothed track as pseudo labels), then `lightning-fa evaluate-video
 HELD_OUT --checkpoint CKPT`. Writes `DIR/<clip>/fit` (logs, checkpoints), `DIR/<clip>/eval`
 (metrics.json, report.md) and `DIR/summary.md`: one table per held-out clip and the goals
 (Accel cut >= 50% vs raw; deviation from the offline track below raw's and both One Euro

@@ -160,7 +160,11 @@ def load_stage_file(path: str | Path = SHIPPED_DLIB_STAGE) -> Any:
 
 # The unlabelled route the stage is trained with (`lightning_fa.commands.ship_weights`;
 # `lightning-fa unlabelled-experiment` uses the same configs and clips), run from the repository
-# root.
-UNLABELLED_CONFIGS = ("experiments/base.yaml", "experiments/unlabelled.yaml")
+# root: the face-level motion stage (unlabelled.yaml alone trains the landmark-wise one).
+UNLABELLED_CONFIGS = (
+    "experiments/base.yaml",
+    "experiments/unlabelled.yaml",
+    "experiments/unlabelled-face-motion.yaml",
+)
 VIDEO_DIR = Path("../shared/data/videos")
 CLIP_NAMES = ("WDA_KatieHill_000.mp4", "liveportrait_d0.mp4", "liveportrait_d3.mp4")
