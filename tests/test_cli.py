@@ -220,6 +220,8 @@ def test_pretrain_model_help_lists_the_pixel_losses_only(capsys) -> None:
         main(["fit", "--model.help", "lightning_fa.systems.BackbonePretrainModule"])
     assert exit_info.value.code in (0, None)
     help_text = capsys.readouterr().out
+    # The backbone is typed Backbone, not nn.Module: its listing names our backbones only.
+    assert "torch." not in help_text and "lightning_fa.backbones.DlibBackbone" in help_text
     loss_help = help_text[help_text.index("\n  --model.loss LOSS") + 1 :].split("\n  --")[0]
     loss_help = "".join(loss_help.split())
     # Typed str | PixelLoss, not nn.Module: the names or a pixel loss, no torch class.

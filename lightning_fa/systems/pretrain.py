@@ -8,6 +8,7 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
 
+from lightning_fa.backbones import Backbone
 from lightning_fa.heatmaps import HeatmapCodec
 from lightning_fa.losses import AdaptiveWingLoss, HeatmapMSELoss, PixelLoss
 from lightning_fa.metrics.functional import nme
@@ -39,7 +40,7 @@ class BackbonePretrainModule(pl.LightningModule):
 
     def __init__(
         self,
-        backbone: nn.Module,
+        backbone: Backbone,
         loss: str | PixelLoss = "mse",
         lr: float = 1e-3,
         weight_decay: float = 0.0,
