@@ -54,10 +54,12 @@ def fast_backbone(tmp_path_factory) -> Path:
     return path
 
 
-def fast_args(backbone: Path) -> list[str]:
+def fast_args(backbone: Path, *overlays: Path) -> list[str]:
+    """The embedded config (then ``overlays``) at the fast sizes."""
     return [
         "--config",
         str(YAML),
+        *(arg for overlay in overlays for arg in ("--config", str(overlay))),
         f"--model.init_args.backbone_checkpoint={backbone}",
         "--model.init_args.backbone.init_args.input_size=[64, 64]",
         "--data.init_args.image_size=64",
@@ -145,7 +147,7 @@ def test_crop_patches_need_a_landmark_wise_stage(fast_backbone, tmp_path, capsys
 
 def test_gated_blend_overlay_restores_the_previous_default_and_trains_it(fast_backbone, tmp_path):
     overlay = ROOT / "experiments" / "gated-blend.yaml"
-    args = [*fast_args(fast_backbone), "--config", str(overlay)]
+    args = fast_args(fast_backbone, overlay)
     cli = build_cli(args, run=False)
     stage = cli.model.temporal
     assert type(stage).__name__ == "GatedBlendConvLSTM"
@@ -153,6 +155,10 @@ def test_gated_blend_overlay_restores_the_previous_default_and_trains_it(fast_ba
     assert cli.model.loss.pixel_weight == 1.0 and cli.model.loss.position_weight == 0.0
     assert cli.datamodule.hparams.crop == 12  # per-landmark patches for a landmark-wise stage
     assert cli.model.loss.theta == 1.0  # the rest comes from embedded.yaml
+    plain = ["--config", str(YAML), "--config", str(overlay)]
+    checkpoint = f"--model.init_args.backbone_checkpoint={fast_backbone}"
+    overlay_only = build_cli([*plain, checkpoint], run=False)
+    assert overlay_only.trainer.max_epochs == 4  # its own training length, not the default's 8
     fit = ["fit", *args, "--data.init_args.val_videos=0", f"--trainer.default_root_dir={tmp_path}"]
     assert cli_main(fit) == 0
     state = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
