@@ -122,6 +122,10 @@ def test_validation_with_eye_corner_normalisation() -> None:
 def test_loss_names_and_validation() -> None:
     assert isinstance(BackbonePretrainModule(HRNet(5, TINY_HRNET)).loss, HeatmapMSELoss)
     assert isinstance(BackbonePretrainModule(HRNet(5, TINY_HRNET), "awing").loss, AdaptiveWingLoss)
+    by_path = BackbonePretrainModule(HRNet(5, TINY_HRNET), "lightning_fa.losses.WingLoss")
+    assert type(by_path.loss).__name__ == "WingLoss"  # a bare class path from the command line
+    with pytest.raises(ValueError, match="loss must be one of"):
+        BackbonePretrainModule(HRNet(5, TINY_HRNET), loss="torch.nn.MSELoss")
     with pytest.raises(ValueError, match="loss must be one of"):
         BackbonePretrainModule(HRNet(5, TINY_HRNET), loss="l1")
     with pytest.raises(ValueError, match="lacks `preprocess`"):

@@ -10,23 +10,36 @@ from torch import Tensor, nn
 
 from lightning_fa.backbones import Backbone
 from lightning_fa.heatmaps import HeatmapCodec
-from lightning_fa.losses import AdaptiveWingLoss, HeatmapMSELoss, PixelLoss
+from lightning_fa.losses import (
+    AdaptiveWingLoss,
+    GemanMcClureLoss,
+    HeatmapMSELoss,
+    PixelLoss,
+    WingLoss,
+)
 from lightning_fa.metrics.functional import nme
 
 # Loss names -> pixel losses of lightning_fa.losses, called as loss(pred, target) -> scalar.
 LOSSES: dict[str, type[PixelLoss]] = {"mse": HeatmapMSELoss, "awing": AdaptiveWingLoss}
+# A bare class path on the command line (`--model.loss lightning_fa.losses.WingLoss`) arrives as
+# a string: these are the ones it may name, with their default arguments.
+LOSS_CLASS_PATHS: dict[str, type[PixelLoss]] = {
+    f"lightning_fa.losses.{cls.__name__}": cls
+    for cls in (HeatmapMSELoss, WingLoss, AdaptiveWingLoss, GemanMcClureLoss)
+}
 
 
 def build_loss(loss: str | nn.Module) -> nn.Module:
-    """A loss module by name (see LOSSES) or the given module itself."""
+    """A loss module by name (see LOSSES) or class path, or the given module itself."""
     if isinstance(loss, nn.Module):
         return loss
-    if loss not in LOSSES:
+    known = {**LOSSES, **LOSS_CLASS_PATHS}
+    if loss not in known:
         raise ValueError(
-            f"loss must be one of {sorted(LOSSES)} or a loss module (a lightning_fa.losses."
+            f"loss must be one of {sorted(known)} or a loss module (a lightning_fa.losses."
             f"PixelLoss), got {loss!r}"
         )
-    return LOSSES[loss]()
+    return known[loss]()
 
 
 class BackbonePretrainModule(pl.LightningModule):
