@@ -46,7 +46,6 @@ class TemporalStage(nn.Module, ABC):
 
     detach_state = staticmethod(detach_state)
 
-    @abstractmethod
     def init_state(
         self,
         batch: int,
@@ -56,7 +55,12 @@ class TemporalStage(nn.Module, ABC):
         dtype: torch.dtype | None = None,
     ) -> State:
         """Zero state for a new sequence (what ``state=None`` means), for exporters that need
-        the state as explicit tensors."""
+        the state as explicit tensors: zeros in every tensor of `_state_layout`."""
+        groups, _ = self._state_layout(batch, height, width)
+        return tuple(
+            tuple(torch.zeros(shape, device=device, dtype=dtype) for shape, _ in group.values())
+            for group in groups
+        )
 
     @abstractmethod
     def state_names(self) -> list[str]:

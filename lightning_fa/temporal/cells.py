@@ -125,23 +125,6 @@ class ConvLSTMStack(nn.ModuleList):
             return x
         return x.reshape(-1, x.shape[1] * self.groups, x.shape[2], x.shape[3])
 
-    def init_state(
-        self,
-        batch: int,
-        height: int,
-        width: int,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> tuple[LayerState, ...]:
-        """Zero (h, c) of every layer, batch first."""
-        return tuple(
-            tuple(
-                self.from_cells(t)
-                for t in cell.init_state(batch * self.groups, height, width, device, dtype)
-            )
-            for cell in self
-        )
-
     def state_names(self) -> list[str]:
         return [f"{kind}{k}" for k in range(len(self)) for kind in ("h", "c")]
 
@@ -200,16 +183,6 @@ class ResidualStage(TemporalStage):
     @abstractmethod
     def _squeeze(self, heatmaps: Tensor) -> Tensor:
         """Heatmaps (N, L, h, w) -> the cells' input for those frames."""
-
-    def init_state(
-        self,
-        batch: int,
-        height: int,
-        width: int,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> State:
-        return self.cells.init_state(batch, height, width, device, dtype)
 
     def state_names(self) -> list[str]:
         return self.cells.state_names()

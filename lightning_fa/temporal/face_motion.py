@@ -167,21 +167,6 @@ class FaceMotionStage(StepwiseStage):
         # Strengths of (face smoothing, velocity, landmark smoothing); zero: the identity.
         self.strength = nn.Parameter(torch.zeros(3))
 
-    def init_state(
-        self,
-        batch: int,
-        height: int,
-        width: int,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> State:
-        return (
-            tuple(
-                torch.zeros(shape, device=device, dtype=dtype)
-                for shape, _ in self._state_layout(batch, height, width)[0][0].values()
-            ),
-        )
-
     def state_names(self) -> list[str]:
         return list(self._state_layout(1, 1, 1)[0][0])
 

@@ -84,20 +84,6 @@ class GatedBlendConvLSTM(StepwiseStage):
         nn.init.zeros_(self.proj.bias)
         self.blend_strength = nn.Parameter(torch.zeros(()))
 
-    def init_state(
-        self,
-        batch: int,
-        height: int,
-        width: int,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> State:
-        layers = self.cells.init_state(batch, height, width, device, dtype)
-        previous = torch.zeros(batch, self.num_landmarks, height, width, device=device, dtype=dtype)
-        drift = torch.zeros(batch, self.num_landmarks, 2, device=device, dtype=dtype)
-        started = torch.zeros(batch, 1, 1, 1, device=device, dtype=dtype)
-        return (*layers, (previous, drift, started))
-
     def state_names(self) -> list[str]:
         return [*self.cells.state_names(), "previous", "drift", "started"]
 
