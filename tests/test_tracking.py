@@ -291,7 +291,7 @@ def test_evaluate_tracks_orders_methods_sensibly() -> None:
     methods = result["methods"]
     assert result["frames"] == 145 and result["first_frame"] == 5
     assert methods["offline"]["deviation"] == 0 and methods["offline"]["lag"] == 0
-    assert methods["ours"] == methods["raw"]  # an untrained ConvLSTM is the identity
+    assert methods["ours"] == methods["raw"]  # an untrained stage is the identity
     assert methods["raw"]["lag"] == 0
     for name in ("one-euro", "one-euro-mediapipe", "kalman", "offline"):
         assert methods[name]["accel"] < methods["raw"]["accel"]

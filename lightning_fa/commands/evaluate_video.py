@@ -257,7 +257,7 @@ def main(argv: list[str]) -> int:
         elif stage_file is not None:
             model = f"shipped dlib stage ({stage_file.name})"
         else:
-            model = f"{args.backbone} (untrained ConvLSTM)"
+            model = f"{args.backbone} (untrained temporal stage)"
         # Every method's track of every video, frame pixels: "<video key>/<method>" (T, L, 2).
         arrays = {
             f"{key}/{method}": track.astype(np.float32)

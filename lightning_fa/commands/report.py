@@ -236,7 +236,7 @@ def _verdict_text(metrics: dict[str, Any]) -> str:
         f"- MAV cut by **{a['mav_reduction_pct']:.1f} %** and MCV by "
         f"**{a['mcv_reduction_pct']:.1f} %** vs the raw backbone (same PDC decoding); NRMSE "
         f"{a['nrmse_backbone']:.2f} % -> {a['nrmse_finetuned']:.2f} %. Target (>= 40 % cuts, "
-        f"NRMSE no worse): **{'met' if a['passed'] else 'NOT met'}**. Lag added by the ConvLSTM: "
+        f"NRMSE no worse): **{'met' if a['passed'] else 'NOT met'}**. Lag added by the temporal stage: "
         f"{a['added_lag_frames']:+.2f} frames.",
     ]
     results = metrics["results"][a.get("eval_set", "degraded")]

@@ -9,7 +9,7 @@
 Per frame: a face detector (OpenCV's Haar cascade or dlib's HOG detector) finds new faces and
 checks the tracked ones every `--redetect-every` frames; between checks each face is cropped
 around its previous landmarks (box of the landmarks, enlarged, the crop itself smoothed so that
-crop jitter does not become landmark jitter). Every track carries its own ConvLSTM state, reset
+crop jitter does not become landmark jitter). Every track carries its own temporal-stage state, reset
 when a track starts; an optional classical filter runs on top. The core is `StreamingTracker`
 (`step(frame) -> list[TrackResult]`), usable from Python.
 

@@ -3,12 +3,12 @@ tensors, its ONNX export and an onnxruntime runner with the same interface.
 
     lightning-fa export CKPT --out model.onnx [--opset 17]   (lightning_fa.commands.export)
 
-The exported graph takes `images` uint8 (B, 3, H, W) RGB crops and the ConvLSTM state as plain
-tensors `h0, c0, h1, c1, ...` (B, hidden, h, w) and returns `coords`, `raw_coords` (B, L, 2) crop
-pixels, `confidence` (B,), the new state `h0_out, c0_out, ...` and, last, `landmark_scores`
-(B, L): each raw heatmap's peak in [0, 1] (graphs exported before it existed end with the state;
-`OnnxStep` runs both). A new track feeds zeros (`init_state`), which is what `state=None` means
-in PyTorch.
+The exported graph takes `images` uint8 (B, 3, H, W) RGB crops and the temporal stage's state as
+plain tensors named by the stage (the ConvLSTM's `h0, c0, h1, c1, ...`, (B, hidden, h, w)) and
+returns `coords`, `raw_coords` (B, L, 2) crop pixels, `confidence` (B,), the new state (the same
+names with `_out`: `h0_out, c0_out, ...`) and, last, `landmark_scores` (B, L): each raw heatmap's
+peak in [0, 1] (graphs exported before it existed end with the state; `OnnxStep` runs both). A
+new track feeds zeros (`init_state`), which is what `state=None` means in PyTorch.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ class StreamingStep(nn.Module):
         )
         # How the flat state tensors group (layers' (h, c), the blend's group).
         self.state_sizes = state_sizes(module.temporal.init_state(1, 1, 1))
-        # ConvLSTM names its state tensors; any other stage gets generic names.
+        # Every TemporalStage names its state tensors; a stage without `state_names` gets generic ones.
         if hasattr(module.temporal, "state_names"):
             self.state_names = module.temporal.state_names()
         else:

@@ -1,7 +1,7 @@
 """Batched streaming inference: many video streams through one model, one state per stream.
 
 A server with hundreds of camera streams (or a tracker with several faces) steps every stream
-that has a new frame in one batched forward: the backbone, the ConvLSTM step and PDC run once for
+that has a new frame in one batched forward: the backbone, the temporal-stage step and PDC run once for
 all of them, and each stream's state rows are gathered before the step and scattered back after.
 """
 
@@ -86,7 +86,7 @@ class MultiStreamInference:
     """Steps any subset of many streams in one batch; a stream starts fresh on first sight.
 
     Args:
-        module: a fine-tuned `StableAlignmentModule` (frozen backbone + ConvLSTM + decoder).
+        module: a fine-tuned `StableAlignmentModule` (frozen backbone + temporal stage + decoder).
         precision: "32" or "bf16" (autocast on the module's device; state and decode in fp32).
         channels_last: run the backbone on NHWC memory (faster convolutions on GPU and recent CPUs).
         compile: compile the whole per-frame step (`compile_step`: static shapes, so keep the

@@ -28,7 +28,7 @@ def load_step(
     `checkpoint`: a fine-tuned StableAlignmentModule (.ckpt) or, with engine "onnx", an exported
     .onnx file (a .ckpt is exported to a temporary file first). Without a checkpoint the dlib
     backbone runs under the shipped trained stage (`lightning_fa.tracking.shipped`), any other
-    backbone under an untrained (zero-initialised, hence identity) ConvLSTM and its own random
+    backbone under an untrained temporal stage (the identity at initialisation) and its own random
     weights.
     `num_landmarks`: the count the caller expects (None: the checkpoint's own, 68 for a bare
     backbone); a model with another count is refused, naming both.

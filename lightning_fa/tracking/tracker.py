@@ -43,7 +43,7 @@ class TrackResult:
     track_id: int
     confidence: float
     landmarks: np.ndarray  # final: stabilised, then the optional filter
-    stabilised: np.ndarray  # the model's output (ConvLSTM), before the filter
+    stabilised: np.ndarray  # the model's output (the temporal stage), before the filter
     raw: np.ndarray  # the backbone alone
     box: np.ndarray  # crop box (x1, y1, x2, y2) the model saw, before enlargement
     # (L,) each landmark's raw heatmap peak in [0, 1]; None from a step without that output (an

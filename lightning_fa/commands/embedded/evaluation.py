@@ -239,7 +239,7 @@ def acceptance(
         "mcv_reduction_pct": cut["mcv"],
         "nrmse_backbone": base["nrmse"],
         "nrmse_finetuned": ours["nrmse"],
-        # Positive: frames of delay the ConvLSTM adds to the raw backbone (motion only).
+        # Positive: frames of delay the temporal stage adds to the raw backbone (motion only).
         "added_lag_frames": ours["lag"] - base["lag"],
         "passed": cut["mav"] >= 40.0 and cut["mcv"] >= 40.0 and ours["nrmse"] <= base["nrmse"],
     }
