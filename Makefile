@@ -70,7 +70,7 @@ else
 	@echo "make pretrain runs the synthetic pretraining only; pretrain on $(DATA) with lightning-fa fit and BackbonePretrainModule" >&2; exit 2
 endif
 
-finetune: ## Fine-tune the ConvLSTM: synthetic default = embedded end-to-end run (experiments/embedded.yaml, HRNet-lite only); DATA=300vw [CKPT=...] = Lightning CLI
+finetune: ## Fine-tune the temporal stage: synthetic default = embedded end-to-end run (experiments/embedded.yaml, HRNet-lite only); DATA=300vw [CKPT=...] = Lightning CLI
 ifeq ($(DATA),synthetic)
 	$(PY) -m lightning_fa demo --out $(RUN_DIR) --backbone $(BACKBONE) $(if $(RETRAIN),--retrain)
 else
