@@ -107,13 +107,24 @@ def _chunk_gradients(module: StableAlignmentModule, batch: dict) -> list[list[to
 
 
 def _reference_gradients(
-    module: StableAlignmentModule, batch: dict, chunk: int, detach_between: bool
+    module: StableAlignmentModule,
+    batch: dict,
+    chunk: int,
+    detach_between: bool,
+    burn_in: int = 0,
 ) -> list[list[torch.Tensor]]:
-    """Literal TBPTT in plain autograd: per chunk loss, optional state detach between chunks."""
+    """Literal TBPTT in plain autograd: per chunk loss, optional state detach between chunks;
+    the first ``burn_in`` frames only advance the state and the previous frame."""
     frames, landmarks = batch["frames"][None], batch["landmarks"][None]
     raw = module.backbone_heatmaps(frames)
     loss_fn, state, prev, grads = module.loss, None, None, []
-    for start in range(0, frames.shape[1], chunk):
+    if burn_in:
+        target, target_coords = module.codec.encode(landmarks[:, :burn_in], *raw.shape[-2:])
+        with torch.no_grad():
+            out, state = module.temporal.forward_sequence(raw[:, :burn_in], None)
+        _, last = loss_fn(out, target, target_coords, return_last_coords=True)
+        prev = (last, target_coords[:, -1])
+    for start in range(burn_in, frames.shape[1], chunk):
         sl = slice(start, start + chunk)
         target, target_coords = module.codec.encode(landmarks[:, sl], *raw.shape[-2:])
         out, state = module.temporal.forward_sequence(raw[:, sl], state)
@@ -156,6 +167,37 @@ def test_gradients_stop_at_chunk_boundaries_and_flow_within_chunks() -> None:
     per_frame = _reference_gradients(module, batch, chunk=1, detach_between=True)
     summed = [sum(grads[i] for grads in per_frame[:3]) for i in range(len(per_frame[0]))]
     assert any(not torch.allclose(g, s, atol=1e-6) for g, s in zip(applied[0], summed))
+
+
+def test_burn_in_frames_advance_the_state_and_train_nothing() -> None:
+    batch = {k: v for k, v in RandomSequences(1, 7, seed=4)[0].items()}
+    module = make_module(tbptt_chunk=2, burn_in=3, lr=0.0, gradient_clip_val=None)
+    for p in module.temporal.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    module.loss = JitterLoss(theta=1.0, threshold=0.0)
+
+    applied = _chunk_gradients(module, batch)
+    assert len(applied) == 2  # frames 3..6 in chunks of 2; the first 3 frames take no step
+    warm = _reference_gradients(module, batch, chunk=2, detach_between=True, burn_in=3)
+    for got, want in zip(applied, warm):
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)
+    # Control: the same frames trained from a fresh state get other gradients.
+    fresh = _reference_gradients(
+        module,
+        {k: v[3:] if k in ("frames", "landmarks") else v for k, v in batch.items()},
+        chunk=2,
+        detach_between=True,
+    )
+    assert any(not torch.allclose(g, f, atol=1e-6) for g, f in zip(applied[0], fresh[0]))
+
+
+def test_burn_in_must_leave_frames_to_train() -> None:
+    module = make_module(burn_in=7)
+    with pytest.raises(
+        ValueError, match=r"burn_in \(7\) must be shorter than the training windows \(7 frames\)"
+    ):
+        trainer(max_epochs=1, limit_train_batches=1).fit(module, train_dataloaders=loader(frames=7))
 
 
 def _logged(trainer_: pl.Trainer) -> dict[str, float]:

@@ -54,6 +54,9 @@ class StableAlignmentModule(pl.LightningModule):
             These four and the backbone's stride make `self.codec` (`HeatmapCodec`), which
             renders the targets and decodes every output; the default loss takes its threshold.
         tbptt_chunk: k, frames per truncated-BPTT chunk.
+        burn_in: frames at the start of every training window that only run the stage (no loss,
+            no gradient), so the chunks that train start from the state a stream has built up
+            rather than a fresh one; 0 trains from the window's first frame.
         fr_thresholds: NME thresholds of the failure rate / AUC in image evaluation.
         channels_last: run the frozen backbone on NHWC memory.
 
@@ -74,6 +77,7 @@ class StableAlignmentModule(pl.LightningModule):
         relative_threshold: bool = False,
         sigma: float = 1.0,
         tbptt_chunk: int = 4,
+        burn_in: int = 0,
         lr: float = 1e-4,
         weight_decay: float = 0.0,
         lr_scheduler: str = "none",
@@ -83,6 +87,7 @@ class StableAlignmentModule(pl.LightningModule):
     ) -> None:
         super().__init__()
         check_ints(need=">= 1", tbptt_chunk=tbptt_chunk)
+        check_ints(0, burn_in=burn_in)
         if lr_scheduler not in ("none", "cosine"):
             raise ValueError(f"lr_scheduler must be 'none' or 'cosine', got {lr_scheduler!r}")
         self.save_hyperparameters(ignore=["backbone", "temporal", "loss"])
@@ -166,19 +171,47 @@ class StableAlignmentModule(pl.LightningModule):
             )
         return self.loss(pred.flatten(0, 1), target.flatten(0, 1)), None
 
+    def _raw_heatmaps(self, frames: torch.Tensor, cached: torch.Tensor | None) -> torch.Tensor:
+        return cached.float() if cached is not None else self.backbone_heatmaps(frames)
+
+    @torch.no_grad()
+    def _burn_in(
+        self, frames: torch.Tensor, landmarks: torch.Tensor, cached: torch.Tensor | None
+    ) -> tuple[State, tuple[torch.Tensor, torch.Tensor] | None]:
+        """The stage's state after the window's first ``burn_in`` frames and the jitter loss's
+        previous frame (pred, target coordinates) for the chunks that follow."""
+        burn_in = self.hparams.burn_in
+        if frames.shape[1] <= burn_in:
+            raise ValueError(
+                f"burn_in ({burn_in}) must be shorter than the training windows "
+                f"({frames.shape[1]} frames)"
+            )
+        raw = self._raw_heatmaps(
+            frames[:, :burn_in], cached[:, :burn_in] if cached is not None else None
+        )
+        target, target_coords = self.codec.encode(landmarks[:, :burn_in], *raw.shape[-2:])
+        stabilised, state = self.temporal.forward_sequence(raw, None)
+        _, last_coords = self._chunk_loss(stabilised, target, target_coords, None)
+        prev = (last_coords, target_coords[:, -1]) if last_coords is not None else None
+        return state, prev
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         optimizer = self.optimizers()
         frames, landmarks = batch["frames"], batch["landmarks"]
         # Data modules may deliver the frozen backbone's output precomputed (e.g. a slow
         # coordinate detector run once per video); it is what the backbone would compute.
         cached = batch.get("backbone_heatmaps")
+        state: State | None = None
+        prev: tuple[torch.Tensor, torch.Tensor] | None = None
+        if burn_in := self.hparams.burn_in:
+            state, prev = self._burn_in(frames, landmarks, cached)
+            frames, landmarks = frames[:, burn_in:], landmarks[:, burn_in:]
+            cached = cached[:, burn_in:] if cached is not None else None
         cached_chunks = (
             torch.split(cached, self.hparams.tbptt_chunk, dim=1)
             if cached is not None
             else [None] * math.ceil(frames.shape[1] / self.hparams.tbptt_chunk)
         )
-        state: State | None = None
-        prev: tuple[torch.Tensor, torch.Tensor] | None = None
         losses = []
         # torch.split gives ceil(T / k) chunks of k frames (the last one shorter).
         for frame_chunk, landmark_chunk, cached_chunk in zip(
@@ -186,11 +219,7 @@ class StableAlignmentModule(pl.LightningModule):
             torch.split(landmarks, self.hparams.tbptt_chunk, dim=1),
             cached_chunks,
         ):
-            raw = (
-                cached_chunk.float()
-                if cached_chunk is not None
-                else self.backbone_heatmaps(frame_chunk)
-            )
+            raw = self._raw_heatmaps(frame_chunk, cached_chunk)
             target, target_coords = self.codec.encode(landmark_chunk, *raw.shape[-2:])
             stabilised, state = self.temporal.forward_sequence(raw, state)
             loss, last_coords = self._chunk_loss(stabilised, target, target_coords, prev)
