@@ -72,9 +72,10 @@ def _heatmaps(frames: int, seed: int = 3) -> torch.Tensor:
     return torch.stack(maps, dim=1)
 
 
-def test_the_untrained_stage_is_the_identity_on_the_decoded_track():
+@pytest.mark.parametrize("initial_memory", [0.0, 20.0])
+def test_the_untrained_stage_is_the_identity_on_the_decoded_track(initial_memory: float):
     heatmaps = _heatmaps(6)
-    out, _ = FaceMotionStage(L).forward_sequence(heatmaps)
+    out, _ = FaceMotionStage(L, initial_memory=initial_memory).forward_sequence(heatmaps)
     torch.testing.assert_close(pdc(out), pdc(heatmaps), atol=1e-4, rtol=0)
 
 
@@ -88,8 +89,9 @@ def _constant_gates(stage: FaceMotionStage, face: float, velocity: float, landma
         stage.strength.copy_(torch.tensor([face, velocity, landmark]))
 
 
-def test_a_pure_translation_follows_the_alpha_beta_recursion():
-    stage = FaceMotionStage(L, max_smoothing=0.95)
+@pytest.mark.parametrize("initial_memory", [0.0, 5.0])
+def test_a_pure_translation_follows_the_alpha_beta_recursion(initial_memory: float):
+    stage = FaceMotionStage(L, max_smoothing=0.95, initial_memory=initial_memory)
     _constant_gates(stage, face=0.6, velocity=0.3, landmark=0.0)
     keep, beta = 0.95 * 0.6, 0.3
     shape = _shape(1).float()
@@ -100,8 +102,9 @@ def test_a_pure_translation_follows_the_alpha_beta_recursion():
         out, state = stage(render_points(points, 32, 32, 0.2), state)
         track.append(pdc(out)[0, 0] - shape[0, 0])
     # The textbook alpha-beta filter on the face's translation, one axis at a time, with the
-    # position gain 1 / n of a fading memory n = 1 + keep * n (n = 1 at the first frame).
-    x, v, n = torch.tensor([moves[0], -0.5 * moves[0]]), torch.zeros(2), 1.0
+    # position gain 1 / n of a fading memory n = 1 + keep * n (n = 1 + keep * initial_memory at
+    # the first frame).
+    x, v, n = torch.tensor([moves[0], -0.5 * moves[0]]), torch.zeros(2), 1 + keep * initial_memory
     for t, move in enumerate(moves):
         if t:
             n = 1 + keep * n
@@ -223,7 +226,9 @@ def test_gradient_of_a_decoded_loss_matches_finite_differences():
 
 
 def test_registered_and_rebuilt_from_its_record():
-    stage = FaceMotionStage(L, threshold=0.3, max_smoothing=0.9, activity_smoothing=0.5)
+    stage = FaceMotionStage(
+        L, threshold=0.3, max_smoothing=0.9, activity_smoothing=0.5, initial_memory=4.0
+    )
     name = registered_name(stage)
     assert name == "FaceMotionStage" and TEMPORAL_STAGES[name] is FaceMotionStage
     rebuilt = build_temporal_stage(name, stage.config, "test.ckpt")
@@ -236,6 +241,8 @@ def test_registered_and_rebuilt_from_its_record():
     [
         ({"max_smoothing": 1.0}, "max_smoothing must be in"),
         ({"activity_smoothing": 0.0}, "activity_smoothing must be in"),
+        ({"initial_memory": -1.0}, "initial_memory must be a finite number >= 0"),
+        ({"initial_memory": float("nan")}, "initial_memory must be a finite number >= 0"),
         ({"num_landmarks": 0}, "num_landmarks must be a positive integer"),
     ],
 )

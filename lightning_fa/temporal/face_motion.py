@@ -125,6 +125,10 @@ class FaceMotionStage(StepwiseStage):
             (a memory of at most 1 / (1 - max_smoothing) frames).
         activity_smoothing: weight of the newest frame in the running averages of the motion
             features, in (0, 1] (as One Euro smooths its derivative).
+        initial_memory: the frames a new sequence's first frame stands for beyond itself, >= 0:
+            each memory starts at 1 + keep * initial_memory instead of 1. A new face is taken as
+            still, as a low-cutoff filter takes it, until the gates let its memory fade; 0 starts
+            from the first frame alone (a running mean of a still face).
 
     The state is one group: estimate (B, L, 2) heatmap pixels, velocity (B, 4), face and
     landmark activity (B, 1), (B, L), face and landmark drift (B, 4), (B, L, 2), face and
@@ -139,6 +143,7 @@ class FaceMotionStage(StepwiseStage):
         threshold: float = PDC_THRESHOLD,
         max_smoothing: float = 0.95,
         activity_smoothing: float = 0.2,
+        initial_memory: float = 0.0,
     ) -> None:
         super().__init__()
         check_ints(num_landmarks=num_landmarks)
@@ -146,15 +151,19 @@ class FaceMotionStage(StepwiseStage):
             raise ValueError(f"max_smoothing must be in (0, 1), got {max_smoothing}")
         if not 0.0 < activity_smoothing <= 1.0:
             raise ValueError(f"activity_smoothing must be in (0, 1], got {activity_smoothing}")
+        if not initial_memory >= 0.0 or initial_memory == float("inf"):
+            raise ValueError(f"initial_memory must be a finite number >= 0, got {initial_memory}")
         self.num_landmarks = num_landmarks
         self.threshold = threshold
         self.max_smoothing = max_smoothing
         self.activity_smoothing = activity_smoothing
+        self.initial_memory = initial_memory
         self.config = {
             "num_landmarks": num_landmarks,
             "threshold": threshold,
             "max_smoothing": max_smoothing,
             "activity_smoothing": activity_smoothing,
+            "initial_memory": initial_memory,
         }
         # Face gates: (innovation, velocity, face activity, face drift) -> (keep_face, beta)
         # logits.
@@ -200,10 +209,11 @@ class FaceMotionStage(StepwiseStage):
         points = pdc(heatmaps, threshold=self.threshold).to(estimate.dtype)
         # A new sequence starts from its first frame, still: every running quantity restarts.
         estimate = points + started[..., None] * (estimate - points)
+        fresh = (1 - started) * self.initial_memory
         velocity, face_memory, landmark_memory = (
             started * velocity,
-            started * face_memory,
-            started * landmark_memory,
+            started * face_memory + fresh,
+            started * landmark_memory + fresh,
         )
         predicted = estimate + apply_similarity(velocity, estimate)
         coefficients, residual = split_similarity(points - predicted, predicted)
