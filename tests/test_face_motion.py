@@ -3,8 +3,6 @@ alpha-beta recursion it implements, streaming, gradients and checkpoints."""
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 
@@ -163,53 +161,6 @@ def test_drift_holds_a_noisy_still_face_and_releases_a_steady_move():
     # Only the drift-gated filter follows the steady move; the fixed gain trails it by pixels.
     assert (_face_track(drift, ramp)[-1] - ramp[-1]).norm() < 0.1
     assert (_face_track(fixed, ramp)[-1] - ramp[-1]).norm() > 1.5
-
-
-@pytest.mark.parametrize("innovations", [1, 2, 5, 60])
-def test_noise_drift_is_what_iid_noise_gives_the_running_averages(innovations: int):
-    """Closed form against a Monte Carlo of the two running averages over 2-D Gaussian noise."""
-    stage = FaceMotionStage(L, activity_smoothing=0.2)
-    generator = torch.Generator().manual_seed(6)
-    noise = torch.randn(200_000, innovations, 2, generator=generator, dtype=torch.float64)
-    signed = torch.zeros(200_000, 2, dtype=torch.float64)
-    size = torch.zeros(200_000, dtype=torch.float64)
-    for t in range(innovations):
-        signed += 0.2 * (noise[:, t] - signed)
-        size += 0.2 * (noise[:, t].norm(dim=-1) - size)
-    simulated = signed.norm(dim=-1).mean() / size.mean()
-    closed = stage._noise_drift(torch.tensor([[float(innovations)]], dtype=torch.float64))
-    assert closed.item() == pytest.approx(simulated.item(), rel=0.01)
-
-
-def test_noise_relative_drift_keeps_a_new_still_face_held_from_its_first_frames():
-    """Two drift-only gates that agree in a long stream (the relative drift is the raw one
-    over sqrt(0.2 / 1.8) = 1/3 there, so the bias differs by 6 log 3) and a long initial
-    memory: the raw drift of a new sequence's first innovations (1 for a single one) reads as
-    a move and lets the memory go; relative to what noise gives, it does not."""
-
-    def stage_with(noise_relative: bool) -> FaceMotionStage:
-        stage = FaceMotionStage(
-            L, max_smoothing=0.99, noise_relative_drift=noise_relative, initial_memory=30.0
-        )
-        with torch.no_grad():
-            for gate in (stage.face_gate, stage.landmark_gate):
-                gate.weight.zero_()
-                gate.weight[0, 3] = -6.0
-                gate.bias.fill_(1.0 + (6.0 * math.log(3.0) if noise_relative else 0.0))
-            stage.strength.copy_(torch.tensor([1.0, 0.0, 1.0]))
-        return stage
-
-    generator = torch.Generator().manual_seed(7)
-    shape = _shape(1).float()
-    noisy = [shape + 0.3 * torch.randn(shape.shape, generator=generator) for _ in range(8)]
-    steps = {}
-    for noise_relative in (False, True):
-        stage, state, track = stage_with(noise_relative), None, []
-        for points in noisy:
-            out, state = stage(render_points(points, 32, 32, 0.2), state)
-            track.append(pdc(out)[0])
-        steps[noise_relative] = torch.stack(track).diff(dim=0).norm(dim=-1).mean()
-    assert steps[True] < 0.6 * steps[False]
 
 
 def test_per_landmark_noise_is_smoothed_while_the_face_moves_freely():

@@ -125,11 +125,6 @@ class FaceMotionStage(StepwiseStage):
             (a memory of at most 1 / (1 - max_smoothing) frames).
         activity_smoothing: weight of the newest frame in the running averages of the motion
             features, in (0, 1] (as One Euro smooths its derivative).
-        noise_relative_drift: divide each drift by what i.i.d. noise gives it after the
-            innovations seen so far (sqrt(sum w^2) / sum w of the running average's weights
-            w), so noise reads about 1 from a sequence's second frame on, as in a long stream.
-            Without it the first innovations of a new sequence read as one consistent move
-            (a single sample's drift is 1), and the gates let go of a still face's memory.
         initial_memory: the frames a new sequence's first frame stands for beyond itself, >= 0:
             each memory starts at 1 + keep * initial_memory instead of 1. A new face is taken as
             still, as a low-cutoff filter takes it, until the gates let its memory fade; 0 starts
@@ -137,7 +132,7 @@ class FaceMotionStage(StepwiseStage):
 
     The state is one group: estimate (B, L, 2) heatmap pixels, velocity (B, 4), face and
     landmark activity (B, 1), (B, L), face and landmark drift (B, 4), (B, L, 2), face and
-    landmark memory (B, 1), (B, L), frames seen (B, 1); all zeros is a new sequence.
+    landmark memory (B, 1), (B, L), started (B, 1); all zeros is a new sequence.
     """
 
     landmark_wise = False
@@ -148,7 +143,6 @@ class FaceMotionStage(StepwiseStage):
         threshold: float = PDC_THRESHOLD,
         max_smoothing: float = 0.95,
         activity_smoothing: float = 0.2,
-        noise_relative_drift: bool = False,
         initial_memory: float = 0.0,
     ) -> None:
         super().__init__()
@@ -163,14 +157,12 @@ class FaceMotionStage(StepwiseStage):
         self.threshold = threshold
         self.max_smoothing = max_smoothing
         self.activity_smoothing = activity_smoothing
-        self.noise_relative_drift = noise_relative_drift
         self.initial_memory = initial_memory
         self.config = {
             "num_landmarks": num_landmarks,
             "threshold": threshold,
             "max_smoothing": max_smoothing,
             "activity_smoothing": activity_smoothing,
-            "noise_relative_drift": noise_relative_drift,
             "initial_memory": initial_memory,
         }
         # Face gates: (innovation, velocity, face activity, face drift) -> (keep_face, beta)
@@ -198,20 +190,9 @@ class FaceMotionStage(StepwiseStage):
             "landmark_drift": ((batch, landmarks, 2), "batch, L, 2"),
             "face_memory": ((batch, 1), "batch, 1"),
             "landmark_memory": ((batch, landmarks), "batch, L"),
-            "frames_seen": ((batch, 1), "batch, 1"),
+            "started": ((batch, 1), "batch, 1"),
         }
         return [group], f"one ({', '.join(group)}) group"
-
-    def _noise_drift(self, frames_seen: Tensor) -> Tensor:
-        """The drift i.i.d. noise gives the running averages after ``frames_seen`` earlier frames
-        (B, 1): sqrt(sum w^2) / sum w over the weights of the innovations averaged so far (the
-        first frame's is zero: it starts the estimate). 1 for one innovation, sqrt(a / (2 - a))
-        in a long stream, a = activity_smoothing."""
-        innovations = frames_seen.clamp_min(1)
-        decay = 1 - self.activity_smoothing
-        weight = 1 - decay**innovations
-        squared = self.activity_smoothing**2 * (1 - decay ** (2 * innovations)) / (1 - decay**2)
-        return squared.sqrt() / weight
 
     def _step(self, heatmaps: Tensor, state: State) -> tuple[Tensor, State]:
         (
@@ -223,9 +204,8 @@ class FaceMotionStage(StepwiseStage):
             landmark_drift,
             face_memory,
             landmark_memory,
-            frames_seen,
+            started,
         ) = state[0]
-        started = (frames_seen > 0).to(frames_seen.dtype)
         points = pdc(heatmaps, threshold=self.threshold).to(estimate.dtype)
         # A new sequence starts from its first frame, still: every running quantity restarts.
         estimate = points + started[..., None] * (estimate - points)
@@ -262,10 +242,6 @@ class FaceMotionStage(StepwiseStage):
         # what tells a noisy still face from a moving one, which the innovation's size cannot.
         face_consistency = face_drift.norm(dim=-1, keepdim=True) / (face_activity + _EPS)
         landmark_consistency = landmark_drift.norm(dim=-1) / (landmark_activity + _EPS)
-        if self.noise_relative_drift:
-            noise_level = self._noise_drift(frames_seen)
-            face_consistency = face_consistency / noise_level
-            landmark_consistency = landmark_consistency / noise_level
 
         face_features = (innovation, speed, face_activity, face_consistency)
         face_logits = self.face_gate(torch.cat([_log_feature(v) for v in face_features], dim=-1))
@@ -308,7 +284,7 @@ class FaceMotionStage(StepwiseStage):
                 landmark_drift,
                 face_memory,
                 landmark_memory,
-                frames_seen + 1,
+                torch.ones_like(started),
             ),
         )
         return out, state
