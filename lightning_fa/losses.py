@@ -239,14 +239,6 @@ class JitterLoss(nn.Module):
     unmodulated: the lag cost for a stage whose output maps carry only a position (a stage that
     renders its estimate, such as `FaceMotionStage`, has no meaningful pixel loss).
     position_weight = 0 is the paper's loss.
-
-    Beyond the paper: `error_jitter_weight` > 0 adds `error_jitter_weight * mean(||e_t -
-    e_{t-1}||^2) / 2`, e = u - g, over every pair of consecutive frames (the chunk's first frame
-    pairs with the previous chunk's last, when given): the error-jitter metric itself
-    (`metrics.functional.error_jitter`, heatmap pixels^2). Psi is capped at theta, and on a still
-    or slowly moving face ||gt_t - gt_prev|| + xi is tiny, so Psi sits at the cap and Eq. 2 has
-    no gradient to make such a face steadier; this term has. error_jitter_weight = 0 is the
-    paper's loss.
     """
 
     def __init__(
@@ -261,7 +253,6 @@ class JitterLoss(nn.Module):
         coord_theta: float = 1.0,
         pixel_weight: float = 0.0,
         position_weight: float = 0.0,
-        error_jitter_weight: float = 0.0,
     ) -> None:
         super().__init__()
         settings = {
@@ -272,7 +263,6 @@ class JitterLoss(nn.Module):
             "coord_theta": coord_theta,
             "pixel_weight": pixel_weight,
             "position_weight": position_weight,
-            "error_jitter_weight": error_jitter_weight,
         }
         for name, value in settings.items():
             if not math.isfinite(value):  # plain floats: no tensor op, no device sync
@@ -283,7 +273,6 @@ class JitterLoss(nn.Module):
             ("coord_weight", coord_weight),
             ("pixel_weight", pixel_weight),
             ("position_weight", position_weight),
-            ("error_jitter_weight", error_jitter_weight),
         )
         for name, weight in weights:
             if not weight >= 0:
@@ -300,7 +289,6 @@ class JitterLoss(nn.Module):
         self.coord_theta = coord_theta
         self.pixel_weight = pixel_weight
         self.position_weight = position_weight
-        self.error_jitter_weight = error_jitter_weight
 
     def _coordinate_loss(self, coords: Tensor, target_coords: Tensor) -> Tensor:
         """rho of the decoded-to-target distance, (B, T, L, 2) -> (B, T, L)."""
@@ -369,12 +357,4 @@ class JitterLoss(nn.Module):
         if self.position_weight > 0:  # skipped at 0 so the paper's loss stays bit-identical
             distance = self._coordinate_loss(coords, target_coords)
             loss = loss + self.position_weight * distance.mean()
-        if self.error_jitter_weight > 0:  # skipped at 0 so the paper's loss stays bit-identical
-            error = coords - target_coords
-            if prev_pred_coords is not None:
-                previous = (prev_pred_coords - prev_target_coords).to(error.dtype)
-                error = torch.cat((previous[:, None], error), 1)
-            if error.shape[1] > 1:  # a lone first frame has no pair
-                steps = (error[:, 1:] - error[:, :-1]).square().sum(-1)
-                loss = loss + self.error_jitter_weight * steps.mean() / 2
         return (loss, coords[:, -1].detach()) if return_last_coords else loss

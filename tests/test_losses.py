@@ -189,50 +189,9 @@ def test_position_weight_matches_literal_loop(coord_loss: str) -> None:
     assert loss.item() == pytest.approx(expected, rel=1e-10)
 
 
-def test_error_jitter_weight_adds_the_error_jitter_metric() -> None:
-    """Without a previous chunk the term is `error_jitter` (an independent implementation, the
-    Allan formula per video) of the decoded track, times the weight."""
-    from lightning_fa.metrics.functional import error_jitter
-
-    pred, target, target_coords = _sequence(frames=5)
-    base = JitterLoss(theta=0.8, xi=0.01)(pred, target, target_coords)
-    loss = JitterLoss(theta=0.8, xi=0.01, error_jitter_weight=0.3)(pred, target, target_coords)
-    coords = pdc(pred, threshold=0.2)
-    metric = error_jitter(list(coords), list(target_coords))  # equal lengths: mean of means
-    assert (loss - base).item() == pytest.approx(0.3 * metric.item(), rel=1e-10)
-
-
-def test_error_jitter_weight_pairs_the_first_frame_with_the_previous_chunk() -> None:
-    pred, target, target_coords = _sequence(frames=3)
-    prev = (
-        torch.rand(2, 3, 2, dtype=torch.float64) * 5,
-        torch.rand(2, 3, 2, dtype=torch.float64) * 5,
-    )
-    base = JitterLoss(theta=0.8, xi=0.01)(pred, target, target_coords, *prev)
-    loss = JitterLoss(theta=0.8, xi=0.01, error_jitter_weight=2.0)(
-        pred, target, target_coords, *prev
-    )
-    coords = pdc(pred, threshold=0.2).tolist()
-    gt, total, pairs = target_coords.tolist(), 0.0, 0
-    for b in range(2):
-        errors = [
-            [p - g for p, g in zip(prev[0][b][k].tolist(), prev[1][b][k].tolist())]
-            for k in range(3)
-        ]
-        errors = [errors] + [
-            [[coords[b][t][k][i] - gt[b][t][k][i] for i in range(2)] for k in range(3)]
-            for t in range(3)
-        ]
-        for t in range(1, 4):
-            for k in range(3):
-                total += sum((errors[t][k][i] - errors[t - 1][k][i]) ** 2 for i in range(2))
-                pairs += 1
-    assert (loss - base).item() == pytest.approx(2.0 * total / pairs / 2, rel=1e-10)
-
-
-def test_psi_is_at_its_cap_on_a_still_face_so_only_the_error_jitter_term_sees_its_jitter() -> None:
-    """The reason for the term: on a still face any jitter above theta * xi puts Psi at theta,
-    where it has no gradient."""
+def test_psi_is_at_its_cap_on_a_still_face_where_it_has_no_gradient() -> None:
+    """On a still face any jitter above theta * xi puts Psi at theta, where Eq. 2 has no
+    gradient to make the face steadier (docs/stabiliser-analysis.md (g))."""
     truth = torch.full((1, 2, 1, 2), 4.0, dtype=torch.float64)
     track = (
         truth + torch.tensor([[[[0.0, 0.0]]], [[[0.05, 0.0]]]]).view(1, 2, 1, 2)
@@ -457,8 +416,6 @@ def test_jitter_loss_rejects_bad_input() -> None:
         JitterLoss(pixel_weight=-0.5)
     with pytest.raises(ValueError, match="position_weight"):
         JitterLoss(position_weight=-0.1)
-    with pytest.raises(ValueError, match="error_jitter_weight"):
-        JitterLoss(error_jitter_weight=-0.1)
     with pytest.raises(ValueError, match="coord_loss"):
         JitterLoss(coord_loss="l2")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="coord_theta"):
