@@ -166,6 +166,30 @@ def test_gated_blend_overlay_restores_the_previous_default_and_trains_it(fast_ba
     assert state["state_dict"]["temporal.blend_strength"].abs().sum() > 0  # it trained
 
 
+def test_still_hold_overlay_composes_and_trains_from_a_streaming_state(fast_backbone, tmp_path):
+    overlay = ROOT / "experiments" / "still-hold.yaml"
+    checkpoint = f"--model.init_args.backbone_checkpoint={fast_backbone}"
+    cli = build_cli(["--config", str(YAML), "--config", str(overlay), checkpoint], run=False)
+    stage = cli.model.temporal
+    assert type(stage).__name__ == "FaceMotionStage"
+    assert (stage.initial_memory, stage.max_smoothing) == (40.0, 0.99)  # the rest: embedded.yaml
+    assert cli.model.hparams.burn_in == 16 and cli.datamodule.hparams.seq_len == 32
+    assert cli.datamodule.hparams.still_fraction == 0.25
+    assert cli.model.loss.position_weight == 3.0 and cli.model.loss.pixel_weight == 0.0
+    # At the fast sizes (4-frame windows) a 2-frame burn-in leaves 2 frames to train.
+    fit = [
+        "fit",
+        *fast_args(fast_backbone, overlay),
+        "--model.init_args.burn_in=2",
+        "--data.init_args.val_videos=0",
+        f"--trainer.default_root_dir={tmp_path}",
+    ]
+    assert cli_main(fit) == 0
+    state = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert state["temporal_config"]["initial_memory"] == 40.0
+    assert state["state_dict"]["temporal.strength"].abs().sum() > 0  # it trained
+
+
 def test_demo_set_lays_an_override_over_the_fine_tuning(monkeypatch, tmp_path):
     seen = {}
     monkeypatch.setattr(embedded_run, "run", lambda config, *a, **k: seen.update(c=config))
