@@ -171,29 +171,23 @@ class StableAlignmentModule(pl.LightningModule):
             )
         return self.loss(pred.flatten(0, 1), target.flatten(0, 1)), None
 
-    def _raw_heatmaps(self, frames: torch.Tensor, cached: torch.Tensor | None) -> torch.Tensor:
-        return cached.float() if cached is not None else self.backbone_heatmaps(frames)
-
-    @torch.no_grad()
-    def _burn_in(
-        self, frames: torch.Tensor, landmarks: torch.Tensor, cached: torch.Tensor | None
-    ) -> tuple[State, tuple[torch.Tensor, torch.Tensor] | None]:
-        """The stage's state after the window's first ``burn_in`` frames and the jitter loss's
-        previous frame (pred, target coordinates) for the chunks that follow."""
-        burn_in = self.hparams.burn_in
-        if frames.shape[1] <= burn_in:
-            raise ValueError(
-                f"burn_in ({burn_in}) must be shorter than the training windows "
-                f"({frames.shape[1]} frames)"
-            )
-        raw = self._raw_heatmaps(
-            frames[:, :burn_in], cached[:, :burn_in] if cached is not None else None
-        )
-        target, target_coords = self.codec.encode(landmarks[:, :burn_in], *raw.shape[-2:])
-        stabilised, state = self.temporal.forward_sequence(raw, None)
-        _, last_coords = self._chunk_loss(stabilised, target, target_coords, None)
-        prev = (last_coords, target_coords[:, -1]) if last_coords is not None else None
-        return state, prev
+    def _run_chunk(
+        self,
+        frames: torch.Tensor,
+        landmarks: torch.Tensor,
+        cached: torch.Tensor | None,
+        state: State | None,
+        prev: tuple[torch.Tensor, torch.Tensor] | None,
+    ) -> tuple[torch.Tensor, State, tuple[torch.Tensor, torch.Tensor] | None]:
+        """One chunk through the stage: (its loss, the stage's state after it, the jitter loss's
+        previous frame (pred, target coordinates) for the next chunk)."""
+        raw = cached.float() if cached is not None else self.backbone_heatmaps(frames)
+        target, target_coords = self.codec.encode(landmarks, *raw.shape[-2:])
+        stabilised, state = self.temporal.forward_sequence(raw, state)
+        loss, last_coords = self._chunk_loss(stabilised, target, target_coords, prev)
+        if last_coords is not None:
+            prev = (last_coords.detach(), target_coords[:, -1])
+        return loss, state, prev
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         optimizer = self.optimizers()
@@ -204,7 +198,20 @@ class StableAlignmentModule(pl.LightningModule):
         state: State | None = None
         prev: tuple[torch.Tensor, torch.Tensor] | None = None
         if burn_in := self.hparams.burn_in:
-            state, prev = self._burn_in(frames, landmarks, cached)
+            if frames.shape[1] <= burn_in:
+                raise ValueError(
+                    f"burn_in ({burn_in}) must be shorter than the training windows "
+                    f"({frames.shape[1]} frames)"
+                )
+            head = slice(None, burn_in)
+            with torch.no_grad():  # only the state and the previous frame are kept
+                _, state, prev = self._run_chunk(
+                    frames[:, head],
+                    landmarks[:, head],
+                    cached[:, head] if cached is not None else None,
+                    None,
+                    None,
+                )
             frames, landmarks = frames[:, burn_in:], landmarks[:, burn_in:]
             cached = cached[:, burn_in:] if cached is not None else None
         cached_chunks = (
@@ -219,16 +226,13 @@ class StableAlignmentModule(pl.LightningModule):
             torch.split(landmarks, self.hparams.tbptt_chunk, dim=1),
             cached_chunks,
         ):
-            raw = self._raw_heatmaps(frame_chunk, cached_chunk)
-            target, target_coords = self.codec.encode(landmark_chunk, *raw.shape[-2:])
-            stabilised, state = self.temporal.forward_sequence(raw, state)
-            loss, last_coords = self._chunk_loss(stabilised, target, target_coords, prev)
+            loss, state, prev = self._run_chunk(
+                frame_chunk, landmark_chunk, cached_chunk, state, prev
+            )
             optimizer.zero_grad(set_to_none=True)
             self.manual_backward(loss)
             optimizer.step()
             state = detach_state(state)
-            if last_coords is not None:
-                prev = (last_coords.detach(), target_coords[:, -1])
             losses.append(loss.detach())
         mean_loss = torch.stack(losses).mean()
         self.log("train/loss", mean_loss, prog_bar=True, batch_size=frames.shape[0])

@@ -10,6 +10,8 @@ with one gain and smooths the per-landmark part with another.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -151,7 +153,7 @@ class FaceMotionStage(StepwiseStage):
             raise ValueError(f"max_smoothing must be in (0, 1), got {max_smoothing}")
         if not 0.0 < activity_smoothing <= 1.0:
             raise ValueError(f"activity_smoothing must be in (0, 1], got {activity_smoothing}")
-        if not initial_memory >= 0.0 or initial_memory == float("inf"):
+        if not (math.isfinite(initial_memory) and initial_memory >= 0.0):
             raise ValueError(f"initial_memory must be a finite number >= 0, got {initial_memory}")
         self.num_landmarks = num_landmarks
         self.threshold = threshold
