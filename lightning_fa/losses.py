@@ -239,15 +239,6 @@ class JitterLoss(nn.Module):
     unmodulated: the lag cost for a stage whose output maps carry only a position (a stage that
     renders its estimate, such as `FaceMotionStage`, has no meaningful pixel loss).
     position_weight = 0 is the paper's loss.
-
-    Beyond the paper: `still_jitter_weight` > 0 adds `still_jitter_weight * mean log(||e_t -
-    e_{t-1}|| + xi)`, e = u - g, over the frame pairs and landmarks whose truth moves less than
-    xi (a still face; the chunk's first frame pairs with the previous chunk's last, when given).
-    There Psi = ||e_t - e_{t-1}|| / xi sits at its cap theta for any visible jitter, so Eq. 2 has
-    no gradient to steady a still face and the distance term only a second-order one; the
-    logarithm gives every halving of the error's step the same weight, however small the step.
-    Moving truth is left to Eq. 2 (a plain error-jitter term smooths every set alike:
-    docs/stabiliser-analysis.md (g)). still_jitter_weight = 0 is the paper's loss.
     """
 
     def __init__(
@@ -262,7 +253,6 @@ class JitterLoss(nn.Module):
         coord_theta: float = 1.0,
         pixel_weight: float = 0.0,
         position_weight: float = 0.0,
-        still_jitter_weight: float = 0.0,
     ) -> None:
         super().__init__()
         settings = {
@@ -273,7 +263,6 @@ class JitterLoss(nn.Module):
             "coord_theta": coord_theta,
             "pixel_weight": pixel_weight,
             "position_weight": position_weight,
-            "still_jitter_weight": still_jitter_weight,
         }
         for name, value in settings.items():
             if not math.isfinite(value):  # plain floats: no tensor op, no device sync
@@ -284,7 +273,6 @@ class JitterLoss(nn.Module):
             ("coord_weight", coord_weight),
             ("pixel_weight", pixel_weight),
             ("position_weight", position_weight),
-            ("still_jitter_weight", still_jitter_weight),
         )
         for name, weight in weights:
             if not weight >= 0:
@@ -301,7 +289,6 @@ class JitterLoss(nn.Module):
         self.coord_theta = coord_theta
         self.pixel_weight = pixel_weight
         self.position_weight = position_weight
-        self.still_jitter_weight = still_jitter_weight
 
     def _coordinate_loss(self, coords: Tensor, target_coords: Tensor) -> Tensor:
         """rho of the decoded-to-target distance, (B, T, L, 2) -> (B, T, L)."""
@@ -370,17 +357,4 @@ class JitterLoss(nn.Module):
         if self.position_weight > 0:  # skipped at 0 so the paper's loss stays bit-identical
             distance = self._coordinate_loss(coords, target_coords)
             loss = loss + self.position_weight * distance.mean()
-        if self.still_jitter_weight > 0:  # skipped at 0 so the paper's loss stays bit-identical
-            error, truth = coords - target_coords, target_coords
-            if prev_pred_coords is not None:
-                prev_truth = prev_target_coords.to(error.dtype)
-                error = torch.cat(
-                    ((prev_pred_coords.to(error.dtype) - prev_truth)[:, None], error), 1
-                )
-                truth = torch.cat((prev_truth[:, None], truth), 1)
-            still = (_safe_norm(truth[:, 1:] - truth[:, :-1]) < self.xi).to(error.dtype)
-            steps = _safe_norm(error[:, 1:] - error[:, :-1])
-            # A masked mean, not indexing: no host sync; 0 where no pair is still.
-            log_steps = ((steps + self.xi).log() * still).sum() / still.sum().clamp_min(1)
-            loss = loss + self.still_jitter_weight * log_steps
         return (loss, coords[:, -1].detach()) if return_last_coords else loss

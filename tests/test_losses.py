@@ -19,7 +19,6 @@ from lightning_fa.losses import (
     jitter_modulation,
     wing,
 )
-from lightning_fa.temporal.face_motion import render_points
 
 
 def literal_psi(u_t, u_prev, gt_t, gt_prev, theta: float, xi: float) -> float:
@@ -201,83 +200,6 @@ def test_psi_is_at_its_cap_on_a_still_face_where_it_has_no_gradient() -> None:
     assert psi.item() == 1.0
     (gradient,) = torch.autograd.grad(psi.sum(), track)
     assert torch.count_nonzero(gradient) == 0
-
-
-def _half_still_sequence(frames: int = 3):
-    """`_sequence` with the truth of landmark 0 (and all of sample 1 after its first frame) held
-    still, so the still-jitter term has still and moving pairs to tell apart."""
-    pred, _, target_coords = _sequence(frames=frames)
-    target_coords = target_coords.clone()
-    target_coords[:, :, 0] = target_coords[:, :1, 0]
-    target_coords[1] = target_coords[1, :1]
-    return pred, render_gaussian(target_coords, 8, 8, sigma=1.0), target_coords
-
-
-@pytest.mark.parametrize("continued", [False, True])
-def test_still_jitter_weight_matches_literal_loop(continued: bool) -> None:
-    """The term is the weight times the mean, over the (frame pair, landmark)s whose truth moves
-    less than xi, of log(the error's step + xi); the chunk's first frame pairs with the previous
-    chunk's last when given."""
-    pred, target, target_coords = _half_still_sequence()
-    prev = (
-        (torch.rand(2, 3, 2, dtype=torch.float64) * 5, target_coords[:, 0].clone())
-        if continued
-        else None
-    )
-    base = JitterLoss(theta=0.8, xi=0.01)(pred, target, target_coords, *(prev or ()))
-    loss = JitterLoss(theta=0.8, xi=0.01, still_jitter_weight=0.3)(
-        pred, target, target_coords, *(prev or ())
-    )
-    coords, gt = pdc(pred, threshold=0.2).tolist(), target_coords.tolist()
-    logs = []
-    for b in range(2):
-        track = [[coords[b][t][k] for k in range(3)] for t in range(3)]
-        truth = [[gt[b][t][k] for k in range(3)] for t in range(3)]
-        if prev is not None:
-            track = [prev[0][b].tolist(), *track]
-            truth = [prev[1][b].tolist(), *truth]
-        for t in range(1, len(track)):
-            for k in range(3):
-                if math.dist(truth[t][k], truth[t - 1][k]) < 0.01:
-                    step = math.hypot(
-                        *(
-                            (track[t][k][i] - truth[t][k][i])
-                            - (track[t - 1][k][i] - truth[t - 1][k][i])
-                            for i in range(2)
-                        )
-                    )
-                    logs.append(math.log(step + 0.01))
-    assert len(logs) >= 4  # still pairs exist, and moving ones are left out (9 or 12 in all)
-    assert (loss - base).item() == pytest.approx(0.3 * sum(logs) / len(logs), rel=1e-10)
-
-
-def test_still_jitter_weight_gives_a_still_face_the_gradient_psi_lacks() -> None:
-    """Where Psi is capped (no gradient), the term pulls the jittering frame back towards the
-    previous one, and halving a still face's step lowers it by log 2 whether the step is small
-    or large. A moving truth adds nothing. Maps rendered with `render_points`, which PDC
-    decodes exactly."""
-    still = torch.full((1, 2, 1, 2), 8.0, dtype=torch.float64)
-
-    def maps(points: torch.Tensor) -> torch.Tensor:
-        return render_points(points.flatten(0, 1), 16, 16, 0.2).view(1, 2, 1, 16, 16)
-
-    def term(step: float, truth: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        track = (truth + torch.tensor([[0.0, 0.0], [step, 0.0]]).view(1, 2, 1, 2)).requires_grad_()
-        pair = (maps(track), maps(truth), truth)
-        difference = JitterLoss(xi=1e-6, still_jitter_weight=1.0)(*pair) - JitterLoss(xi=1e-6)(
-            *pair
-        )
-        (gradient,) = torch.autograd.grad(difference, track)
-        return difference.detach(), gradient
-
-    for step in (0.02, 0.4):
-        (large, gradient), (half, _) = term(step, still), term(step / 2, still)
-        assert gradient[0, 1, 0, 0] > 0  # descending moves frame 1 back towards frame 0
-        assert (large - half).item() == pytest.approx(math.log(2), rel=1e-4)
-    moving = still + torch.tensor([[0.0, 0.0], [0.5, 0.0]]).view(1, 2, 1, 2)
-    difference, gradient = term(0.4, moving)
-    # (The two losses' shared terms cancel to rounding, ~1e-19.)
-    assert difference.item() == 0.0 and gradient.abs().max() < 1e-12
 
 
 def test_pixel_weight_charges_a_steady_lag_that_psi_ignores() -> None:
@@ -494,8 +416,6 @@ def test_jitter_loss_rejects_bad_input() -> None:
         JitterLoss(pixel_weight=-0.5)
     with pytest.raises(ValueError, match="position_weight"):
         JitterLoss(position_weight=-0.1)
-    with pytest.raises(ValueError, match="still_jitter_weight"):
-        JitterLoss(still_jitter_weight=-0.1)
     with pytest.raises(ValueError, match="coord_loss"):
         JitterLoss(coord_loss="l2")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="coord_theta"):
