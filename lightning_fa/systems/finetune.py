@@ -186,7 +186,7 @@ class StableAlignmentModule(pl.LightningModule):
         stabilised, state = self.temporal.forward_sequence(raw, state)
         loss, last_coords = self._chunk_loss(stabilised, target, target_coords, prev)
         if last_coords is not None:
-            prev = (last_coords.detach(), target_coords[:, -1])
+            prev = (last_coords, target_coords[:, -1])  # JitterLoss returns it detached
         return loss, state, prev
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
