@@ -54,6 +54,17 @@ def face_motion_module() -> StableAlignmentModule:
     return module
 
 
+@pytest.fixture(scope="module")
+def held_face_motion_module() -> StableAlignmentModule:
+    """The same with the still hold, re-holding after 3 quiet frames. On the test's stream it
+    holds, releases at frame 4 and holds again from frame 6: the exported graph must switch as
+    PyTorch does."""
+    module = _module(FaceMotionStage(68, hold_threshold=1.0, rehold_after=3))
+    with torch.no_grad():
+        module.temporal.strength.copy_(torch.tensor([0.5, 0.3, 0.7]))
+    return module
+
+
 def test_streaming_step_is_backbone_convlstm_pdc(module: StableAlignmentModule) -> None:
     step = StreamingStep(module).eval()
     images = torch.randint(0, 256, (2, 3, 128, 128), dtype=torch.uint8)
@@ -75,6 +86,7 @@ def test_streaming_step_is_backbone_convlstm_pdc(module: StableAlignmentModule) 
         ("module", 5),
         ("blend_module", 5),
         ("face_motion_module", 5),
+        ("held_face_motion_module", 8),
         pytest.param("module", 30, marks=pytest.mark.slow),
     ],
 )
@@ -87,6 +99,7 @@ def test_onnx_matches_pytorch_over_stream(request, tmp_path, fixture: str, frame
     assert runtime.num_landmarks == 68
     assert runtime.output_names[-1] == "landmark_scores"
     torch_state, onnx_state = step.init_state(1), runtime.init_state(1)
+    holding = []
     generator = torch.Generator().manual_seed(1)
     base = torch.randint(0, 256, (1, 3, 128, 128), dtype=torch.uint8, generator=generator)
     for t in range(frames):
@@ -100,8 +113,12 @@ def test_onnx_matches_pytorch_over_stream(request, tmp_path, fixture: str, frame
         for name, a, b in zip(names, (*expected[:3], expected[-1]), (*got[:3], got[-1])):
             np.testing.assert_allclose(b, a.numpy(), atol=1e-4, rtol=0, err_msg=f"{name} t={t}")
         torch_state, onnx_state = list(expected[3:-1]), list(got[3:-1])
+        if "holding" in step.state_names:
+            holding.append(float(onnx_state[step.state_names.index("holding")][0, 0]))
     for a, b in zip(torch_state, onnx_state):
         np.testing.assert_allclose(b, a.numpy(), atol=1e-4, rtol=0)
+    if holding:
+        assert holding == [1, 1, 1, 1, 0, 0, 1, 1]
 
 
 def test_heatmap_confidence_closed_form() -> None:

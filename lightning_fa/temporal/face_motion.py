@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from lightning_fa.checks import check_ints
 from lightning_fa.heatmaps import PDC_THRESHOLD, pdc
 from lightning_fa.temporal.base import State, StateLayout, StepwiseStage
+from lightning_fa.temporal.still_hold import StillHold
 
 # Dimensionless inputs of the gates span decades (a still face's innovation is 1e-3 of its
 # size, a head turn's 1e-1): they enter as logarithms, floored here.
@@ -131,10 +132,19 @@ class FaceMotionStage(StepwiseStage):
             each memory starts at 1 + keep * initial_memory instead of 1. A new face is taken as
             still, as a low-cutoff filter takes it, until the gates let its memory fade; 0 starts
             from the first frame alone (a running mean of a still face).
+        hold_threshold: with a number, a new face is held still until a trend test on its
+            decoded frames exceeds it, and the output is the filter's estimate from then on
+            (`StillHold`; about 1 when nothing moves); None (the default): no hold, and the
+            untrained stage is the identity.
+        hold_initial_memory: the extra weight of a sequence's first frame in the held mean.
+        hold_memory: frames of the hold's forgetting (the longest window it tests).
+        rehold_after: frames without a detected trend after which a face that moved is held
+            again; None: only new sequences are held.
 
     The state is one group: estimate (B, L, 2) heatmap pixels, velocity (B, 4), face and
     landmark activity (B, 1), (B, L), face and landmark drift (B, 4), (B, L, 2), face and
-    landmark memory (B, 1), (B, L), started (B, 1); all zeros is a new sequence.
+    landmark memory (B, 1), (B, L), started (B, 1); with a hold, a second group (`StillHold`'s
+    sums). All zeros is a new sequence.
     """
 
     landmark_wise = False
@@ -146,6 +156,10 @@ class FaceMotionStage(StepwiseStage):
         max_smoothing: float = 0.95,
         activity_smoothing: float = 0.2,
         initial_memory: float = 0.0,
+        hold_threshold: float | None = None,
+        hold_initial_memory: float = 8.0,
+        hold_memory: float = 256.0,
+        rehold_after: int | None = None,
     ) -> None:
         super().__init__()
         check_ints(num_landmarks=num_landmarks)
@@ -160,6 +174,11 @@ class FaceMotionStage(StepwiseStage):
         self.max_smoothing = max_smoothing
         self.activity_smoothing = activity_smoothing
         self.initial_memory = initial_memory
+        self.hold = (
+            None
+            if hold_threshold is None
+            else StillHold(hold_threshold, hold_initial_memory, hold_memory, rehold_after)
+        )
         self.config = {
             "num_landmarks": num_landmarks,
             "threshold": threshold,
@@ -167,6 +186,13 @@ class FaceMotionStage(StepwiseStage):
             "activity_smoothing": activity_smoothing,
             "initial_memory": initial_memory,
         }
+        if self.hold is not None:
+            self.config.update(
+                hold_threshold=hold_threshold,
+                hold_initial_memory=hold_initial_memory,
+                hold_memory=hold_memory,
+                rehold_after=rehold_after,
+            )
         # Face gates: (innovation, velocity, face activity, face drift) -> (keep_face, beta)
         # logits.
         self.face_gate = nn.Linear(4, 2)
@@ -179,7 +205,7 @@ class FaceMotionStage(StepwiseStage):
         self.strength = nn.Parameter(torch.zeros(3))
 
     def state_names(self) -> list[str]:
-        return list(self._state_layout(1, 1, 1)[0][0])
+        return [name for group in self._state_layout(1, 1, 1)[0] for name in group]
 
     def _state_layout(self, batch: int, height: int, width: int) -> tuple[StateLayout, str]:
         landmarks = self.num_landmarks
@@ -194,7 +220,10 @@ class FaceMotionStage(StepwiseStage):
             "landmark_memory": ((batch, landmarks), "batch, L"),
             "started": ((batch, 1), "batch, 1"),
         }
-        return [group], f"one ({', '.join(group)}) group"
+        if self.hold is None:
+            return [group], f"one ({', '.join(group)}) group"
+        hold = self.hold.layout(batch, landmarks)
+        return [group, hold], f"two groups, ({', '.join(group)}) and ({', '.join(hold)})"
 
     def _step(self, heatmaps: Tensor, state: State) -> tuple[Tensor, State]:
         (
@@ -275,7 +304,11 @@ class FaceMotionStage(StepwiseStage):
             + residual / landmark_memory[..., None]
         )
         velocity = velocity + beta * coefficients
-        out = render_points(estimate, *heatmaps.shape[-2:], self.threshold).to(heatmaps.dtype)
+        shown, held = estimate, ()
+        if self.hold is not None:
+            shown, hold_state = self.hold.step(points, estimate, state[1])
+            held = (hold_state,)
+        out = render_points(shown, *heatmaps.shape[-2:], self.threshold).to(heatmaps.dtype)
         state = (
             (
                 estimate,
@@ -288,5 +321,6 @@ class FaceMotionStage(StepwiseStage):
                 landmark_memory,
                 torch.ones_like(started),
             ),
+            *held,
         )
         return out, state
