@@ -77,6 +77,9 @@ def test_yaml_parses_and_prints_its_config(capsys):
     model = printed["model"]["init_args"]
     assert model["temporal"]["class_path"] == "lightning_fa.temporal.FaceMotionStage"
     assert model["temporal"]["init_args"]["threshold"] == 0.2  # follows the decoder's
+    # The still hold of new faces, and no second hold once they moved.
+    assert model["temporal"]["init_args"]["hold_threshold"] == 3.0
+    assert model["temporal"]["init_args"]["rehold_after"] is None
     assert model["loss"]["init_args"]["theta"] == 1.0
     assert model["loss"]["init_args"]["pixel_weight"] == 0.0
     assert printed["data"]["init_args"]["crop"] is None  # the stage sees every landmark
@@ -173,6 +176,7 @@ def test_still_hold_overlay_composes_and_trains_from_a_streaming_state(fast_back
     stage = cli.model.temporal
     assert type(stage).__name__ == "FaceMotionStage"
     assert (stage.initial_memory, stage.max_smoothing) == (40.0, 0.99)  # the rest: embedded.yaml
+    assert stage.hold is None  # measured without the default's still hold
     assert cli.model.hparams.burn_in == 16 and cli.datamodule.hparams.seq_len == 32
     assert cli.datamodule.hparams.still_fraction == 0.25
     assert cli.model.loss.position_weight == 3.0 and cli.model.loss.pixel_weight == 0.0

@@ -163,6 +163,8 @@ TEMPORAL_CONFIGS = {
     "h16_k5_p16": ("ConvLSTM", {"hidden_channels": 16, "kernel_size": 5, "input_proj": 16}),
     "h16_k3_noproj": ("ConvLSTM", {"hidden_channels": 16, "kernel_size": 3, "input_proj": None}),
     "face_motion": ("FaceMotionStage", {}),
+    # The embedded default's stage: the same filter with the still hold's test beside it.
+    "face_motion_hold": ("FaceMotionStage", {"hold_threshold": 3.0, "hold_initial_memory": 4.0}),
 }
 
 
