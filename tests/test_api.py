@@ -161,13 +161,16 @@ def test_a_trained_stage_is_not_the_identity() -> None:
     assert not is_identity_stage(stage, 3)
 
 
-def test_an_untrained_stage_that_renders_its_maps_is_the_identity() -> None:
-    # FaceMotionStage returns new maps even untrained, decoding to the backbone's points.
-    stage = FaceMotionStage(3)
+@pytest.mark.parametrize("hold_threshold", [None, 3.0])
+def test_an_untrained_stage_that_renders_its_maps_is_the_identity(hold_threshold) -> None:
+    # FaceMotionStage returns new maps even untrained, decoding to the backbone's points; its
+    # still hold changes them untrained too, and is not what makes a stage trained.
+    stage = FaceMotionStage(3, hold_threshold=hold_threshold)
     assert is_identity_stage(stage, 3)
     with torch.no_grad():
         stage.strength.fill_(0.5)
     assert not is_identity_stage(stage, 3)
+    assert (stage.hold is None) == (hold_threshold is None)  # the stage keeps its hold
 
 
 # ----------------------------------------------------------------------------- real footage

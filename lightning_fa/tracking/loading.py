@@ -3,6 +3,7 @@ backbone, on PyTorch or ONNX Runtime) and the checks that refuse an untrained mo
 
 from __future__ import annotations
 
+import copy
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -102,7 +103,12 @@ def is_identity_stage(stage: torch.nn.Module, num_landmarks: int, frames: int = 
     """True when `stage` changes nothing over a few frames of random maps with the state
     carried: what every stage of the contract does before training. A stage that renders its
     own maps (`FaceMotionStage`) is the identity on the decoded landmarks, so the maps are
-    compared as PDC reads them, at the stage's own threshold where it has one."""
+    compared as PDC reads them, at the stage's own threshold where it has one. A still hold
+    (`FaceMotionStage(hold_threshold=...)`) has no parameters and holds even untrained, so the
+    stage is judged without it: what training changes is its filter."""
+    if getattr(stage, "hold", None) is not None:
+        stage = copy.copy(stage)  # shares the parameters; only the copy loses its hold
+        stage.hold = None
     generator = torch.Generator().manual_seed(0)
     device = next(stage.parameters(), torch.empty(0)).device
     threshold = getattr(stage, "threshold", PDC_THRESHOLD)
