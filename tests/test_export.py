@@ -57,7 +57,7 @@ def face_motion_module() -> StableAlignmentModule:
 @pytest.fixture(scope="module")
 def held_face_motion_module() -> StableAlignmentModule:
     """The same with the still hold, re-holding after 3 quiet frames. On the test's stream it
-    holds, releases at frame 4 and holds again from frame 6: the exported graph must switch as
+    holds, releases at frame 2 and holds again from frame 4: the exported graph must switch as
     PyTorch does."""
     module = _module(FaceMotionStage(68, hold_threshold=1.0, rehold_after=3))
     with torch.no_grad():
@@ -118,7 +118,7 @@ def test_onnx_matches_pytorch_over_stream(request, tmp_path, fixture: str, frame
     for a, b in zip(torch_state, onnx_state):
         np.testing.assert_allclose(b, a.numpy(), atol=1e-4, rtol=0)
     if holding:
-        assert holding == [1, 1, 1, 1, 0, 0, 1, 1]
+        assert holding == [1, 1, 0, 0, 1, 1, 1, 1]
 
 
 def test_heatmap_confidence_closed_form() -> None:

@@ -42,26 +42,27 @@ def _run(hold: StillHold, frames: list[torch.Tensor], tracked: list[torch.Tensor
 
 
 def _literal_statistic(frames: list[torch.Tensor], forgetting: float) -> float:
-    """The pooled slope test as a literal weighted least-squares fit per coordinate."""
+    """The pooled slope test from the weighted least-squares fit per coordinate, in matrix
+    form: the slope's variance and the residual's degrees of freedom of a fit whose weights are
+    not inverse variances (frames equally noisy), as the hat matrix gives them."""
     x = np.stack([f.reshape(-1).double().numpy() for f in frames])  # (n, 136)
     n = len(x)
     ages = np.arange(n)[::-1].astype(float)  # the newest frame has age 0
-    w = forgetting**ages
-    mean_age = (w * ages).sum() / w.sum()
-    spread = (w * (ages - mean_age) ** 2).sum()
-    slopes, residual = [], 0.0
-    for column in x.T:
-        mean = (w * column).sum() / w.sum()
-        slope = (w * (ages - mean_age) * (column - mean)).sum() / spread
-        slopes.append(slope)
-        residual += (w * (column - mean - slope * (ages - mean_age)) ** 2).sum()
-    noise = residual / (x.shape[1] * (w.sum() - 2))
-    return float(np.mean(np.square(slopes)) / (noise / spread))
+    design = np.stack([np.ones(n), ages], axis=1)
+    weights = np.diag(forgetting**ages)
+    solve = np.linalg.solve(design.T @ weights @ design, design.T @ weights)  # (2, n)
+    coefficients = solve @ x  # (2, 136): intercept and slope per coordinate
+    residual = x - design @ coefficients
+    hat = design @ solve
+    dof = np.trace(weights @ (np.eye(n) - hat))
+    noise = np.einsum("ic,ij,jc->", residual, weights, residual) / (x.shape[1] * dof)
+    slope_variance = noise * (solve[1] @ solve[1])  # sigma^2 per unit of the slope's weights
+    return float(np.mean(coefficients[1] ** 2) / slope_variance)
 
 
 def _statistic(state: tuple[torch.Tensor, ...]) -> float:
     """`trend_statistic` of a hold state (its sums, and the frames in its window)."""
-    return float(trend_statistic(*state[1:7], state[8]))
+    return float(trend_statistic(state[1:10], state[11]))
 
 
 @pytest.mark.parametrize("memory", [1e9, 16.0])
@@ -113,7 +114,7 @@ def test_a_face_that_stops_is_held_again_after_rehold_after_frames():
     assert holding[0] and not any(holding[3:8])
     start = holding.index(True, 3)
     assert start <= 8 + 6
-    count = int(states[start][8])  # the frames in the window that is held
+    count = int(states[start][11])  # the frames in the window that is held
     torch.testing.assert_close(
         outputs[start],
         torch.stack(frames[start - count + 1 : start + 1]).mean(0),
@@ -195,3 +196,20 @@ def test_the_tracker_still_gets_its_gradient_once_released():
         stage.strength[0] += 1e-6
     assert analytic != 0
     assert analytic == pytest.approx((plus - minus) / 2e-6, rel=1e-3)
+
+
+def test_a_long_still_stream_stays_held_and_its_statistic_stays_near_one():
+    # Forgetting bounds the sums (weight -> memory) on a stream far longer than the memory; the
+    # statistic, normalised for the forgetting's weights, stays about 1 and the face stays held.
+    hold = StillHold(threshold=4.0, initial_memory=4.0, memory=64.0, rehold_after=None)
+    generator = torch.Generator().manual_seed(7)
+    shape = _shape() + 40.0  # far from the origin, as frame pixels are
+    state = tuple(torch.zeros(size) for size, _ in hold.layout(1, L).values())
+    statistics = []
+    for _ in range(2000):
+        points = shape + 0.3 * torch.randn(shape.shape, generator=generator)
+        out, state = hold.step(points, torch.full_like(points, -1.0), state)
+        statistics.append(_statistic(state))
+    assert bool(state[-1]) and float(state[1]) == pytest.approx(64.0, rel=1e-3)
+    assert (out - shape).abs().max() < 0.3  # the held mean, not the tracked -1s
+    assert 0.7 < float(np.median(statistics[200:])) < 1.3

@@ -21,14 +21,18 @@ from lightning_fa.checks import check_ints
 _TINY = 1e-12
 
 # The hold's state, in order: the window's first frame (B, L, 2) and its weighted sums over
-# the frames since (exponential forgetting): count, age, age^2 (B, 1); offset from the anchor
-# and age x offset (B, L, 2); squared offset (B, 1); the anchor's prior weight, the frames in the
-# window and whether the output holds (B, 1).
+# the frames since (exponential forgetting, weights w): w, w x age, w x age^2 (B, 1); the same
+# with w^2, for the variance of a weighted fit (B, 1); w x offset from the anchor and
+# w x age x offset (B, L, 2); w x squared offset (B, 1); the anchor's prior weight, the frames in
+# the window and whether the output holds (B, 1).
 HOLD_STATE = (
     "hold_anchor",
     "hold_weight",
     "hold_age",
     "hold_age_square",
+    "hold_weight2",
+    "hold_age2",
+    "hold_age_square2",
     "hold_offset",
     "hold_age_offset",
     "hold_offset_square",
@@ -38,30 +42,37 @@ HOLD_STATE = (
 )
 
 
-def trend_statistic(
-    weight: Tensor,
-    age: Tensor,
-    age_square: Tensor,
-    offset: Tensor,
-    age_offset: Tensor,
-    offset_square: Tensor,
-    frames: Tensor,
-) -> Tensor:
-    """(B, 1): the mean squared slope of a least-squares line per coordinate through a window's
-    frames, over its squared standard error with the noise pooled over all coordinates (about 1
-    when nothing moves; 0 for windows under 3 frames, which have no residual).
+def trend_statistic(sums: tuple[Tensor, ...], frames: Tensor) -> Tensor:
+    """(B, 1): the mean squared slope of a weighted least-squares line per coordinate through a
+    window's frames, over its variance when nothing moves, the noise pooled over all
+    coordinates (about 1 when nothing moves; 0 for windows under 3 frames, which have no
+    residual).
 
-    The window is given by its weighted sums over the frames (weights w, ages a, offsets d from
-    its first frame, (B, L, 2)): ``weight`` = sum w, ``age`` = sum w a, ``age_square`` =
-    sum w a^2, ``offset`` = sum w d, ``age_offset`` = sum w a d, ``offset_square`` =
-    sum w |d|^2 over all coordinates.
+    ``sums`` are the window's weighted sums over its frames (weights w, ages a, offsets d from
+    its first frame, (B, L, 2)), in `HOLD_STATE` order: sum w, sum w a, sum w a^2, sum w^2,
+    sum w^2 a, sum w^2 a^2 (B, 1), sum w d, sum w a d (B, L, 2), sum w |d|^2 over all
+    coordinates (B, 1). The weights are not inverse variances (every frame is as noisy), so the
+    slope's variance is sigma^2 sum w^2 (a - mean a)^2 / D^2 with D = sum w (a - mean a)^2, and
+    the residual's expected weighted sum of squares is sigma^2 (sum w - tr(M^-1 N)), M and N
+    the fit's moment matrices with w and w^2; without forgetting these are sigma^2 / D and
+    sigma^2 (n - 2).
     """
-    spread = (age_square - age.square() / weight.clamp_min(_TINY)).clamp_min(_TINY)  # (B, 1)
-    cross = age_offset - age[..., None] * offset / weight[..., None].clamp_min(_TINY)
-    slope_square = (cross / spread[..., None]).square().sum(dim=(-2, -1))[:, None]
-    mean_square = offset.square().sum(dim=(-2, -1))[:, None] / weight.clamp_min(_TINY)
+    weight, age, age_square, weight2, age2, age_square2, offset, age_offset, offset_square = sums
+    weight = weight.clamp_min(_TINY)
+    mean_age = age / weight
+    spread = (age_square - age * mean_age).clamp_min(_TINY)  # D, (B, 1)
+    spread2 = (
+        age_square2 - 2 * mean_age * age2 + mean_age.square() * weight2
+    )  # sum w^2 (a - mean)^2
+    determinant = (weight * age_square - age.square()).clamp_min(_TINY)
+    fitted = (age_square * weight2 - 2 * age * age2 + weight * age_square2) / determinant
+    dof = (weight - fitted).clamp_min(0)
+    slope_square = (
+        ((age_offset - mean_age[..., None] * offset) / spread[..., None]).square().sum(dim=(-2, -1))
+    )[:, None]
+    mean_square = offset.square().sum(dim=(-2, -1))[:, None] / weight
     residual = (offset_square - mean_square - spread * slope_square).clamp_min(_TINY)
-    statistic = slope_square * spread * (weight - 2).clamp_min(0) / residual
+    statistic = slope_square * spread.square() * dof / (residual * spread2.clamp_min(_TINY))
     return torch.where(frames >= 3, statistic, torch.zeros_like(statistic))
 
 
@@ -113,7 +124,7 @@ class StillHold:
     def layout(batch: int, landmarks: int) -> dict[str, tuple[tuple[int, ...], str]]:
         points = ((batch, landmarks, 2), "batch, L, 2")
         scalar = ((batch, 1), "batch, 1")
-        shapes = (points, scalar, scalar, scalar, points, points, scalar, scalar, scalar, scalar)
+        shapes = (points, *[scalar] * 6, points, points, *[scalar] * 4)
         return dict(zip(HOLD_STATE, shapes))
 
     def step(
@@ -126,6 +137,9 @@ class StillHold:
             weight,
             age,
             age_square,
+            weight2,
+            age2,
+            age_square2,
             offset,
             age_offset,
             offset_square,
@@ -144,24 +158,28 @@ class StillHold:
         age_offset = lam * (age_offset + offset)
         age = lam * (age + weight)
         weight = lam * weight + 1
+        lam2 = lam * lam
+        age_square2 = lam2 * (age_square2 + 2 * age2 + weight2)
+        age2 = lam2 * (age2 + weight2)
+        weight2 = lam2 * weight2 + 1
         step = points - anchor
         offset = lam * offset + step
         offset_square = lam * offset_square + step.square().sum(dim=(-2, -1))[:, None]
         prior = lam * prior
         frames = frames + 1
 
-        statistic = trend_statistic(
-            weight, age, age_square, offset, age_offset, offset_square, frames
-        )
+        sums = (weight, age, age_square, weight2, age2, age_square2, offset, age_offset)
+        statistic = trend_statistic((*sums, offset_square), frames)
         moving = statistic > self.threshold
         held = anchor + offset / (weight + prior)[..., None]
 
         # A detected move releases the hold and restarts the window at this frame.
         zero = torch.zeros_like(weight)
         anchor = torch.where(moving[..., None], points, anchor)
-        weight = torch.where(moving, torch.ones_like(weight), weight)
-        age, age_square, offset_square, prior = (
-            torch.where(moving, zero, value) for value in (age, age_square, offset_square, prior)
+        weight, weight2 = (torch.where(moving, torch.ones_like(v), v) for v in (weight, weight2))
+        age, age_square, age2, age_square2, offset_square, prior = (
+            torch.where(moving, zero, value)
+            for value in (age, age_square, age2, age_square2, offset_square, prior)
         )
         offset, age_offset = (
             torch.where(moving[..., None], torch.zeros_like(value), value)
@@ -178,6 +196,9 @@ class StillHold:
             weight,
             age,
             age_square,
+            weight2,
+            age2,
+            age_square2,
             offset,
             age_offset,
             offset_square,
