@@ -113,8 +113,8 @@ def test_onnx_matches_pytorch_over_stream(request, tmp_path, fixture: str, frame
         for name, a, b in zip(names, (*expected[:3], expected[-1]), (*got[:3], got[-1])):
             np.testing.assert_allclose(b, a.numpy(), atol=1e-4, rtol=0, err_msg=f"{name} t={t}")
         torch_state, onnx_state = list(expected[3:-1]), list(got[3:-1])
-        if "holding" in step.state_names:
-            holding.append(float(onnx_state[step.state_names.index("holding")][0, 0]))
+        if "hold_active" in step.state_names:
+            holding.append(float(onnx_state[step.state_names.index("hold_active")][0, 0]))
     for a, b in zip(torch_state, onnx_state):
         np.testing.assert_allclose(b, a.numpy(), atol=1e-4, rtol=0)
     if holding:

@@ -11,7 +11,7 @@ import torch
 from lightning_fa.heatmaps import pdc
 from lightning_fa.temporal import FaceMotionStage, build_temporal_stage
 from lightning_fa.temporal.face_motion import render_points
-from lightning_fa.temporal.still_hold import StillHold, trend_statistic
+from lightning_fa.temporal.still_hold import HoldState, StillHold, trend_statistic
 
 L = 68
 
@@ -62,7 +62,7 @@ def _literal_statistic(frames: list[torch.Tensor], forgetting: float) -> float:
 
 def _statistic(state: tuple[torch.Tensor, ...]) -> float:
     """`trend_statistic` of a hold state (its sums, and the frames in its window)."""
-    return float(trend_statistic(state[1:10], state[11]))
+    return float(trend_statistic(HoldState(*state)))
 
 
 @pytest.mark.parametrize("memory", [1e9, 16.0])

@@ -12,6 +12,7 @@ estimate takes over from the first frame where it has.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -20,44 +21,59 @@ from lightning_fa.checks import check_ints
 
 _TINY = 1e-12
 
-# The hold's state, in order: the window's first frame (B, L, 2) and its weighted sums over
-# the frames since (exponential forgetting, weights w): w, w x age, w x age^2 (B, 1); the same
-# with w^2, for the variance of a weighted fit (B, 1); w x offset from the anchor and
-# w x age x offset (B, L, 2); w x squared offset (B, 1); the anchor's prior weight, the frames in
-# the window and whether the output holds (B, 1).
-HOLD_STATE = (
-    "hold_anchor",
-    "hold_weight",
-    "hold_age",
-    "hold_age_square",
-    "hold_weight2",
-    "hold_age2",
-    "hold_age_square2",
-    "hold_offset",
-    "hold_age_offset",
-    "hold_offset_square",
-    "hold_prior",
-    "hold_frames",
-    "holding",
-)
+
+class HoldState(NamedTuple):
+    """The hold's state: the window's first frame and its weighted sums over the frames since
+    (exponential forgetting, weights w; ages a, offsets d from the anchor), then the anchor's
+    prior weight, the frames in the window and whether the output holds. Batch first; all
+    zeros is a new sequence."""
+
+    anchor: Tensor  # (B, L, 2)
+    weight: Tensor  # sum w, (B, 1)
+    age: Tensor  # sum w a
+    age_square: Tensor  # sum w a^2
+    weight2: Tensor  # sum w^2, for the variance of a weighted fit
+    age2: Tensor  # sum w^2 a
+    age_square2: Tensor  # sum w^2 a^2
+    offset: Tensor  # sum w d, (B, L, 2)
+    age_offset: Tensor  # sum w a d, (B, L, 2)
+    offset_square: Tensor  # sum w |d|^2 over all coordinates, (B, 1)
+    prior: Tensor
+    frames: Tensor
+    active: Tensor
 
 
-def trend_statistic(sums: tuple[Tensor, ...], frames: Tensor) -> Tensor:
+# The state tensors' names (the exported graph's inputs and outputs).
+HOLD_STATE = tuple(f"hold_{name}" for name in HoldState._fields)
+
+
+def _aged(weight: Tensor, age: Tensor, age_square: Tensor, decay: float):
+    """The sums of weights, weight x age and weight x age^2 once every frame has aged by one
+    (its weight times ``decay``) and a new frame has joined at age 0 with weight 1."""
+    return (
+        decay * weight + 1,
+        decay * (age + weight),
+        decay * (age_square + 2 * age + weight),
+    )
+
+
+def _where(mask: Tensor, value: Tensor, other: Tensor) -> Tensor:
+    """``torch.where`` with a (B, 1) mask over a batch-first tensor of any rank."""
+    return torch.where(mask.view(mask.shape[0], *[1] * (other.dim() - 1)), value, other)
+
+
+def trend_statistic(window: HoldState) -> Tensor:
     """(B, 1): the mean squared slope of a weighted least-squares line per coordinate through a
     window's frames, over its variance when nothing moves, the noise pooled over all
     coordinates (about 1 when nothing moves; 0 for windows under 3 frames, which have no
     residual).
 
-    ``sums`` are the window's weighted sums over its frames (weights w, ages a, offsets d from
-    its first frame, (B, L, 2)), in `HOLD_STATE` order: sum w, sum w a, sum w a^2, sum w^2,
-    sum w^2 a, sum w^2 a^2 (B, 1), sum w d, sum w a d (B, L, 2), sum w |d|^2 over all
-    coordinates (B, 1). The weights are not inverse variances (every frame is as noisy), so the
-    slope's variance is sigma^2 sum w^2 (a - mean a)^2 / D^2 with D = sum w (a - mean a)^2, and
-    the residual's expected weighted sum of squares is sigma^2 (sum w - tr(M^-1 N)), M and N
-    the fit's moment matrices with w and w^2; without forgetting these are sigma^2 / D and
-    sigma^2 (n - 2).
+    The weights are not inverse variances (every frame is as noisy), so the slope's variance is
+    sigma^2 sum w^2 (a - mean a)^2 / D^2 with D = sum w (a - mean a)^2, and the residual's
+    expected weighted sum of squares is sigma^2 (sum w - tr(M^-1 N)), M and N the fit's moment
+    matrices with w and w^2; without forgetting these are sigma^2 / D and sigma^2 (n - 2).
     """
-    weight, age, age_square, weight2, age2, age_square2, offset, age_offset, offset_square = sums
+    weight, age, age_square, weight2, age2, age_square2, offset, age_offset = window[1:9]
     weight = weight.clamp_min(_TINY)
     mean_age = age / weight
     spread = (age_square - age * mean_age).clamp_min(_TINY)  # D, (B, 1)
@@ -71,9 +87,9 @@ def trend_statistic(sums: tuple[Tensor, ...], frames: Tensor) -> Tensor:
         ((age_offset - mean_age[..., None] * offset) / spread[..., None]).square().sum(dim=(-2, -1))
     )[:, None]
     mean_square = offset.square().sum(dim=(-2, -1))[:, None] / weight
-    residual = (offset_square - mean_square - spread * slope_square).clamp_min(_TINY)
+    residual = (window.offset_square - mean_square - spread * slope_square).clamp_min(_TINY)
     statistic = slope_square * spread.square() * dof / (residual * spread2.clamp_min(_TINY))
-    return torch.where(frames >= 3, statistic, torch.zeros_like(statistic))
+    return torch.where(window.frames >= 3, statistic, torch.zeros_like(statistic))
 
 
 class StillHold:
@@ -130,80 +146,52 @@ class StillHold:
     def step(
         self, points: Tensor, tracked: Tensor, state: tuple[Tensor, ...]
     ) -> tuple[Tensor, tuple[Tensor, ...]]:
-        """Decoded points and the tracked estimate (B, L, 2), the hold's state (all zeros: a new
-        sequence) -> (the output points, the new state)."""
-        (
-            anchor,
-            weight,
-            age,
-            age_square,
-            weight2,
-            age2,
-            age_square2,
-            offset,
-            age_offset,
-            offset_square,
-            prior,
-            frames,
-            holding,
-        ) = state
-        new = frames == 0
-        anchor = torch.where(new[..., None], points, anchor)
-        prior = torch.where(new, torch.full_like(prior, self.initial_memory), prior)
-        holding = torch.where(new, torch.ones_like(holding), holding)
+        """Decoded points and the tracked estimate (B, L, 2), the hold's state (`HoldState`
+        order; all zeros: a new sequence) -> (the output points, the new state)."""
+        old = HoldState(*state)
+        new = old.frames == 0
+        anchor = _where(new, points, old.anchor)
+        prior = torch.where(new, torch.full_like(old.prior, self.initial_memory), old.prior)
 
         # Every frame in the window ages by one, then this frame joins at age 0.
         lam = self.forgetting
-        age_square = lam * (age_square + 2 * age + weight)
-        age_offset = lam * (age_offset + offset)
-        age = lam * (age + weight)
-        weight = lam * weight + 1
-        lam2 = lam * lam
-        age_square2 = lam2 * (age_square2 + 2 * age2 + weight2)
-        age2 = lam2 * (age2 + weight2)
-        weight2 = lam2 * weight2 + 1
         step = points - anchor
-        offset = lam * offset + step
-        offset_square = lam * offset_square + step.square().sum(dim=(-2, -1))[:, None]
-        prior = lam * prior
-        frames = frames + 1
-
-        sums = (weight, age, age_square, weight2, age2, age_square2, offset, age_offset)
-        statistic = trend_statistic((*sums, offset_square), frames)
-        moving = statistic > self.threshold
-        held = anchor + offset / (weight + prior)[..., None]
-
-        # A detected move releases the hold and restarts the window at this frame.
-        zero = torch.zeros_like(weight)
-        anchor = torch.where(moving[..., None], points, anchor)
-        weight, weight2 = (torch.where(moving, torch.ones_like(v), v) for v in (weight, weight2))
-        age, age_square, age2, age_square2, offset_square, prior = (
-            torch.where(moving, zero, value)
-            for value in (age, age_square, age2, age_square2, offset_square, prior)
-        )
-        offset, age_offset = (
-            torch.where(moving[..., None], torch.zeros_like(value), value)
-            for value in (offset, age_offset)
-        )
-        frames = torch.where(moving, torch.ones_like(frames), frames)
-        holding = torch.where(moving, zero, holding)
-        if self.rehold_after is not None:
-            holding = torch.where(frames >= self.rehold_after, torch.ones_like(holding), holding)
-
-        out = torch.where(holding[..., None] > 0, held, tracked)
-        state = (
+        window = HoldState(
             anchor,
-            weight,
-            age,
-            age_square,
-            weight2,
-            age2,
-            age_square2,
-            offset,
-            age_offset,
-            offset_square,
-            prior,
-            frames,
-            holding,
+            *_aged(old.weight, old.age, old.age_square, lam),
+            *_aged(old.weight2, old.age2, old.age_square2, lam * lam),
+            offset=lam * old.offset + step,
+            age_offset=lam * (old.age_offset + old.offset),
+            offset_square=lam * old.offset_square + step.square().sum(dim=(-2, -1))[:, None],
+            prior=lam * prior,
+            frames=old.frames + 1,
+            active=torch.where(new, torch.ones_like(old.active), old.active),
         )
-        return out, state
+        moving = trend_statistic(window) > self.threshold
+        held = anchor + window.offset / (window.weight + window.prior)[..., None]
+
+        # A detected move releases the hold and restarts the window at this frame: a window of
+        # one frame, no prior.
+        one, zero = torch.ones_like(window.weight), torch.zeros_like(window.weight)
+        zeros = torch.zeros_like(window.offset)
+        restart = HoldState(
+            anchor=points,
+            weight=one,
+            age=zero,
+            age_square=zero,
+            weight2=one,
+            age2=zero,
+            age_square2=zero,
+            offset=zeros,
+            age_offset=zeros,
+            offset_square=zero,
+            prior=zero,
+            frames=one,
+            active=zero,
+        )
+        window = HoldState(*(_where(moving, a, b) for a, b in zip(restart, window)))
+        if self.rehold_after is not None:
+            window = window._replace(
+                active=torch.where(window.frames >= self.rehold_after, one, window.active)
+            )
+        return _where(window.active > 0, held, tracked), tuple(window)
