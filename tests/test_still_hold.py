@@ -176,6 +176,36 @@ def test_the_stage_with_a_hold_streams_and_rebuilds_from_its_record():
     assert rebuilt.config["hold_threshold"] == 4.0 and rebuilt.config["rehold_after"] == 5
 
 
+def test_without_the_hold_in_training_the_filter_trains_on_every_frame_and_eval_holds():
+    # A still face: held in eval mode; while training the output is the hold-free filter's,
+    # frame for frame, with a gradient from every frame (none would reach it through the hold).
+    kwargs = dict(hold_threshold=4.0, hold_initial_memory=4.0)
+    stage = FaceMotionStage(L, **kwargs, hold_in_training=False).double()
+    free = FaceMotionStage(L).double()
+    held = FaceMotionStage(L, **kwargs).double()
+    with torch.no_grad():
+        for s in (stage, free, held):
+            s.strength.copy_(torch.tensor([0.4, 0.2, 0.6]))
+    heatmaps = _maps(_frames([torch.zeros(2)] * 12, noise=0.3)).double()
+    stage.train()
+    training, _ = stage.forward_sequence(heatmaps)
+    torch.testing.assert_close(training, free.forward_sequence(heatmaps)[0])
+    pdc(training).diff(dim=1).square().sum().backward()
+    assert stage.strength.grad[0] != 0
+    held.train()
+    with torch.no_grad():
+        through = held.forward_sequence(heatmaps)[0]
+        assert bool((pdc(through).diff(dim=1) != 0).any())  # the held mean moves with 1 / n
+    held.strength.grad = None
+    pdc(held.forward_sequence(heatmaps)[0]).diff(dim=1).square().sum().backward()
+    assert held.strength.grad is None or bool((held.strength.grad == 0).all())
+    stage.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(stage.forward_sequence(heatmaps)[0], through)
+    rebuilt = build_temporal_stage("FaceMotionStage", stage.config, "test.ckpt")
+    assert rebuilt.hold_in_training is False
+
+
 def test_the_tracker_still_gets_its_gradient_once_released():
     stage = FaceMotionStage(L, hold_threshold=4.0).double()
     with torch.no_grad():

@@ -140,6 +140,9 @@ class FaceMotionStage(StepwiseStage):
         hold_memory: frames of the hold's forgetting (the longest window it tests).
         rehold_after: frames without a detected trend after which a face that moved is held
             again; None: only new sequences are held.
+        hold_in_training: False shows the filter's estimate while the module trains (the hold
+            still runs, and holds in eval mode): the hold learns nothing, and held frames would
+            carry no gradient, so the filter then learns from every frame.
 
     The state is one group: estimate (B, L, 2) heatmap pixels, velocity (B, 4), face and
     landmark activity (B, 1), (B, L), face and landmark drift (B, 4), (B, L, 2), face and
@@ -160,6 +163,7 @@ class FaceMotionStage(StepwiseStage):
         hold_initial_memory: float = 8.0,
         hold_memory: float = 256.0,
         rehold_after: int | None = None,
+        hold_in_training: bool = True,
     ) -> None:
         super().__init__()
         check_ints(num_landmarks=num_landmarks)
@@ -179,6 +183,7 @@ class FaceMotionStage(StepwiseStage):
             if hold_threshold is None
             else StillHold(hold_threshold, hold_initial_memory, hold_memory, rehold_after)
         )
+        self.hold_in_training = bool(hold_in_training)
         self.config = {
             "num_landmarks": num_landmarks,
             "threshold": threshold,
@@ -192,6 +197,7 @@ class FaceMotionStage(StepwiseStage):
                 hold_initial_memory=hold_initial_memory,
                 hold_memory=hold_memory,
                 rehold_after=rehold_after,
+                hold_in_training=self.hold_in_training,
             )
         # Face gates: (innovation, velocity, face activity, face drift) -> (keep_face, beta)
         # logits.
@@ -306,8 +312,10 @@ class FaceMotionStage(StepwiseStage):
         velocity = velocity + beta * coefficients
         shown, held = estimate, ()
         if self.hold is not None:
-            shown, hold_state = self.hold.step(points, estimate, state[1])
+            held_points, hold_state = self.hold.step(points, estimate, state[1])
             held = (hold_state,)
+            if self.hold_in_training or not self.training:
+                shown = held_points
         out = render_points(shown, *heatmaps.shape[-2:], self.threshold).to(heatmaps.dtype)
         state = (
             (
