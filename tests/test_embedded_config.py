@@ -80,6 +80,8 @@ def test_yaml_parses_and_prints_its_config(capsys):
     # The still hold of new faces, and no second hold once they moved.
     assert model["temporal"]["init_args"]["hold_threshold"] == 3.0
     assert model["temporal"]["init_args"]["rehold_after"] is None
+    # The filter trains without the hold (it holds in eval mode only).
+    assert model["temporal"]["init_args"]["hold_in_training"] is False
     assert model["loss"]["init_args"]["theta"] == 1.0
     assert model["loss"]["init_args"]["pixel_weight"] == 0.0
     assert printed["data"]["init_args"]["crop"] is None  # the stage sees every landmark
