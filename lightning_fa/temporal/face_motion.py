@@ -183,7 +183,9 @@ class FaceMotionStage(StepwiseStage):
             if hold_threshold is None
             else StillHold(hold_threshold, hold_initial_memory, hold_memory, rehold_after)
         )
-        self.hold_in_training = bool(hold_in_training)
+        if not isinstance(hold_in_training, bool):
+            raise ValueError(f"hold_in_training must be true or false, got {hold_in_training!r}")
+        self.hold_in_training = hold_in_training
         self.config = {
             "num_landmarks": num_landmarks,
             "threshold": threshold,
